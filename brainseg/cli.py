@@ -1,0 +1,114 @@
+"""Command-line interface: each command parses options and calls one library function.
+
+Library errors (BrainsegError) are printed as one line and exit with code 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from brainseg.errors import BrainsegError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Brain-MRI tumour segmentation toolkit.")
+
+
+def _fail(err: BrainsegError) -> typer.Exit:
+    typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code=1)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    warnings.showwarning = lambda message, *args, **kwargs: logging.getLogger("brainseg").warning(str(message))
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[str, typer.Option(help="Data folder (kaggle_3m, BraTS or images/+masks/), or 'sample'.")],
+    out: Annotated[Path, typer.Option(help="Run folder; one sub-folder per model.")] = Path("runs/default"),
+    models: Annotated[str, typer.Option(help="Comma-separated models: unet, fpn, resunet.")] = "unet,fpn,resunet",
+    preset: Annotated[str, typer.Option(help="quick (small, minutes on a CPU) or full.")] = "full",
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs (early stopping may end sooner).")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Training slice size, a multiple of 32.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Slices per batch per process.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
+    patience: Annotated[int | None, typer.Option(help="Epochs without a better val Dice before stopping.")] = None,
+    oversample: Annotated[float | None, typer.Option(help="Share of tumour slices per batch; 0 = as in the data.")] = None,
+    augment: Annotated[bool, typer.Option(help="Flips, small rotation/scale, intensity and gamma jitter.")] = True,
+    amp: Annotated[str | None, typer.Option(help="Mixed precision: auto (fp16 on CUDA, bf16 on capable CPUs), off, bf16, fp16.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    layout: Annotated[str | None, typer.Option(help="auto, kaggle_3m, brats or folders.")] = None,
+    modalities: Annotated[str | None, typer.Option(help="BraTS channels in order, e.g. t1,t1ce,t2,flair.")] = None,
+    target: Annotated[str | None, typer.Option(help="BraTS target: wt (whole tumour) or brats-regions (WT/TC/ET).")] = None,
+    patient_regex: Annotated[str | None, typer.Option(help="Folders layout: regex whose 'patient' group is the patient id.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Share of patients for validation.")] = None,
+    test_fraction: Annotated[float | None, typer.Option(help="Share of patients held out for the final report.")] = None,
+    folds: Annotated[int | None, typer.Option(help="k for k-fold cross-validation (0 = off).")] = None,
+    fold: Annotated[int | None, typer.Option(help="Which fold is validation (0-based).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the split, sampling and augmentation.")] = None,
+    encoder_weights: Annotated[str | None, typer.Option(help="e.g. imagenet (needs network access); default none.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoints.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train U-Net, FPN and ResNet-UNet with patient-level validation."""
+    from brainseg.train.config import make_config
+    from brainseg.train.run import train_run
+
+    _setup_logging()
+    try:
+        cfg = make_config(
+            preset, models=_csv(models), epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
+            patience=patience, oversample=oversample, augment=augment, amp=amp, layout=layout,
+            modalities=_csv(modalities), target=target, patient_regex=patient_regex,
+            val_fraction=val_fraction, test_fraction=test_fraction, folds=folds, fold=fold, seed=seed,
+            encoder_weights=encoder_weights,
+        )
+        result = train_run(data=data, out=out, cfg=cfg, resume=resume, device=device, progress=progress)
+    except BrainsegError as err:
+        raise _fail(err) from None
+    if result.test_dice:
+        typer.echo(f"Trained in {result.seconds:.0f} s; mean per-patient Dice on held-out patients:")
+        for name, value in result.test_dice.items():
+            typer.echo(f"  {name:<16} {value:.4f}")
+        typer.echo(f"Reports: {result.run_dir / 'report.md'}")
+    if result.skipped:
+        typer.echo(f"{result.skipped} input(s) skipped; reasons in {result.run_dir / 'run.json'}")
+
+
+@app.command("sample-data")
+def sample_data_command(
+    out: Annotated[Path, typer.Argument(help="Folder to write (must be empty or absent).")],
+    patients: Annotated[int, typer.Option(help="Number of patients.")] = 24,
+    slices: Annotated[int, typer.Option(help="Axial slices per patient.")] = 20,
+    size: Annotated[int, typer.Option(help="Slice size in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
+) -> None:
+    """Write the built-in synthetic brain-MRI sample in the kaggle_3m layout."""
+    from brainseg.data.sample import SampleSpec, write_sample_dataset
+
+    try:
+        root = write_sample_dataset(out, SampleSpec(patients=patients, slices=slices, size=size, seed=seed),
+                                    progress=True)
+    except BrainsegError as err:
+        raise _fail(err) from None
+    typer.echo(f"Wrote {patients} sample patients to {root}")
+
+
+def train_entry() -> None:
+    """Console script `seg-train`."""
+    typer.run(train_command)
+
+
+def sample_entry() -> None:
+    """Console script `seg-sample`."""
+    typer.run(sample_data_command)

@@ -1,0 +1,1 @@
+"""Training: models, data pipeline, loop, checkpoints. Needs the `train` extra (torch, smp)."""

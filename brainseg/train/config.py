@@ -1,0 +1,100 @@
+"""Typed training configuration and presets; the config actually used is saved with the run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from brainseg.errors import ConfigError
+
+DEFAULT_MODELS = ("unet", "fpn", "resunet")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+SCHEDULES = ("onecycle", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what a training run does.
+
+    `batch_size` is per process; under torchrun the global batch is batch_size x world size.
+    """
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    epochs: int = 60
+    img_size: int = 256
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    patience: int = 12
+    oversample: float = 0.5
+    augment: bool = True
+    amp: str = "auto"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    folds: int = 0
+    fold: int = 0
+    seed: int = 0
+    threshold: float = 0.5
+    unet_base_channels: int = 32
+    encoder: str = "resnet34"
+    encoder_weights: str | None = None
+    layout: str = "auto"
+    modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+    target: str = "wt"
+    patient_regex: str | None = None
+    sample_patients: int = 24
+    sample_slices: int = 20
+    preset: str = "full"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.img_size < 32 or self.img_size % 32:
+            raise ConfigError(f"img_size must be a multiple of 32 (>= 32), got {self.img_size}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.oversample < 1.0:
+            raise ConfigError(f"oversample is the share of tumour slices per batch, in [0, 1), got {self.oversample}")
+
+    def model_options(self, name: str) -> dict:
+        """Per-architecture build options for the registry."""
+        if name == "unet":
+            return {"base_channels": self.unet_base_channels}
+        return {"encoder": self.encoder, "encoder_weights": self.encoder_weights}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        raw = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        for key in ("models", "modalities"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+# quick: sized so that all three models train on the built-in sample in a few minutes on two
+# CPU cores (smaller slices and a narrower classic U-Net); full: the settings for real data.
+PRESETS: dict[str, dict] = {
+    "quick": {"epochs": 8, "img_size": 128, "batch_size": 8, "unet_base_channels": 16, "patience": 4},
+    "full": {},
+}
+
+
+def make_config(preset: str = "full", **overrides) -> TrainConfig:
+    """A config from a preset, with any option given explicitly (not None) taking precedence."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(PRESETS)}")
+    settings = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("models", "modalities"):
+        if key in settings:
+            settings[key] = tuple(settings[key])
+    return replace(TrainConfig(), preset=preset, **settings)

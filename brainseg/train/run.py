@@ -1,0 +1,196 @@
+"""`seg-train` as a library call: data -> patient split -> each model -> reports and ensemble."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainseg.data.readers import read_dataset
+from brainseg.data.split import Split, load_split, save_split, split_patients
+from brainseg.data.volume import Dataset, Volume
+from brainseg.errors import ConfigError
+from brainseg.train import reports
+from brainseg.train.checkpoint import load_checkpoint
+from brainseg.train.config import TrainConfig
+from brainseg.train.distributed import DistContext, barrier, init_distributed, shutdown
+from brainseg.train.evaluate import headline_dice, predict_volume, score_volumes
+from brainseg.train.loop import ModelJob, Trainer
+from brainseg.train.models import build_model, check_model_names
+from brainseg.train.progress import TrainProgress
+from brainseg.train.slices import Normalisation, SliceTable, fit_normalisation
+
+log = logging.getLogger("brainseg.train")
+
+
+@dataclass
+class RunResult:
+    """What `train_run` returns: where things are and the headline numbers."""
+
+    run_dir: Path
+    test_dice: dict[str, float]  # model name (and "ensemble") -> mean per-patient Dice on test
+    skipped: int
+    seconds: float
+
+
+def _resolve_data(data: str, cfg: TrainConfig, ctx: DistContext) -> Path:
+    if data != "sample":
+        return Path(data)
+    from brainseg.data.sample import SampleSpec, cached_sample_dataset
+
+    spec = SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices, seed=cfg.seed)
+    if ctx.is_main:
+        cached_sample_dataset(spec)
+    barrier(ctx)
+    return cached_sample_dataset(spec)
+
+
+def _prepare_run_dir(out: Path, resume: bool, cfg: TrainConfig, data: str) -> tuple[TrainConfig, str]:
+    """Fresh run: refuse a used folder. Resume: the saved config and data win over the options."""
+    if resume:
+        if not (out / "config.json").exists():
+            raise ConfigError(f"{out}: nothing to resume (no config.json); start it without --resume")
+        saved = json.loads((out / "run.json").read_text())
+        return TrainConfig.from_json(out / "config.json"), saved["data"]
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    return cfg, data
+
+
+def _split_for(dataset: Dataset, out: Path, cfg: TrainConfig, resume: bool, ctx: DistContext) -> Split:
+    path = out / "split.json"
+    if resume and path.exists():
+        split = load_split(path)
+    else:
+        split = split_patients(
+            [v.patient_id for v in dataset.volumes], val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction, seed=cfg.seed, folds=cfg.folds, fold=cfg.fold,
+        )
+        if ctx.is_main:
+            save_split(split, path)
+    known = {v.patient_id for v in dataset.volumes}
+    missing = sorted(set(split.train + split.val + split.test) - known)
+    if missing:
+        raise ConfigError(f"{path}: patients no longer in the data: {', '.join(missing[:5])}")
+    return split
+
+
+def _select(volumes: list[Volume], ids: list[str]) -> list[Volume]:
+    wanted = set(ids)
+    return [v for v in volumes if v.patient_id in wanted]
+
+
+def _load_best(model_dir: Path, name: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    payload = load_checkpoint(model_dir / "best.pt", expect_model=name)
+    model = build_model(name, in_channels=payload["in_channels"], classes=payload["classes"],
+                        options=payload["model_options"])
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), payload
+
+
+def _predict(model, volumes, cfg: TrainConfig, norm: Normalisation, device) -> list[np.ndarray]:
+    return [predict_volume(model, v, img_size=cfg.img_size, norm=norm, device=device) for v in volumes]
+
+
+def _finish_model(job: ModelJob, cfg: TrainConfig, test: list[Volume], device, history) -> dict:
+    """Score best.pt on val and test, write the model's reports; return its probabilities."""
+    model, payload = _load_best(job.out_dir, job.name, device)
+    probs = {"val": _predict(model, job.val, cfg, job.norm, device),
+             "test": _predict(model, test, cfg, job.norm, device)}
+    for split_name, volumes in (("val", job.val), ("test", test)):
+        if volumes:
+            report = score_volumes(volumes, probs[split_name], threshold=cfg.threshold)
+            report.update(model=job.name, best_epoch=payload["best_epoch"], split=split_name)
+            reports.write_json(job.out_dir / f"{split_name}_report.json", report)
+    if history:
+        reports.plot_curves(job.out_dir / "training_curve.png", history, job.name)
+    return probs
+
+
+def _write_run_reports(out: Path, cfg: TrainConfig, val: list[Volume], test: list[Volume],
+                       probs: dict[str, dict]) -> dict[str, float]:
+    """Per-model and ensemble (mean of the members' probabilities) reports on val and test."""
+    table_rows: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
+    for split_name, volumes in (("val", val), ("test", test)):
+        if not volumes:
+            continue
+        for name, p in probs.items():
+            table_rows[split_name][name] = score_volumes(volumes, p[split_name], threshold=cfg.threshold)
+        if len(probs) > 1:
+            mean = [np.mean(stack, axis=0) for stack in zip(*(p[split_name] for p in probs.values()))]
+            table_rows[split_name]["ensemble (mean)"] = score_volumes(volumes, mean, threshold=cfg.threshold)
+    reports.write_json(out / "report.json", table_rows)
+    text = "# Training report\n\n" + "".join(
+        f"## {split_name}\n\n" + reports.summary_table(rows, split_name)
+        for split_name, rows in table_rows.items() if rows
+    )
+    reports.write_atomic(out / "report.md", text)
+    final = table_rows["test"] or table_rows["val"]
+    return {name: headline_dice(report) for name, report in final.items()}
+
+
+def train_run(
+    *, data: str, out: str | Path, cfg: TrainConfig, resume: bool = False,
+    device: str = "auto", progress: bool = True,
+) -> RunResult:
+    """Train every model in `cfg.models` on `data` into `out`/<model>/, then evaluate the ensemble.
+
+    `data` is a folder in a supported layout or "sample" for the built-in sample data. Under
+    torchrun each process calls this; rank 0 writes every file.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    check_model_names(list(cfg.models))
+    ctx = init_distributed(device)
+    try:
+        cfg, data = _prepare_run_dir(out, resume, cfg, data)
+        barrier(ctx)
+        dataset = read_dataset(_resolve_data(data, cfg, ctx), layout=cfg.layout, modalities=cfg.modalities,
+                               target=cfg.target, patient_regex=cfg.patient_regex)
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            reports.write_atomic(out / "config.json", cfg.to_json())
+        split = _split_for(dataset, out, cfg, resume, ctx)
+        train, val, test = (_select(dataset.volumes, ids) for ids in (split.train, split.val, split.test))
+        if ctx.is_main:
+            _write_run_info(out, data, dataset, split, ctx)
+        norm = fit_normalisation(train)
+        table = SliceTable.from_volumes(train, cfg.img_size)
+        probs = {}
+        with TrainProgress(enabled=progress and ctx.is_main, epochs=cfg.epochs) as bar:
+            for index, name in enumerate(cfg.models):
+                job = ModelJob(name, index, table, val, norm, dataset.in_channels, dataset.classes, out / name)
+                trainer = Trainer(job, cfg, ctx)
+                if resume:
+                    trainer.resume()
+                state = trainer.fit(bar.for_model(name, trainer.steps_per_epoch, trainer.state.epoch))
+                if ctx.is_main:
+                    reports.write_atomic(job.out_dir / "config.json", cfg.to_json())
+                    probs[name] = _finish_model(job, cfg, test, ctx.device, state.history)
+        test_dice = _write_run_reports(out, cfg, val, test, probs) if ctx.is_main else {}
+        return RunResult(out, test_dice, len(dataset.skipped), time.perf_counter() - started)
+    finally:
+        shutdown(ctx)
+
+
+def _write_run_info(out: Path, data: str, dataset: Dataset, split: Split, ctx: DistContext) -> None:
+    """run.json: where the data came from, what was skipped and why, and the split's sizes."""
+    def count(ids: list[str]) -> dict:
+        vols = _select(dataset.volumes, ids)
+        tumour = sum(int(v.tumour_slices.sum()) for v in vols)
+        return {"patients": len(vols), "slices": sum(v.num_slices for v in vols), "tumour_slices": tumour}
+
+    for skipped in dataset.skipped:
+        log.warning("skipped %s", skipped)
+    reports.write_json(out / "run.json", {
+        "data": data, "layout": dataset.layout, "in_channels": dataset.in_channels,
+        "classes": dataset.classes, "world_size": ctx.world_size, "device": str(ctx.device),
+        "torch": torch.__version__,
+        "sets": {name: count(getattr(split, name)) for name in ("train", "val", "test")},
+        "skipped": [asdict(s) for s in dataset.skipped],
+    })

@@ -1,0 +1,131 @@
+"""Training slices in memory: resizing, normalisation constants and batch sampling.
+
+Volumes are resized once to the training size and kept as uint8 (8-bit sources) or float32
+(NIfTI sources); batches are gathered with numpy indexing, so no DataLoader workers are needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from brainseg.data.volume import Volume
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """How raw slices become network input; the same constants go into the exported graph.
+
+    kind "uint8": x / 255, then (x - mean) / std per channel. kind "float": (x - mean) / std on
+    values the reader already z-scored (mean 0, std 1 unless fitted otherwise).
+    """
+
+    kind: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Normalisation:
+        return cls(kind=raw["kind"], mean=tuple(raw["mean"]), std=tuple(raw["std"]))
+
+    def scale(self) -> float:
+        return 1.0 / 255.0 if self.kind == "uint8" else 1.0
+
+
+def fit_normalisation(volumes: list[Volume]) -> Normalisation:
+    """Per-channel mean and std of the training slices (after /255 for 8-bit sources)."""
+    kind = "uint8" if volumes[0].image.dtype == np.uint8 else "float"
+    if kind == "float":
+        channels = volumes[0].image.shape[-1]
+        return Normalisation("float", (0.0,) * channels, (1.0,) * channels)
+    total = sum_sq = count = 0.0
+    for volume in volumes:
+        pixels = volume.image.reshape(-1, volume.image.shape[-1]).astype(np.float64) / 255.0
+        total = total + pixels.sum(axis=0)
+        sum_sq = sum_sq + (pixels**2).sum(axis=0)
+        count += len(pixels)
+    mean = total / count
+    std = np.sqrt(np.maximum(sum_sq / count - mean**2, 1e-12))
+    return Normalisation("uint8", tuple(mean.round(6).tolist()), tuple(std.round(6).tolist()))
+
+
+def resize_slices(array: np.ndarray, size: int, *, is_mask: bool) -> np.ndarray:
+    """(S, H, W, C) -> (S, size, size, C): area for shrinking images, linear for growing, nearest for masks."""
+    height, width = array.shape[1:3]
+    if (height, width) == (size, size):
+        return array
+    if is_mask:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if size < min(height, width) else cv2.INTER_LINEAR
+    out = [cv2.resize(s, (size, size), interpolation=interpolation) for s in array]
+    return np.stack([o.reshape(size, size, -1) for o in out])
+
+
+@dataclass
+class SliceTable:
+    """All training slices of a set of volumes at the training size."""
+
+    images: np.ndarray  # (N, S, S, C) uint8 or float32
+    masks: np.ndarray  # (N, S, S, K) uint8 {0, 1}
+    has_tumour: np.ndarray  # (N,) bool
+
+    @classmethod
+    def from_volumes(cls, volumes: list[Volume], size: int) -> SliceTable:
+        images = np.concatenate([resize_slices(v.image, size, is_mask=False) for v in volumes])
+        masks = np.concatenate([resize_slices(v.mask, size, is_mask=True) for v in volumes])
+        has_tumour = masks.reshape(len(masks), -1).any(axis=1)
+        return cls(images=images, masks=masks, has_tumour=has_tumour)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def epoch_batches(
+    table: SliceTable,
+    *,
+    batch_size: int,
+    oversample: float,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[np.ndarray]:
+    """This process's batches of slice indices for one epoch.
+
+    One epoch draws as many slices as the table holds. With `oversample` > 0, tumour slices
+    make up that share of the draw (with replacement); otherwise it is a plain permutation.
+    Every rank draws the same sequence from the same seed and keeps its own stride of it.
+    """
+    n = len(table)
+    if oversample > 0 and table.has_tumour.any() and (~table.has_tumour).any():
+        weights = np.where(table.has_tumour, oversample / table.has_tumour.sum(),
+                           (1 - oversample) / (~table.has_tumour).sum())
+        order = torch.multinomial(torch.from_numpy(weights), n, replacement=True, generator=generator)
+    else:
+        order = torch.randperm(n, generator=generator)
+    order = order.numpy()[rank::world_size]
+    return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)] or [order]
+
+
+def to_tensors(
+    table: SliceTable, index: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather slices as float tensors: images (B, C, S, S) scaled to [0, 1] for uint8, masks (B, K, S, S)."""
+    images = torch.from_numpy(table.images[index]).to(device).permute(0, 3, 1, 2).float()
+    if table.images.dtype == np.uint8:
+        images = images / 255.0
+    masks = torch.from_numpy(table.masks[index]).to(device).permute(0, 3, 1, 2).float()
+    return images.contiguous(), masks.contiguous()
+
+
+def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
+    """(B, C, H, W) already scaled by `norm.scale()` -> network input."""
+    mean = torch.tensor(norm.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(norm.std, device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
