@@ -1,0 +1,208 @@
+"""Read BraTS-style NIfTI cases: `ROOT/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`.
+
+Each case becomes one `Volume` of axial slices: every modality is reoriented to the closest
+canonical (RAS+) orientation, z-scored over its own non-zero (brain) voxels with background left
+at 0, and stacked as channels in the order asked for. Only slices where some modality is non-zero
+are kept. The file suffix may follow `_` (BraTS 2018-2021) or `-` (BraTS 2023, whose modalities
+are `t1n`, `t1c`, `t2w`, `t2f`), and `.nii` works as well as `.nii.gz`.
+
+Slices are laid out as (H, W) = (posterior <- anterior rows, left -> right columns): row 0 is the
+most anterior row and the patient's left is on the left of the image (neurological convention).
+
+A case that cannot be used (a file missing or unreadable, NaN voxels, shapes that disagree,
+unknown labels) is skipped with a reason; nibabel is imported only when BraTS data is read.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.data.volume import Volume
+from brainseg.errors import ConfigError, missing_extra
+
+TARGETS = ("wt", "brats-regions")
+SEG = "seg"
+BRATS_LABELS = (0, 1, 2, 3, 4)  # 3 is enhancing tumour in BraTS 2023 (4 in earlier years)
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_SEPARATORS = ("_", "-")
+
+SkipFn = Callable[[Path, str], None]
+
+
+class _CaseSkipped(Exception):
+    """Raised inside this module when a case cannot be used; caught once per case."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def check_target(target: str) -> None:
+    """Raise `ConfigError` unless `target` is one of `TARGETS`."""
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+
+
+def is_brats_case(folder: Path) -> bool:
+    """Whether `folder` holds a `<case>_seg.nii.gz` (or `.nii`, or `-seg`) file."""
+    return any(_modality_matches(p.name, SEG) for p in folder.iterdir() if p.is_file())
+
+
+def read_brats(
+    root: Path, modalities: Sequence[str], target: str, skip: SkipFn
+) -> list[tuple[Path, Volume]]:
+    """Read every case folder under `root`; `skip(path, reason)` records each case left out."""
+    nib = _import_nibabel()
+    modalities = _check_modalities(modalities)
+    check_target(target)
+    read = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            read.append((folder, _read_case(folder, modalities, target, nib)))
+        except _CaseSkipped as exc:
+            skip(exc.path, exc.reason)
+    return read
+
+
+def target_masks(seg: np.ndarray, target: str) -> np.ndarray:
+    """(..., ) integer labels -> (..., K) uint8 masks: K=1 whole tumour, or K=3 WT, TC, ET."""
+    if target == "wt":
+        channels = [seg > 0]
+    else:
+        channels = [seg > 0, np.isin(seg, (1, 3, 4)), np.isin(seg, (3, 4))]
+    return np.stack(channels, axis=-1).astype(np.uint8)
+
+
+def _import_nibabel():
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise missing_extra("nibabel", "nifti") from exc
+    return nibabel
+
+
+def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(modalities, str):
+        modalities = (modalities,)
+    modalities = tuple(m.lower() for m in modalities)
+    if not modalities or len(set(modalities)) != len(modalities) or SEG in modalities:
+        raise ConfigError(
+            "modalities must be distinct names other than 'seg', e.g. t1,t1ce,t2,flair; "
+            f"got {modalities}"
+        )
+    return modalities
+
+
+def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> Volume:
+    files = _case_files(folder, modalities)
+    seg, _ = _load(files[SEG], nib)
+    images, zooms = zip(*(_load(files[m], nib) for m in modalities), strict=True)
+    for modality, image in zip(modalities, images, strict=True):
+        if image.shape != seg.shape:
+            raise _CaseSkipped(
+                folder,
+                f"{files[modality].name} is {image.shape} but {files[SEG].name} is {seg.shape}",
+            )
+    labels = _check_labels(files[SEG], seg)
+    stack = np.stack(images, axis=-1)  # (X, Y, Z, C)
+    keep = np.flatnonzero(np.any(stack != 0, axis=(0, 1, 3)))
+    if keep.size == 0:
+        raise _CaseSkipped(folder, "every modality is zero everywhere (no brain voxels)")
+    normalised = np.stack(
+        [_zscore(files[m], image) for m, image in zip(modalities, images, strict=True)], axis=-1
+    )
+    return Volume(
+        patient_id=folder.name,
+        image=_axial(normalised[:, :, keep]).astype(np.float32),
+        mask=target_masks(_axial(labels[:, :, keep]), target),
+        slice_names=[f"{folder.name}:z{z}" for z in keep],
+        spacing=(float(zooms[0][1]), float(zooms[0][0])),
+        source="brats",
+    )
+
+
+def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
+    """Map each modality and 'seg' to its file, or raise naming the missing ones."""
+    names = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not any(p.name.lower().endswith(_NIFTI_SUFFIXES) for p in names):
+        raise _CaseSkipped(folder, f"no NIfTI files (expected {folder.name}_<modality>.nii.gz)")
+    files, missing = {}, []
+    for modality in (*modalities, SEG):
+        hits = [p for p in names if _modality_matches(p.name, modality)]
+        if len(hits) > 1:
+            raise _CaseSkipped(
+                folder, f"several {modality} files: {', '.join(sorted(p.name for p in hits))}"
+            )
+        if hits:
+            files[modality] = hits[0]
+        else:
+            missing.append(f"{folder.name}_{modality}.nii.gz")
+    if missing:
+        raise _CaseSkipped(folder, f"missing {', '.join(missing)} (or .nii)")
+    return files
+
+
+def _modality_matches(name: str, modality: str) -> bool:
+    name = name.lower()
+    return not name.startswith(".") and any(
+        name.endswith(f"{sep}{modality}{suffix}")
+        for sep in _SEPARATORS
+        for suffix in _NIFTI_SUFFIXES
+    )
+
+
+def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Load one NIfTI in closest-canonical orientation as float32 (X, Y, Z) and its zooms."""
+    try:
+        image = nib.as_closest_canonical(nib.load(str(path)))
+        data = image.get_fdata(dtype=np.float32)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+        detail = " ".join(str(exc).split())  # one line: some nibabel messages span two
+        raise _CaseSkipped(path, f"cannot read NIfTI ({type(exc).__name__}: {detail})") from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise _CaseSkipped(path, f"is {data.ndim}-D {data.shape}; expected one 3-D volume")
+    if not np.isfinite(data).all():
+        bad = int(data.size - np.isfinite(data).sum())
+        raise _CaseSkipped(path, f"has {bad} NaN or infinite voxels")
+    return data, tuple(float(z) for z in image.header.get_zooms()[:3])
+
+
+def _check_labels(path: Path, seg: np.ndarray) -> np.ndarray:
+    labels = np.rint(seg)
+    if not np.array_equal(labels, seg):
+        raise _CaseSkipped(path, "segmentation has non-integer labels")
+    found = np.unique(labels).astype(int)
+    unknown = sorted(set(found.tolist()) - set(BRATS_LABELS))
+    if unknown:
+        raise _CaseSkipped(
+            path, f"segmentation labels {unknown} found; BraTS labels are {list(BRATS_LABELS)}"
+        )
+    return labels.astype(np.uint8)
+
+
+def _zscore(path: Path, volume: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) -> same, (v - mean) / std over the non-zero voxels; zero voxels stay 0."""
+    brain = volume != 0
+    if not brain.any():
+        raise _CaseSkipped(path, "is zero everywhere (an empty modality)")
+    values = volume[brain].astype(np.float64)
+    std = values.std()
+    if std == 0:
+        raise _CaseSkipped(path, "has one value over the whole brain (standard deviation 0)")
+    out = np.zeros(volume.shape, np.float32)
+    out[brain] = (values - values.mean()) / std
+    return out
+
+
+def _axial(data: np.ndarray) -> np.ndarray:
+    """RAS+ (X, Y, Z, ...) -> (Z, H, W, ...) axial slices, row 0 anterior, column 0 patient left."""
+    slices = np.moveaxis(data, (0, 1, 2), (2, 1, 0))  # (Z, Y, X, ...)
+    return np.ascontiguousarray(slices[:, ::-1])
