@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ class Trainer:
             if self.state.finished:
                 break
             started = time.perf_counter()
-            loss = self._train_epoch(epoch, lambda **f: progress(epoch=epoch + 1, **f))
+            loss = self._train_epoch(epoch, functools.partial(progress, epoch=epoch + 1))
             self._end_epoch(epoch, loss, time.perf_counter() - started)
             progress(epoch=epoch + 1, dice=self.state.best_dice, done_epoch=True)
         return self.state

@@ -122,7 +122,7 @@ def _write_run_reports(out: Path, cfg: TrainConfig, val: list[Volume], test: lis
         for name, p in probs.items():
             table_rows[split_name][name] = score_volumes(volumes, p[split_name], threshold=cfg.threshold)
         if len(probs) > 1:
-            mean = [np.mean(stack, axis=0) for stack in zip(*(p[split_name] for p in probs.values()))]
+            mean = [np.mean(stack, axis=0) for stack in zip(*(p[split_name] for p in probs.values()), strict=True)]
             table_rows[split_name]["ensemble (mean)"] = score_volumes(volumes, mean, threshold=cfg.threshold)
     reports.write_json(out / "report.json", table_rows)
     text = "# Training report\n\n" + "".join(
