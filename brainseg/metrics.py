@@ -114,11 +114,13 @@ def score_patient(
     spacing: tuple[float, float] | None = None,
     slice_step: float | None = None,
     min_pixels: int = 1,
+    with_hd95: bool = True,
 ) -> PatientScore:
     """Score one patient's (S, H, W) predicted mask against the truth.
 
     `spacing` is the in-plane pixel size in mm and `slice_step` the distance between slices;
-    HD95 is in mm only when both are known, otherwise in voxels.
+    HD95 is in mm only when both are known, otherwise in voxels. `with_hd95=False` skips the
+    (slow) distance transform and reports NaN, for per-epoch validation.
     """
     pred, target = _as_bool(pred, target)
     if pred.ndim != 3:
@@ -130,7 +132,7 @@ def score_patient(
         patient_id=patient_id,
         dice=dice(pred, target),
         iou=iou(pred, target),
-        hd95=hd95(pred, target, voxel),
+        hd95=hd95(pred, target, voxel) if with_hd95 else float("nan"),
         has_tumour=bool(truth_has.any()),
         predicted_tumour=bool(pred.any()),
         tumour_slices=int(truth_has.sum()),

@@ -63,7 +63,9 @@ def augment_batch(
     if unit_range:
         gamma = _uniform(n, *settings.gamma_range, generator, device).view(n, 1, 1, 1)
         images = images.clamp(0, 1) ** gamma
-    contrast = _uniform(n, 1 - settings.contrast, 1 + settings.contrast, generator, device)
-    brightness = _uniform(n, -settings.brightness, settings.brightness, generator, device)
-    images = images * contrast.view(n, 1, 1, 1) + brightness.view(n, 1, 1, 1)
+    # per channel: scanners and sequences shift each contrast on its own
+    shape = (n, images.shape[1], 1, 1)
+    contrast = _uniform(n * shape[1], 1 - settings.contrast, 1 + settings.contrast, generator, device)
+    brightness = _uniform(n * shape[1], -settings.brightness, settings.brightness, generator, device)
+    images = images * contrast.view(shape) + brightness.view(shape)
     return images, masks

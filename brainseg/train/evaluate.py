@@ -27,15 +27,21 @@ def predict_volume(
     norm: Normalisation,
     device: torch.device,
     batch_size: int = 16,
+    autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """Tumour probabilities (S, H, W, K) float32 at the volume's native H, W."""
+    """Tumour probabilities (S, H, W, K) float32 at the volume's native H, W.
+
+    Float32 unless `autocast_dtype` is given (training validates under its own autocast).
+    """
     model.eval()
     images = resize_slices(volume.image, img_size, is_mask=False)  # (S, s, s, C)
     chunks = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
         batch = batch.permute(0, 3, 1, 2).float() * norm.scale()  # (B, C, s, s)
-        probs = torch.sigmoid(model(normalise(batch, norm)).float())  # (B, K, s, s)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(normalise(batch, norm))
+        probs = torch.sigmoid(logits.float())  # (B, K, s, s)
         chunks.append(probs.permute(0, 2, 3, 1).cpu().numpy())
     probs = np.concatenate(chunks)  # (S, s, s, K)
     height, width = volume.image.shape[1:3]
@@ -46,7 +52,7 @@ def predict_volume(
 
 
 def score_volumes(
-    volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float = 0.5
+    volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float = 0.5, with_hd95: bool = True
 ) -> dict:
     """The metrics report (see brainseg.metrics) per target region, from probabilities."""
     classes = volumes[0].mask.shape[-1]
@@ -59,6 +65,7 @@ def score_volumes(
                 probs[..., k] >= threshold,
                 volume.mask[..., k].astype(bool),
                 spacing=volume.spacing,
+                with_hd95=with_hd95,
             )
             for volume, probs in zip(volumes, probabilities, strict=True)
         ]

@@ -154,12 +154,13 @@ class Trainer:
         return total / len(batches)
 
     def validate(self) -> dict:
+        """Per-patient Dice on the validation patients (HD95 is left to the final report)."""
         probabilities = [
-            predict_volume(self.model, v, img_size=self.cfg.img_size, norm=self.job.norm,
-                           device=self.ctx.device, batch_size=max(self.cfg.batch_size, 8))
+            predict_volume(self.model, v, img_size=self.cfg.img_size, norm=self.job.norm, device=self.ctx.device,
+                           batch_size=max(self.cfg.batch_size, 8), autocast_dtype=self.amp_dtype)
             for v in self.job.val
         ]
-        return score_volumes(self.job.val, probabilities, threshold=self.cfg.threshold)
+        return score_volumes(self.job.val, probabilities, threshold=self.cfg.threshold, with_hd95=False)
 
     def _end_epoch(self, epoch: int, loss: float, seconds: float) -> None:
         """Rank 0: validate, keep the best, write checkpoints and metrics; all ranks: agree to stop."""
