@@ -32,6 +32,18 @@ def machine_name() -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
+def cpu_description() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<machine>")
@@ -59,7 +71,7 @@ def main() -> None:
     test = {name: r["regions"]["tumour"] for name, r in report["test"].items()}
     result = {
         "command": "seg-train --data sample --preset quick",
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_description(),
         "device": run_info["device"],
         "wall_seconds": round(seconds, 1),
         "sets": run_info["sets"],

@@ -88,8 +88,8 @@ def train_command(
 @app.command("sample-data")
 def sample_data_command(
     out: Annotated[Path, typer.Argument(help="Folder to write (must be empty or absent).")],
-    patients: Annotated[int, typer.Option(help="Number of patients.")] = 24,
-    slices: Annotated[int, typer.Option(help="Axial slices per patient.")] = 20,
+    patients: Annotated[int, typer.Option(help="Number of patients.")] = 32,
+    slices: Annotated[int, typer.Option(help="Axial slices per patient.")] = 16,
     size: Annotated[int, typer.Option(help="Slice size in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
 ) -> None:

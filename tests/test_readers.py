@@ -547,6 +547,7 @@ def test_brats_volumes_are_zscored_axial_brain_slices(tmp_path):
     assert volume.image.shape == (4, y, x, 4) and volume.image.dtype == np.float32
     assert volume.slice_names == ["BraTS_000:z2", "BraTS_000:z3", "BraTS_000:z4", "BraTS_000:z5"]
     assert volume.spacing == (ZOOMS[1], ZOOMS[0])
+    assert volume.slice_step == ZOOMS[2]
     for c in range(4):
         channel = volume.image[..., c]
         brain = channel[channel != 0]

@@ -99,3 +99,19 @@ def test_two_process_ddp_on_cpu(tiny_sample, tmp_path):
     assert run["world_size"] == 2
     history = load_checkpoint(out / "unet" / "last.pt")["history"]
     assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_brats_regions_train_three_channels_with_hd95_in_mm(tmp_path):
+    from test_readers import make_brats
+
+    root = make_brats(tmp_path / "brats", cases=5)
+    cfg = make_config("quick", models=["unet"], epochs=1, img_size=32, batch_size=2, target="brats-regions",
+                      val_fraction=0.2, test_fraction=0.2)
+    train_run(data=str(root), out=tmp_path / "run", cfg=cfg, progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "unet" / "best.pt")
+    assert (payload["in_channels"], payload["classes"]) == (4, 3)
+    assert payload["normalisation"]["kind"] == "float"
+    report = json.loads((tmp_path / "run" / "unet" / "test_report.json").read_text())
+    assert set(report["regions"]) == {"whole_tumour", "tumour_core", "enhancing_tumour"}
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["layout"] == "brats" and run["sets"]["test"]["patients"] == 1

@@ -124,6 +124,7 @@ def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> V
         slice_names=[f"{folder.name}:z{z}" for z in keep],
         spacing=(float(zooms[0][1]), float(zooms[0][0])),
         source="brats",
+        slice_step=float(zooms[0][2]),
     )
 
 

@@ -71,8 +71,8 @@ T = TypeVar("T")
 class SampleSpec:
     """What to generate: `patients` stacks of `slices` axial slices of `size` x `size` pixels."""
 
-    patients: int = 24
-    slices: int = 20
+    patients: int = 32
+    slices: int = 16
     size: int = 256
     seed: int = 0
 

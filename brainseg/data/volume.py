@@ -24,6 +24,7 @@ class Volume:
             BraTS regions (whole tumour, tumour core, enhancing tumour).
         slice_names: one name per slice (the source file's stem, or "<case>:z<index>").
         spacing: in-plane pixel size (row, column) in mm when the source says so, else None.
+        slice_step: distance between consecutive slices in mm when known, else None.
         source: the layout it came from: "kaggle_3m", "brats", "folders" or "sample".
     """
 
@@ -33,6 +34,7 @@ class Volume:
     slice_names: list[str]
     spacing: tuple[float, float] | None = None
     source: str = ""
+    slice_step: float | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 4 or self.mask.ndim != 4:

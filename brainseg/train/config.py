@@ -86,7 +86,7 @@ class TrainConfig:
 # stopping to help (the last, low-learning-rate epochs are usually the best), so patience = epochs.
 # full: the settings for real data.
 PRESETS: dict[str, dict] = {
-    "quick": {"epochs": 10, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 10},
+    "quick": {"epochs": 8, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 8},
     "full": {},
 }
 

@@ -65,6 +65,7 @@ def score_volumes(
                 probs[..., k] >= threshold,
                 volume.mask[..., k].astype(bool),
                 spacing=volume.spacing,
+                slice_step=volume.slice_step,
                 with_hd95=with_hd95,
             )
             for volume, probs in zip(volumes, probabilities, strict=True)
