@@ -80,7 +80,7 @@ def summary_table(rows: dict[str, dict], split_name: str) -> str:
     lines = [
         f"Per-patient foreground Dice on the {split_name} patients.",
         "",
-        "| model | patients | Dice mean | Dice median | worst patient | IoU mean | HD95 mean (px) "
+        "| model | patients | Dice mean | Dice median | worst patient | IoU mean | HD95 mean "
         "| empty-slice FP rate | tumour-slice detection |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
