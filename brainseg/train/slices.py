@@ -109,7 +109,8 @@ def epoch_batches(
         order = torch.multinomial(torch.from_numpy(weights), n, replacement=True, generator=generator)
     else:
         order = torch.randperm(n, generator=generator)
-    order = order.numpy()[rank::world_size]
+    # every rank must run the same number of steps, or DDP's gradient all-reduce waits forever
+    order = order.numpy()[: n - n % world_size][rank::world_size]
     return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)] or [order]
 
 
