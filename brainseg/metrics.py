@@ -18,8 +18,14 @@ Conventions, stated once and repeated in every report that uses them:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from brainseg.data.volume import Volume
+
+REGION_NAMES = {1: ("tumour",), 3: ("whole_tumour", "tumour_core", "enhancing_tumour")}
 
 CONVENTIONS = (
     "per-patient foreground Dice/IoU on volumes stacked from slices; both empty = 1, one empty = 0; "
@@ -182,3 +188,32 @@ def summarize(scores: list[PatientScore]) -> dict:
         "conventions": CONVENTIONS,
         "per_patient": [asdict(s) for s in scores],
     }
+
+
+def score_volumes(
+    volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float = 0.5, with_hd95: bool = True
+) -> dict:
+    """The metrics report (see brainseg.metrics) per target region, from probabilities."""
+    classes = volumes[0].mask.shape[-1]
+    names = REGION_NAMES.get(classes, tuple(f"class_{k}" for k in range(classes)))
+    report = {"threshold": threshold, "regions": {}}
+    for k, name in enumerate(names):
+        scores = [
+            score_patient(
+                volume.patient_id,
+                probs[..., k] >= threshold,
+                volume.mask[..., k].astype(bool),
+                spacing=volume.spacing,
+                slice_step=volume.slice_step,
+                with_hd95=with_hd95,
+            )
+            for volume, probs in zip(volumes, probabilities, strict=True)
+        ]
+        report["regions"][name] = summarize(scores)
+    return report
+
+
+def headline_dice(report: dict) -> float:
+    """Mean per-patient Dice over patients with tumour, averaged over the target regions."""
+    values = [r["dice"]["mean"] for r in report["regions"].values() if r["dice"]["mean"] is not None]
+    return float(np.mean(values)) if values else 0.0

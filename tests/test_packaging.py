@@ -13,6 +13,7 @@ def test_data_and_metrics_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import brainseg.metrics, brainseg.data.readers, brainseg.data.split, brainseg.data.sample, brainseg.cli\n"
+        "import brainseg.data.preprocess\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -6,16 +6,16 @@ slice's native size before thresholding, so Dice is measured against the origina
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from brainseg import metrics
+from brainseg.data.preprocess import resize_back
 from brainseg.data.volume import Volume
+from brainseg.metrics import headline_dice, score_volumes
 from brainseg.train.slices import Normalisation, normalise, resize_slices
 
-REGION_NAMES = {1: ("tumour",), 3: ("whole_tumour", "tumour_core", "enhancing_tumour")}
+__all__ = ["headline_dice", "predict_volume", "score_volumes"]
 
 
 @torch.no_grad()
@@ -44,37 +44,4 @@ def predict_volume(
         probs = torch.sigmoid(logits.float())  # (B, K, s, s)
         chunks.append(probs.permute(0, 2, 3, 1).cpu().numpy())
     probs = np.concatenate(chunks)  # (S, s, s, K)
-    height, width = volume.image.shape[1:3]
-    if (height, width) != (img_size, img_size):
-        resized = [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in probs]
-        probs = np.stack([r.reshape(height, width, -1) for r in resized])
-    return probs.astype(np.float32)
-
-
-def score_volumes(
-    volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float = 0.5, with_hd95: bool = True
-) -> dict:
-    """The metrics report (see brainseg.metrics) per target region, from probabilities."""
-    classes = volumes[0].mask.shape[-1]
-    names = REGION_NAMES.get(classes, tuple(f"class_{k}" for k in range(classes)))
-    report = {"threshold": threshold, "regions": {}}
-    for k, name in enumerate(names):
-        scores = [
-            metrics.score_patient(
-                volume.patient_id,
-                probs[..., k] >= threshold,
-                volume.mask[..., k].astype(bool),
-                spacing=volume.spacing,
-                slice_step=volume.slice_step,
-                with_hd95=with_hd95,
-            )
-            for volume, probs in zip(volumes, probabilities, strict=True)
-        ]
-        report["regions"][name] = metrics.summarize(scores)
-    return report
-
-
-def headline_dice(report: dict) -> float:
-    """Mean per-patient Dice over patients with tumour, averaged over the target regions."""
-    values = [r["dice"]["mean"] for r in report["regions"].values() if r["dice"]["mean"] is not None]
-    return float(np.mean(values)) if values else 0.0
+    return resize_back(probs, *volume.image.shape[1:3]).astype(np.float32)
