@@ -28,3 +28,7 @@ def missing_extra(module: str, extra: str) -> BrainsegError:
     return BrainsegError(
         f"{module} is not installed; install it with: pip install 'brainseg[{extra}]'"
     )
+
+
+class ArtifactError(BrainsegError):
+    """An artifacts folder is incomplete, tampered with, or does not match this machine."""

@@ -7,3 +7,15 @@ def tiny_sample(tmp_path_factory):
     from brainseg.data.sample import SampleSpec, write_sample_dataset
 
     return write_sample_dataset(tmp_path_factory.mktemp("data") / "sample", SampleSpec(patients=6, slices=6, size=64))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_sample, tmp_path_factory):
+    """A finished one-epoch seg-train run of all three models at 64x64 on the tiny sample."""
+    from brainseg.train.config import make_config
+    from brainseg.train.run import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = make_config("quick", epochs=1, img_size=64, batch_size=4, encoder="resnet18", unet_base_channels=8)
+    train_run(data=str(tiny_sample), out=out, cfg=cfg, progress=False)
+    return out

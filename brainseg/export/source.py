@@ -1,0 +1,116 @@
+"""What export starts from: a seg-train run folder, its checkpoints, split and validation data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from brainseg.data.preprocess import Normalisation
+from brainseg.data.readers import read_dataset
+from brainseg.data.split import Split, load_split
+from brainseg.data.volume import Volume
+from brainseg.errors import CheckpointError, DataError
+from brainseg.train.checkpoint import load_checkpoint
+from brainseg.train.config import TrainConfig
+from brainseg.train.models import MODELS, build_model
+
+# the facts every member must share for them to be one ensemble graph
+_SHARED = ("img_size", "in_channels", "classes", "normalisation")
+
+
+@dataclass
+class TrainedMember:
+    name: str
+    model: nn.Module  # eval mode, on the CPU
+    best_epoch: int
+    val_dice: float
+
+
+@dataclass
+class TrainedRun:
+    """A finished seg-train run, ready to export."""
+
+    run_dir: Path
+    members: list[TrainedMember]
+    norm: Normalisation
+    img_size: int
+    in_channels: int
+    classes: int
+    threshold: float
+    split: Split
+    config: TrainConfig
+    data: str
+
+    @property
+    def input_dtype(self) -> str:
+        """The ensemble graph's input: raw uint8 slices for 8-bit sources, z-scored float32 for NIfTI."""
+        return "uint8" if self.norm.kind == "uint8" else "float32"
+
+
+def _member(run_dir: Path, name: str) -> tuple[TrainedMember, dict]:
+    path = run_dir / name / "best.pt"
+    payload = load_checkpoint(path, expect_model=name)
+    model = build_model(name, in_channels=payload["in_channels"], classes=payload["classes"],
+                        options=payload["model_options"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit a {name} model with its saved options ({first})") from err
+    member = TrainedMember(name, model.eval(), payload["best_epoch"], payload["best_dice"])
+    return member, payload
+
+
+def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun:
+    """Load the best checkpoint of each model in a run folder.
+
+    `models` defaults to every model the run trained. Raises CheckpointError naming the file when
+    a checkpoint is missing, corrupt or of another architecture, and when the members disagree
+    on input size, channels, classes or normalisation.
+    """
+    run_dir = Path(run_dir)
+    for required in ("config.json", "split.json", "run.json"):
+        if not (run_dir / required).is_file():
+            raise CheckpointError(f"{run_dir}: not a seg-train run folder (no {required})")
+    config = TrainConfig.from_json(run_dir / "config.json")
+    names = models or [m for m in config.models if m in MODELS]
+    loaded = [_member(run_dir, name) for name in names]
+    first = loaded[0][1]
+    for member, payload in loaded[1:]:
+        for key in _SHARED:
+            if payload[key] != first[key]:
+                raise CheckpointError(
+                    f"{run_dir}: {member.name} has {key}={payload[key]} but {loaded[0][0].name} has {first[key]}; "
+                    "members of one ensemble must be trained on the same data and size"
+                )
+    return TrainedRun(
+        run_dir=run_dir, members=[m for m, _ in loaded], norm=Normalisation.from_dict(first["normalisation"]),
+        img_size=first["img_size"], in_channels=first["in_channels"], classes=first["classes"],
+        threshold=first["threshold"], split=load_split(run_dir / "split.json"), config=config,
+        data=json.loads((run_dir / "run.json").read_text())["data"],
+    )
+
+
+def validation_volumes(run: TrainedRun) -> list[Volume]:
+    """The run's validation patients, read again from the data the run was trained on."""
+    data = run.data
+    if data == "sample":
+        from brainseg.data.sample import SampleSpec, cached_sample_dataset
+
+        cfg = run.config
+        data = str(cached_sample_dataset(SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices,
+                                                    seed=cfg.seed)))
+    if not Path(data).exists():
+        raise DataError(f"{data}: the run's data folder is gone; validation patients are needed for calibration "
+                        "and the accuracy check")
+    dataset = read_dataset(data, layout=run.config.layout, modalities=run.config.modalities,
+                           target=run.config.target, patient_regex=run.config.patient_regex)
+    wanted = set(run.split.val)
+    volumes = [v for v in dataset.volumes if v.patient_id in wanted]
+    if len(volumes) != len(wanted):
+        missing = sorted(wanted - {v.patient_id for v in volumes})
+        raise DataError(f"{data}: validation patients missing from the data: {', '.join(missing[:5])}")
+    return volumes
