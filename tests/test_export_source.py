@@ -108,3 +108,25 @@ def test_invalid_manifest_lists_its_problems(tmp_path):
     (tmp_path / mf.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"input lacks 'dtype'.*precision fp16 names 'nope.onnx'"):
         mf.load_manifest(tmp_path)
+
+
+def test_gate_marks_drops_beyond_the_budget():
+    from brainseg.export.accuracy import apply_gate
+
+    table = {"pytorch-fp32": {"headline_dice": 0.90}, "fp16": {"headline_dice": 0.8995},
+             "int8": {"headline_dice": 0.890}}
+    apply_gate(table, reference="pytorch-fp32", max_drop=0.005)
+    assert [table[k]["passed"] for k in ("pytorch-fp32", "fp16", "int8")] == [True, True, False]
+    assert table["int8"]["dice_drop"] == pytest.approx(0.01)
+
+
+def test_fitted_weights_prefer_the_member_that_is_right():
+    from brainseg.export.accuracy import fit_weights
+
+    volumes = [_volume("a", [1, 2]), _volume("b", [3])]
+    truth = [v.mask.astype(np.float32) for v in volumes]
+    wrong = [1.0 - t for t in truth]
+    weights, dice = fit_weights([wrong, truth], volumes, threshold=0.5, step=0.25)
+    assert weights[1] > weights[0] and dice == pytest.approx(1.0)
+    even, _ = fit_weights([truth, truth], volumes, threshold=0.5, step=0.25)
+    assert even == [0.5, 0.5]  # a tie goes to equal weights
