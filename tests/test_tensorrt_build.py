@@ -23,6 +23,7 @@ from brainseg.errors import BrainsegError, ConfigError, DataError  # noqa: E402
 from brainseg.export import tensorrt_build  # noqa: E402
 from brainseg.export.tensorrt_build import EngineProvenance, provenance_path  # noqa: E402
 from brainseg.export.trt_support import check_qdq_for_tensorrt, supported_ops, unsupported_ops  # noqa: E402
+from brainseg.fileio import sha256_file  # noqa: E402
 
 TRT_SKIP = "TensorRT is not installed here (its PyPI libs cannot be fetched); these run on a GPU machine with TensorRT"
 
@@ -526,7 +527,7 @@ def test_build_writes_engine_provenance_and_timing_cache(onnx_file, tmp_path):
     stored = EngineProvenance.from_json(provenance_path(engine).read_text())
     assert stored == built
     assert stored.tensorrt_version == trt.__version__ and stored.profile == (1, 2, 4) and stored.strongly_typed
-    assert stored.onnx_sha256 == tensorrt_build.file_sha256(onnx_file)
+    assert stored.onnx_sha256 == sha256_file(onnx_file)
     assert re.fullmatch(r"\d+\.\d+", stored.compute_capability)
     before = engine.stat().st_mtime_ns
     assert tensorrt_build.load_engine_checked(engine, onnx_file, "fp32", batch=(1, 2, 4)) == engine

@@ -6,11 +6,11 @@ no longer matches is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from brainseg.errors import ArtifactError
+from brainseg.fileio import sha256_file, write_atomic
 
 FORMAT = "brainseg-artifacts/1"
 MANIFEST = "manifest.json"
@@ -20,14 +20,6 @@ _REQUIRED = {
     "files": dict, "precisions": dict, "versions": dict, "source_run": dict,
 }
 _INPUT_KEYS = ("name", "dtype", "layout", "channels", "height", "width", "normalisation")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entry(folder: Path, name: str, **facts) -> dict:
@@ -74,7 +66,7 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     if problems:
         raise ValueError(f"refusing to write an invalid manifest: {'; '.join(problems)}")
     path = Path(folder) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 

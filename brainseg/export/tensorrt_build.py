@@ -12,15 +12,13 @@ on a machine without either.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from brainseg.errors import BrainsegError, ConfigError, DataError, missing_extra
+from brainseg.fileio import sha256_file, write_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_BATCH = (1, 8, 32)
@@ -88,7 +86,7 @@ def current_provenance(onnx_path: Path, precision: str, profile: tuple[int, ...]
     trt = _import_tensorrt()
     gpu_name, compute_capability = gpu_identity()
     return EngineProvenance(
-        onnx_sha256=file_sha256(onnx_path),
+        onnx_sha256=_onnx_sha256(onnx_path),
         precision=precision,
         tensorrt_version=trt.__version__,
         gpu_name=gpu_name,
@@ -193,31 +191,11 @@ def cuda_call(name: str, result: tuple):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (an ONNX file's external-data files are not included)."""
-    path = Path(path)
-    if not path.is_file():
+def _onnx_sha256(path: Path) -> str:
+    """The ONNX file's hash (external-data files, if any, are not included)."""
+    if not Path(path).is_file():
         raise DataError(f"{path}: ONNX file not found")
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return sha256_file(path)
 
 
 def _provenance_problems(engine_path: Path, current: EngineProvenance) -> list[str]:

@@ -5,23 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from brainseg.fileio import write_atomic
 from brainseg.metrics import CONVENTIONS
 
+__all__ = ["plot_curves", "summary_table", "write_atomic", "write_json", "write_metrics_csv", "epoch_row"]
+
 METRIC_COLUMNS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "val_empty_fp_rate", "lr", "seconds")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict) -> None:
