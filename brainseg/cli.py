@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from brainseg.errors import BrainsegError
+from brainseg.errors import BrainsegError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Brain-MRI tumour segmentation toolkit.")
 
@@ -104,6 +104,83 @@ def sample_data_command(
     typer.echo(f"Wrote {patients} sample patients to {root}")
 
 
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Argument(help="A seg-train run folder (runs/NAME).")],
+    out: Annotated[Path | None, typer.Option(help="Artifacts folder; default artifacts/<run name>.")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write the float16 ensemble graph.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write the INT8 (Q/DQ) ensemble graph.")] = False,
+    max_dice_drop: Annotated[float, typer.Option(help="Largest per-patient Dice drop against PyTorch FP32.")] = 0.005,
+    calib_slices: Annotated[int, typer.Option(help="Validation slices for INT8 calibration.")] = 256,
+    calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
+    int8_activations: Annotated[str, typer.Option(help="int8_symmetric (TensorRT) or uint8 (ONNX Runtime CPU).")]
+    = "int8_symmetric",
+    tta: Annotated[str, typer.Option(help="Test-time augmentation inside the graph: none or flip.")] = "none",
+    weights: Annotated[str, typer.Option(help="Ensemble weights: auto (fitted on validation), equal, or a,b,c.")]
+    = "auto",
+    allow_failed: Annotated[bool, typer.Option(help="Exit 0 even when a precision fails the accuracy gate.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifacts folder.")] = False,
+) -> None:
+    """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice."""
+    from brainseg.export.pipeline import ExportOptions, export_run
+
+    _setup_logging()
+    if tta not in ("none", "flip"):
+        raise _fail(ConfigError(f"--tta must be none or flip, got {tta!r}"))
+    options = ExportOptions(fp16=fp16, int8=int8, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
+                            calib_method=calib_method, int8_activations=int8_activations, tta_flip=tta == "flip",
+                            weights=weights, overwrite=overwrite)
+    try:
+        result = export_run(run, out or Path("artifacts") / run.name, options)
+    except BrainsegError as err:
+        raise _fail(err) from None
+    for name, row in result.table.items():
+        verdict = "pass" if row["passed"] else "FAILED"
+        typer.echo(f"  {name:<13} Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}")
+    typer.echo(f"Artifacts: {result.out} (accuracy table in {result.out / 'accuracy.md'})")
+    if result.failed and not allow_failed:
+        typer.secho(f"error: {', '.join(result.failed)} lost more than {max_dice_drop} Dice; not offered to seg-run",
+                    err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1)
+
+
+@app.command("export-engine")
+def engine_command(
+    artifacts: Annotated[Path, typer.Argument(help="An artifacts folder written by seg-export.")],
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (must have passed the gate).")] = "fp16",
+    batch: Annotated[str, typer.Option(help="Batch profile min:opt:max.")] = "1:8:32",
+    workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 4.0,
+) -> None:
+    """Build a TensorRT engine on this machine from an exported graph (needs TensorRT, not torch)."""
+    from brainseg.export.manifest import load_manifest, usable_precisions
+    from brainseg.export.tensorrt_build import build_engine
+
+    _setup_logging()
+    try:
+        manifest = load_manifest(artifacts)
+        if precision not in usable_precisions(manifest):
+            raise ConfigError(f"{artifacts}: precision {precision} is not available or failed the accuracy gate; "
+                              f"usable: {', '.join(usable_precisions(manifest)) or 'none'}")
+        profile = _batch_profile(batch)
+        onnx_file = artifacts / manifest["precisions"][precision]["file"]
+        engine = artifacts / f"ensemble.{precision}.engine"
+        provenance = build_engine(onnx_file, engine, precision=precision, batch=profile,
+                                  timing_cache=artifacts / "tensorrt.timing-cache", workspace_gib=workspace_gib)
+    except BrainsegError as err:
+        raise _fail(err) from None
+    typer.echo(f"Built {engine} for {provenance.gpu_name} (TensorRT {provenance.tensorrt_version})")
+
+
+def _batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        low, opt, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--batch must be min:opt:max, e.g. 1:8:32; got {text!r}") from None
+    if not 1 <= low <= opt <= high:
+        raise ConfigError(f"--batch needs 1 <= min <= opt <= max, got {text!r}")
+    return low, opt, high
+
+
 def train_entry() -> None:
     """Console script `seg-train`."""
     typer.run(train_command)
@@ -112,3 +189,12 @@ def train_entry() -> None:
 def sample_entry() -> None:
     """Console script `seg-sample`."""
     typer.run(sample_data_command)
+
+
+def export_entry() -> None:
+    """Console script `seg-export`: `seg-export RUN ...`, or `seg-export engine ARTIFACTS ...`."""
+    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+        sys.argv = [f"{sys.argv[0]} engine", *sys.argv[2:]]
+        typer.run(engine_command)
+    else:
+        typer.run(export_command)

@@ -67,12 +67,14 @@ def fit_weights(
 ) -> tuple[list[float], float]:
     """Ensemble weights on a simplex grid that maximise mean per-patient Dice on `volumes`.
 
-    `member_probs[m][v]` is member m's probability for volume v. Returns (weights, Dice). Ties
-    go to the most even weights, so 'auto' falls back to equal weights when nothing is better.
+    `member_probs[m][v]` is member m's probability for volume v. Returns (weights, Dice). Every
+    member keeps at least one step of weight: a zero weight would still run the model in the
+    graph while it contributes nothing. Ties go to the most even weights, so 'auto' falls back
+    to equal weights when nothing is better.
     """
     units = round(1 / step)
     best: tuple[float, float, list[float]] = (-1.0, 0.0, [])
-    for combo in itertools.product(range(units + 1), repeat=len(member_probs)):
+    for combo in itertools.product(range(1, units + 1), repeat=len(member_probs)):
         if sum(combo) != units:
             continue
         weights = [c / units for c in combo]

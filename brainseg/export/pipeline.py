@@ -1,0 +1,260 @@
+"""`seg-export` as a library call: a training run -> ONNX graphs per precision, checked and gated.
+
+Everything is written into a hidden sibling folder and renamed into place only when complete,
+so an interrupted export never leaves a folder that looks like valid artifacts.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainseg.data.volume import Volume
+from brainseg.errors import ConfigError
+from brainseg.export import accuracy, onnx_io, precision
+from brainseg.export.calibration import calibration_slices
+from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
+from brainseg.export.manifest import FORMAT, file_entry, write_manifest
+from brainseg.export.source import TrainedRun, load_run, validation_volumes
+from brainseg.export.trt_support import check_qdq_for_tensorrt, unsupported_ops
+from brainseg.fileio import write_atomic
+
+log = logging.getLogger("brainseg.export")
+REFERENCE = "pytorch-fp32"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    fp16: bool = False
+    int8: bool = False
+    max_dice_drop: float = 0.005
+    calib_slices: int = 256
+    calib_method: str = "minmax"
+    int8_activations: str = "int8_symmetric"
+    tta_flip: bool = False
+    weights: str = "auto"  # auto | equal | "a,b,c"
+    simplify: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    table: dict[str, dict]
+    failed: list[str] = field(default_factory=list)
+
+
+def _torch_predict(graph: torch.nn.Module) -> accuracy.Predict:
+    @torch.no_grad()
+    def predict(images: np.ndarray) -> np.ndarray:
+        return graph.eval()(torch.from_numpy(images))[0].float().numpy()
+
+    return predict
+
+
+def _onnx_predict(path: Path) -> accuracy.Predict:
+    session = onnx_io.ort_session(path)
+    return lambda images: onnx_io.run(session, {"image": images})["probability"]
+
+
+def _choose_weights(run: TrainedRun, member_probs: list[list[np.ndarray]], volumes, spec: str) -> tuple[list, str]:
+    count = len(run.members)
+    if spec == "equal" or count == 1:
+        return [1.0 / count] * count, "equal"
+    if spec == "auto":
+        weights, dice = accuracy.fit_weights(member_probs, volumes, threshold=run.threshold)
+        log.info("ensemble weights fitted on %d validation patients: %s (Dice %.4f)", len(volumes), weights, dice)
+        return weights, "auto (fitted on the validation patients)"
+    try:
+        weights = [float(w) for w in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights must be auto, equal or {count} numbers like 1,1,2; got {spec!r}") from None
+    if len(weights) != count:
+        names = ", ".join(m.name for m in run.members)
+        raise ConfigError(f"--weights gives {len(weights)} numbers for {count} models ({names})")
+    return weights, "given"
+
+
+def _calibration(run: TrainedRun, volumes: list[Volume], options: ExportOptions) -> Iterator[dict]:
+    slices = calibration_slices(volumes, img_size=run.img_size, count=options.calib_slices, seed=run.config.seed)
+    for start in range(0, len(slices), 8):
+        yield {"image": slices[start : start + 8]}
+
+
+@dataclass
+class _Writer:
+    """Collects files in the staging folder with their facts for the manifest."""
+
+    folder: Path
+    files: dict[str, dict] = field(default_factory=dict)
+    notes: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, name: str, **facts) -> Path:
+        self.files[name] = facts
+        return self.folder / name
+
+    def finalise(self) -> dict[str, dict]:
+        return {name: file_entry(self.folder, name, **facts) for name, facts in self.files.items()}
+
+
+def _export_members(run: TrainedRun, writer: _Writer, volumes: list[Volume], options: ExportOptions):
+    """Each model's own graph; returns their PyTorch probabilities on `volumes` and ORT parity."""
+    example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
+    member_probs, parity = [], {}
+    for member in run.members:
+        graph = MemberGraph(member.model, norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
+        path = writer.add(f"{member.name}.fp32.onnx", kind="member", model=member.name, precision="fp32")
+        onnx_io.export_onnx(graph, path, example=example, input_names=["image"], output_names=["probability", "mask"])
+        if options.simplify:
+            writer.notes[path.name] = onnx_io.simplify(path)
+        torch_probs = accuracy.predict_volumes(_torch_predict(graph), volumes, img_size=run.img_size)
+        onnx_probs = accuracy.predict_volumes(_onnx_predict(path), volumes, img_size=run.img_size)
+        parity[member.name] = accuracy.max_abs_difference(torch_probs, onnx_probs)
+        member_probs.append(torch_probs)
+    return member_probs, parity
+
+
+def _score(table: dict, name: str, predict: accuracy.Predict, run: TrainedRun, volumes: list[Volume]):
+    probs = accuracy.predict_volumes(predict, volumes, img_size=run.img_size)
+    table[name] = accuracy.accuracy_row(volumes, probs, threshold=run.threshold)
+    return probs
+
+
+def _export_ensemble(run, writer, volumes, weights, options: ExportOptions, parity: dict) -> dict[str, dict]:
+    """The fused graph in each asked precision, scored against PyTorch FP32 on `volumes`."""
+    graph = EnsembleGraph([m.model for m in run.members], weights=weights, norm=run.norm,
+                          input_dtype=run.input_dtype, threshold=run.threshold, tta_flip=options.tta_flip)
+    example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
+    names = dict(input_names=["image"], output_names=["probability", "mask", "disagreement"])
+    table: dict[str, dict] = {}
+    reference = _score(table, REFERENCE, _torch_predict(graph), run, volumes)
+    fp32 = writer.add("ensemble.fp32.onnx", kind="ensemble", precision="fp32")
+    onnx_io.export_onnx(graph, fp32, example=example, **names)
+    if options.simplify:
+        writer.notes[fp32.name] = onnx_io.simplify(fp32)
+    onnx_fp32 = _score(table, "fp32", _onnx_predict(fp32), run, volumes)
+    parity["ensemble"] = accuracy.max_abs_difference(reference, onnx_fp32)
+    if options.fp16:
+        fp16 = writer.add("ensemble.fp16.onnx", kind="ensemble", precision="fp16")
+        writer.notes[fp16.name] = precision.export_fp16(graph, fp16, example=example, **names)
+        _score(table, "fp16", _onnx_predict(fp16), run, volumes)
+    if options.int8:
+        int8 = writer.add("ensemble.int8.onnx", kind="ensemble", precision="int8")
+        writer.notes[int8.name] = precision.quantize_int8(
+            fp32, int8, calibration=_calibration(run, volumes, options), method=options.calib_method,
+            activation_type=options.int8_activations,
+        )
+        _score(table, "int8", _onnx_predict(int8), run, volumes)
+    return accuracy.apply_gate(table, reference=REFERENCE, max_drop=options.max_dice_drop)
+
+
+def _tensorrt_checks(writer: _Writer) -> dict[str, dict]:
+    """Ops outside TensorRT's parser list and Q/DQ placements TensorRT would reject, per file."""
+    checks = {}
+    for name in writer.files:
+        path = writer.folder / name
+        checks[name] = {"unsupported_ops": unsupported_ops(path),
+                        "qdq_problems": check_qdq_for_tensorrt(path) if ".int8." in name else []}
+    return checks
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as metadata
+
+    versions = {}
+    for package in ("brainseg", "torch", "segmentation-models-pytorch", "onnx", "onnxruntime", "onnxslim"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _manifest(run: TrainedRun, writer: _Writer, table, parity, weights, weights_source, options) -> dict:
+    precisions = {
+        name: {"file": f"ensemble.{name}.onnx", "passed": row["passed"], "dice_mean": row["dice_mean"],
+               "dice_drop": row["dice_drop"]}
+        for name, row in table.items() if name != REFERENCE
+    }
+    return {
+        "format": FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {"name": "image", "dtype": run.input_dtype, "layout": "NHWC", "channels": run.in_channels,
+                  "height": run.img_size, "width": run.img_size, "normalisation": run.norm.to_dict(),
+                  "modalities": list(run.config.modalities) if run.input_dtype == "float32" else None,
+                  "resize": "area to shrink, linear to grow; probabilities resized back linearly"},
+        "outputs": {
+            "probability": {"dtype": "float32", "layout": "NCHW", "classes": run.classes},
+            "mask": {"dtype": "uint8", "layout": "NCHW", "values": [0, 1]},
+            "disagreement": {"dtype": "float32", "layout": "NCHW", "meaning": "max minus min member probability"},
+        },
+        "threshold": float(run.threshold),
+        "ensemble": {"members": [m.name for m in run.members], "weights": weights, "weights_source": weights_source,
+                     "tta": "flip" if options.tta_flip else "none"},
+        "files": writer.finalise(),
+        "precisions": precisions,
+        "accuracy": {"reference": REFERENCE, "max_dice_drop": options.max_dice_drop, "table": table,
+                     "fp32_parity_max_abs": parity, "patients": len(run.split.val)},
+        "graph_notes": writer.notes,
+        "tensorrt": _tensorrt_checks(writer),
+        "versions": _versions(),
+        "source_run": {"path": str(run.run_dir.resolve()), "data": run.data, "val_patients": run.split.val,
+                       "members": {m.name: {"best_epoch": m.best_epoch, "val_dice": m.val_dice} for m in run.members}},
+    }
+
+
+def _staging_folder(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+
+
+def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
+               *, progress: Callable[[str], None] = log.info) -> ExportResult:
+    """Export a seg-train run into an artifacts folder; see the module docstring.
+
+    Precisions whose validation Dice drops more than `options.max_dice_drop` against PyTorch FP32
+    are marked failed in the manifest and listed in the result (the CLI turns that into exit 1).
+    """
+    out = Path(out)
+    run = load_run(run_dir)
+    progress(f"reading the {len(run.split.val)} validation patients")
+    volumes = validation_volumes(run)
+    staging = _staging_folder(out, options.overwrite)
+    try:
+        writer = _Writer(staging)
+        progress("exporting each model's graph and checking it against PyTorch")
+        member_probs, parity = _export_members(run, writer, volumes, options)
+        weights, weights_source = _choose_weights(run, member_probs, volumes, options.weights)
+        progress("exporting the ensemble graph and the precisions asked for")
+        table = _export_ensemble(run, writer, volumes, weights, options, parity)
+        manifest = _manifest(run, writer, table, parity, weights, weights_source, options)
+        write_atomic(staging / "accuracy.md",
+                     accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity))
+        write_manifest(staging, manifest)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    failed = [name for name, row in table.items() if not row["passed"]]
+    return ExportResult(out=out, table=table, failed=failed)
