@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import torch
 
 from brainseg.errors import CheckpointError
+from brainseg.fileio import write_atomic
 
 FORMAT = "brainseg-checkpoint/1"
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write `payload` to `path` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    write_atomic(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: Path, *, expect_model: str | None = None) -> dict:
