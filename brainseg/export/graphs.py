@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from brainseg.errors import ConfigError
-from brainseg.train.slices import Normalisation
+from brainseg.data.preprocess import Normalisation
 
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 INPUT_NAME = "image"
