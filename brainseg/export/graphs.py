@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from brainseg.errors import ConfigError
 from brainseg.data.preprocess import Normalisation
+from brainseg.errors import ConfigError
 
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 INPUT_NAME = "image"
