@@ -97,30 +97,35 @@ def _predict(model, volumes, cfg: TrainConfig, norm: Normalisation, device) -> l
     return [predict_volume(model, v, img_size=cfg.img_size, norm=norm, device=device) for v in volumes]
 
 
-def _finish_model(job: ModelJob, cfg: TrainConfig, test: list[Volume], device, history) -> dict:
-    """Score best.pt on val and test, write the model's reports; return its probabilities."""
+def _finish_model(job: ModelJob, cfg: TrainConfig, test: list[Volume], device, history) -> tuple[dict, dict]:
+    """Score best.pt on val and test and write the model's reports.
+
+    Returns its probabilities and its reports per split, for the run's report and ensemble.
+    """
     model, payload = _load_best(job.out_dir, job.name, device)
     probs = {"val": _predict(model, job.val, cfg, job.norm, device),
              "test": _predict(model, test, cfg, job.norm, device)}
+    scored = {}
     for split_name, volumes in (("val", job.val), ("test", test)):
         if volumes:
             report = score_volumes(volumes, probs[split_name], threshold=cfg.threshold)
             report.update(model=job.name, best_epoch=payload["best_epoch"], split=split_name)
             reports.write_json(job.out_dir / f"{split_name}_report.json", report)
+            scored[split_name] = report
     if history:
         reports.plot_curves(job.out_dir / "training_curve.png", history, job.name)
-    return probs
+    return probs, scored
 
 
 def _write_run_reports(out: Path, cfg: TrainConfig, val: list[Volume], test: list[Volume],
-                       probs: dict[str, dict]) -> dict[str, float]:
-    """Per-model and ensemble (mean of the members' probabilities) reports on val and test."""
+                       probs: dict[str, dict], scored: dict[str, dict]) -> dict[str, float]:
+    """The run's table: each model's reports (already scored) and the ensemble's (mean of probabilities)."""
     table_rows: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
     for split_name, volumes in (("val", val), ("test", test)):
         if not volumes:
             continue
-        for name, p in probs.items():
-            table_rows[split_name][name] = score_volumes(volumes, p[split_name], threshold=cfg.threshold)
+        for name in probs:
+            table_rows[split_name][name] = scored[name][split_name]
         if len(probs) > 1:
             mean = [np.mean(stack, axis=0) for stack in zip(*(p[split_name] for p in probs.values()), strict=True)]
             table_rows[split_name]["ensemble (mean)"] = score_volumes(volumes, mean, threshold=cfg.threshold)
@@ -161,7 +166,7 @@ def train_run(
             _write_run_info(out, data, dataset, split, ctx)
         norm = fit_normalisation(train)
         table = SliceTable.from_volumes(train, cfg.img_size)
-        probs = {}
+        probs, scored = {}, {}
         with TrainProgress(enabled=progress and ctx.is_main, epochs=cfg.epochs) as bar:
             for index, name in enumerate(cfg.models):
                 job = ModelJob(name, index, table, val, norm, dataset.in_channels, dataset.classes, out / name)
@@ -171,8 +176,8 @@ def train_run(
                 state = trainer.fit(bar.for_model(name, trainer.steps_per_epoch, trainer.state.epoch))
                 if ctx.is_main:
                     reports.write_atomic(job.out_dir / "config.json", cfg.to_json())
-                    probs[name] = _finish_model(job, cfg, test, ctx.device, state.history)
-        test_dice = _write_run_reports(out, cfg, val, test, probs) if ctx.is_main else {}
+                    probs[name], scored[name] = _finish_model(job, cfg, test, ctx.device, state.history)
+        test_dice = _write_run_reports(out, cfg, val, test, probs, scored) if ctx.is_main else {}
         return RunResult(out, test_dice, len(dataset.skipped), time.perf_counter() - started)
     finally:
         shutdown(ctx)
