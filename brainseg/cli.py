@@ -5,8 +5,10 @@ Library errors (BrainsegError) are printed as one line and exit with code 1; usa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -113,8 +115,9 @@ def export_command(
     max_dice_drop: Annotated[float, typer.Option(help="Largest per-patient Dice drop against PyTorch FP32.")] = 0.005,
     calib_slices: Annotated[int, typer.Option(help="Validation slices for INT8 calibration.")] = 256,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
-    int8_activations: Annotated[str, typer.Option(help="int8_symmetric (TensorRT) or uint8 (ONNX Runtime CPU).")]
-    = "int8_symmetric",
+    int8_activations: Annotated[str, typer.Option(
+        help="both (a TensorRT file and a CPU file), int8_symmetric (TensorRT) or uint8 (ONNX Runtime CPU).")]
+    = "both",
     tta: Annotated[str, typer.Option(help="Test-time augmentation inside the graph: none or flip.")] = "none",
     weights: Annotated[str, typer.Option(help="Ensemble weights: auto (fitted on validation), equal, or a,b,c.")]
     = "auto",
@@ -171,6 +174,75 @@ def engine_command(
     typer.echo(f"Built {engine} for {provenance.gpu_name} (TensorRT {provenance.tensorrt_version})")
 
 
+@app.command("run")
+def run_command(
+    scans: Annotated[list[Path], typer.Argument(help="Files or folders of scans (searched recursively).")],
+    artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
+    out: Annotated[Path, typer.Option(help="Output folder: masks/, overlays/, volumes/, results.csv.")] = Path("out"),
+    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
+    = None,
+    device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Slices per inference call.")] = 8,
+    readers: Annotated[int, typer.Option(help="Reader threads decoding scans.")] = 2,
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime CPU threads (default: one per core).")] = None,
+    save_probability: Annotated[bool, typer.Option(help="Also write probability maps for volumes.")] = False,
+    overlays: Annotated[bool, typer.Option(help="Write overlay PNGs (contour on the image).")] = True,
+    qc_threshold: Annotated[float, typer.Option(help="Mean model disagreement above which a scan is flagged.")]
+    = 0.25,
+    overwrite: Annotated[bool, typer.Option(help="Redo scans whose outputs already exist.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Segment a folder of scans with an exported ensemble (no torch needed).
+
+    Exit code 0: every scan done; 1: some inputs were skipped (reasons in summary.json);
+    2: a usage or artifacts problem, nothing segmented.
+    """
+    from brainseg.runtime.pipeline import RunOptions, segment
+
+    _setup_logging()
+    options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
+                         readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
+                         overlays=overlays, qc_threshold=qc_threshold)
+    try:
+        with _scan_progress(enabled=progress) as on_scan:
+            summary = segment(scans, artifacts, out, options, on_scan=on_scan)
+    except BrainsegError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "
+               f"({summary.slices_per_s:.1f} slices/s) with {summary.backend['backend']} {summary.precision}; "
+               f"{summary.resumed} already done")
+    typer.echo(f"Results: {out / 'results.csv'}, summary: {out / 'summary.json'}")
+    if summary.skipped:
+        typer.secho(f"{len(summary.skipped)} input(s) skipped:", err=True, fg=typer.colors.YELLOW)
+        for item in summary.skipped:
+            typer.echo(f"  {item['path']}: {item['reason']}", err=True)
+    raise typer.Exit(code=summary.exit_code)
+
+
+@contextlib.contextmanager
+def _scan_progress(*, enabled: bool):
+    """A rich progress bar of slices written and slices/s, fed by `on_scan(key, slices)`."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("Segmenting"), BarColumn(), TextColumn("{task.completed:.0f} slices"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("run", total=None, rate="")
+        started = time.perf_counter()
+
+        def on_scan(key: str, slices: int) -> None:
+            bar.advance(task, slices)
+            done = bar.tasks[0].completed
+            bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.1f} slices/s")
+
+        yield on_scan
+
+
 def _batch_profile(text: str) -> tuple[int, int, int]:
     try:
         low, opt, high = (int(part) for part in text.split(":"))
@@ -198,3 +270,8 @@ def export_entry() -> None:
         typer.run(engine_command)
     else:
         typer.run(export_command)
+
+
+def run_entry() -> None:
+    """Console script `seg-run`."""
+    typer.run(run_command)

@@ -24,7 +24,7 @@ def test_every_file_is_in_the_manifest_with_its_hash(artifacts):
     out, _ = artifacts
     manifest = mf.load_manifest(out)  # verifies every sha256
     expected = {f"{m}.fp32.onnx" for m in ("unet", "fpn", "resunet")} | {
-        f"ensemble.{p}.onnx" for p in ("fp32", "fp16", "int8")}
+        f"ensemble.{p}.onnx" for p in ("fp32", "fp16", "int8", "int8-cpu")}
     assert set(manifest["files"]) == expected
     assert (out / "accuracy.md").read_text().startswith("# Accuracy of the exported ensemble")
     assert manifest["input"]["dtype"] == "uint8" and manifest["input"]["height"] == 64
@@ -34,11 +34,26 @@ def test_every_file_is_in_the_manifest_with_its_hash(artifacts):
 
 def test_accuracy_table_and_fp32_parity(artifacts):
     out, result = artifacts
-    assert set(result.table) == {"pytorch-fp32", "fp32", "fp16", "int8"}
+    assert set(result.table) == {"pytorch-fp32", "fp32", "fp16", "int8", "int8-cpu"}
     accuracy = json.loads((out / mf.MANIFEST).read_text())["accuracy"]
     for name, value in accuracy["fp32_parity_max_abs"].items():
         assert value < 1e-4, f"{name}: ONNX Runtime FP32 differs from PyTorch by {value}"
     assert result.table["fp32"]["dice_drop"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_int8_has_a_tensorrt_file_and_a_cpu_file_gated_together(artifacts):
+    out, result = artifacts
+    manifest = mf.load_manifest(out)
+    int8 = manifest["precisions"]["int8"]
+    assert int8["files"] == {"gpu": "ensemble.int8.onnx", "cpu": "ensemble.int8-cpu.onnx"}
+    assert manifest["files"]["ensemble.int8.onnx"]["target"] == "tensorrt"
+    assert manifest["files"]["ensemble.int8-cpu.onnx"]["target"] == "onnxruntime-cpu"
+    assert manifest["graph_notes"]["ensemble.int8.onnx"]["activation_type"] == "int8_symmetric"
+    assert manifest["graph_notes"]["ensemble.int8-cpu.onnx"]["activation_type"] == "uint8"
+    assert int8["cpu"]["dice_mean"] == result.table["int8-cpu"]["dice_mean"]
+    table = {name: dict(row) for name, row in result.table.items()}
+    table["int8-cpu"]["passed"] = False
+    assert pipeline._precisions(table)["int8"]["passed"] is False
 
 
 def test_every_graph_is_buildable_by_tensorrt(artifacts):

@@ -31,6 +31,16 @@ log = logging.getLogger("brainseg.export")
 REFERENCE = "pytorch-fp32"
 
 
+# The int8 files written for each --int8-activations choice: (accuracy-table row, file, activation type).
+# TensorRT needs symmetric int8 activations; ONNX Runtime's CPU kernels are fast only with uint8
+# activations (u8 x s8 products), and 2-3x slower with int8 ones. "both" writes a file for each target.
+INT8_FILES = {
+    "int8_symmetric": (("int8", "ensemble.int8.onnx", "int8_symmetric"),),
+    "uint8": (("int8", "ensemble.int8.onnx", "uint8"),),
+    "both": (("int8", "ensemble.int8.onnx", "int8_symmetric"), ("int8-cpu", "ensemble.int8-cpu.onnx", "uint8")),
+}
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     fp16: bool = False
@@ -38,7 +48,7 @@ class ExportOptions:
     max_dice_drop: float = 0.005
     calib_slices: int = 256
     calib_method: str = "minmax"
-    int8_activations: str = "int8_symmetric"
+    int8_activations: str = "both"  # both | int8_symmetric | uint8; see INT8_FILES
     tta_flip: bool = False
     weights: str = "auto"  # auto | equal | "a,b,c"
     simplify: bool = True
@@ -147,12 +157,17 @@ def _export_ensemble(run, writer, volumes, weights, options: ExportOptions, pari
         writer.notes[fp16.name] = precision.export_fp16(graph, fp16, example=example, **names)
         _score(table, "fp16", _onnx_predict(fp16), run, volumes)
     if options.int8:
-        int8 = writer.add("ensemble.int8.onnx", kind="ensemble", precision="int8")
-        writer.notes[int8.name] = precision.quantize_int8(
-            fp32, int8, calibration=_calibration(run, volumes, options), method=options.calib_method,
-            activation_type=options.int8_activations,
-        )
-        _score(table, "int8", _onnx_predict(int8), run, volumes)
+        if options.int8_activations not in INT8_FILES:
+            raise ConfigError(f"--int8-activations must be one of {', '.join(INT8_FILES)}; "
+                              f"got {options.int8_activations!r}")
+        for row, name, activations in INT8_FILES[options.int8_activations]:
+            target = {"int8_symmetric": "tensorrt", "uint8": "onnxruntime-cpu"}[activations]
+            int8 = writer.add(name, kind="ensemble", precision="int8", target=target)
+            writer.notes[int8.name] = precision.quantize_int8(
+                fp32, int8, calibration=_calibration(run, volumes, options), method=options.calib_method,
+                activation_type=activations,
+            )
+            _score(table, row, _onnx_predict(int8), run, volumes)
     return accuracy.apply_gate(table, reference=REFERENCE, max_drop=options.max_dice_drop)
 
 
@@ -162,7 +177,8 @@ def _tensorrt_checks(writer: _Writer) -> dict[str, dict]:
     for name in writer.files:
         path = writer.folder / name
         checks[name] = {"unsupported_ops": unsupported_ops(path),
-                        "qdq_problems": check_qdq_for_tensorrt(path) if ".int8." in name else []}
+                        "qdq_problems": check_qdq_for_tensorrt(path)
+                        if writer.files[name].get("target") == "tensorrt" else []}
     return checks
 
 
@@ -178,12 +194,25 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _manifest(run: TrainedRun, writer: _Writer, table, parity, weights, weights_source, options) -> dict:
+def _precisions(table: dict) -> dict:
+    """Manifest `precisions`: one entry per precision; int8 with a CPU file has `files` per target
+    and passes only when both files pass the gate."""
     precisions = {
         name: {"file": f"ensemble.{name}.onnx", "passed": row["passed"], "dice_mean": row["dice_mean"],
                "dice_drop": row["dice_drop"]}
-        for name, row in table.items() if name != REFERENCE
+        for name, row in table.items() if name in ("fp32", "fp16", "int8")
     }
+    if "int8-cpu" in table:
+        cpu = table["int8-cpu"]
+        precisions["int8"]["files"] = {"gpu": "ensemble.int8.onnx", "cpu": "ensemble.int8-cpu.onnx"}
+        precisions["int8"]["cpu"] = {"dice_mean": cpu["dice_mean"], "dice_drop": cpu["dice_drop"],
+                                     "passed": cpu["passed"]}
+        precisions["int8"]["passed"] = precisions["int8"]["passed"] and cpu["passed"]
+    return precisions
+
+
+def _manifest(run: TrainedRun, writer: _Writer, table, parity, weights, weights_source, options) -> dict:
+    precisions = _precisions(table)
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
