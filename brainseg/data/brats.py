@@ -34,8 +34,11 @@ _SEPARATORS = ("_", "-")
 SkipFn = Callable[[Path, str], None]
 
 
-class _CaseSkipped(Exception):
-    """Raised inside this module when a case cannot be used; caught once per case."""
+class CaseSkipped(Exception):
+    """A case, or one of its files, cannot be used; `read_brats` catches it once per case.
+
+    Also raised by `zscore_nonzero`, which the runtime shares.
+    """
 
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -58,14 +61,14 @@ def read_brats(
     root: Path, modalities: Sequence[str], target: str, skip: SkipFn
 ) -> list[tuple[Path, Volume]]:
     """Read every case folder under `root`; `skip(path, reason)` records each case left out."""
-    nib = _import_nibabel()
+    nib = import_nibabel()
     modalities = _check_modalities(modalities)
     check_target(target)
     read = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             read.append((folder, _read_case(folder, modalities, target, nib)))
-        except _CaseSkipped as exc:
+        except CaseSkipped as exc:
             skip(exc.path, exc.reason)
     return read
 
@@ -79,7 +82,8 @@ def target_masks(seg: np.ndarray, target: str) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.uint8)
 
 
-def _import_nibabel():
+def import_nibabel():
+    """The nibabel module, or the error that names the `nifti` extra."""
     try:
         import nibabel
     except ImportError as exc:
@@ -105,7 +109,7 @@ def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> V
     images, zooms = zip(*(_load(files[m], nib) for m in modalities), strict=True)
     for modality, image in zip(modalities, images, strict=True):
         if image.shape != seg.shape:
-            raise _CaseSkipped(
+            raise CaseSkipped(
                 folder,
                 f"{files[modality].name} is {image.shape} but {files[SEG].name} is {seg.shape}",
             )
@@ -113,14 +117,14 @@ def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> V
     stack = np.stack(images, axis=-1)  # (X, Y, Z, C)
     keep = np.flatnonzero(np.any(stack != 0, axis=(0, 1, 3)))
     if keep.size == 0:
-        raise _CaseSkipped(folder, "every modality is zero everywhere (no brain voxels)")
+        raise CaseSkipped(folder, "every modality is zero everywhere (no brain voxels)")
     normalised = np.stack(
-        [_zscore(files[m], image) for m, image in zip(modalities, images, strict=True)], axis=-1
+        [zscore_nonzero(files[m], image) for m, image in zip(modalities, images, strict=True)], axis=-1
     )
     return Volume(
         patient_id=folder.name,
-        image=_axial(normalised[:, :, keep]).astype(np.float32),
-        mask=target_masks(_axial(labels[:, :, keep]), target),
+        image=axial_slices(normalised[:, :, keep]).astype(np.float32),
+        mask=target_masks(axial_slices(labels[:, :, keep]), target),
         slice_names=[f"{folder.name}:z{z}" for z in keep],
         spacing=(float(zooms[0][1]), float(zooms[0][0])),
         source="brats",
@@ -132,12 +136,12 @@ def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
     """Map each modality and 'seg' to its file, or raise naming the missing ones."""
     names = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
     if not any(p.name.lower().endswith(_NIFTI_SUFFIXES) for p in names):
-        raise _CaseSkipped(folder, f"no NIfTI files (expected {folder.name}_<modality>.nii.gz)")
+        raise CaseSkipped(folder, f"no NIfTI files (expected {folder.name}_<modality>.nii.gz)")
     files, missing = {}, []
     for modality in (*modalities, SEG):
         hits = [p for p in names if _modality_matches(p.name, modality)]
         if len(hits) > 1:
-            raise _CaseSkipped(
+            raise CaseSkipped(
                 folder, f"several {modality} files: {', '.join(sorted(p.name for p in hits))}"
             )
         if hits:
@@ -145,7 +149,7 @@ def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
         else:
             missing.append(f"{folder.name}_{modality}.nii.gz")
     if missing:
-        raise _CaseSkipped(folder, f"missing {', '.join(missing)} (or .nii)")
+        raise CaseSkipped(folder, f"missing {', '.join(missing)} (or .nii)")
     return files
 
 
@@ -165,45 +169,45 @@ def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...]]:
         data = image.get_fdata(dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
         detail = " ".join(str(exc).split())  # one line: some nibabel messages span two
-        raise _CaseSkipped(path, f"cannot read NIfTI ({type(exc).__name__}: {detail})") from exc
+        raise CaseSkipped(path, f"cannot read NIfTI ({type(exc).__name__}: {detail})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise _CaseSkipped(path, f"is {data.ndim}-D {data.shape}; expected one 3-D volume")
+        raise CaseSkipped(path, f"is {data.ndim}-D {data.shape}; expected one 3-D volume")
     if not np.isfinite(data).all():
         bad = int(data.size - np.isfinite(data).sum())
-        raise _CaseSkipped(path, f"has {bad} NaN or infinite voxels")
+        raise CaseSkipped(path, f"has {bad} NaN or infinite voxels")
     return data, tuple(float(z) for z in image.header.get_zooms()[:3])
 
 
 def _check_labels(path: Path, seg: np.ndarray) -> np.ndarray:
     labels = np.rint(seg)
     if not np.array_equal(labels, seg):
-        raise _CaseSkipped(path, "segmentation has non-integer labels")
+        raise CaseSkipped(path, "segmentation has non-integer labels")
     found = np.unique(labels).astype(int)
     unknown = sorted(set(found.tolist()) - set(BRATS_LABELS))
     if unknown:
-        raise _CaseSkipped(
+        raise CaseSkipped(
             path, f"segmentation labels {unknown} found; BraTS labels are {list(BRATS_LABELS)}"
         )
     return labels.astype(np.uint8)
 
 
-def _zscore(path: Path, volume: np.ndarray) -> np.ndarray:
+def zscore_nonzero(path: Path, volume: np.ndarray) -> np.ndarray:
     """(X, Y, Z) -> same, (v - mean) / std over the non-zero voxels; zero voxels stay 0."""
     brain = volume != 0
     if not brain.any():
-        raise _CaseSkipped(path, "is zero everywhere (an empty modality)")
+        raise CaseSkipped(path, "is zero everywhere (an empty modality)")
     values = volume[brain].astype(np.float64)
     std = values.std()
     if std == 0:
-        raise _CaseSkipped(path, "has one value over the whole brain (standard deviation 0)")
+        raise CaseSkipped(path, "has one value over the whole brain (standard deviation 0)")
     out = np.zeros(volume.shape, np.float32)
     out[brain] = (values - values.mean()) / std
     return out
 
 
-def _axial(data: np.ndarray) -> np.ndarray:
+def axial_slices(data: np.ndarray) -> np.ndarray:
     """RAS+ (X, Y, Z, ...) -> (Z, H, W, ...) axial slices, row 0 anterior, column 0 patient left."""
     slices = np.moveaxis(data, (0, 1, 2), (2, 1, 0))  # (Z, Y, X, ...)
     return np.ascontiguousarray(slices[:, ::-1])
