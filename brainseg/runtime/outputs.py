@@ -1,0 +1,398 @@
+"""What `seg-run` writes under `--out` for each scan, and how an interrupted run resumes.
+
+Layout, with `<key>` the scan's '/'-separated key:
+
+- `kind == "slice"`: `masks/<key>.png` and `overlays/<key>.png`.
+- `kaggle_3m`: `masks/<key>/<slice_name>.png` and `overlays/<key>/<slice_name>.png`, one per slice.
+- Volumes with a NIfTI header (`nifti`, `brats`): `volumes/<key>.nii.gz` (uint8 labels in the input's
+  own voxel grid, affine and header), `volumes/<key>_probability.nii.gz` (float32) when asked, and
+  one overlay `overlays/<key>.png` of the slice with the largest tumour area (the middle slice when
+  there is none).
+- Volumes without one (`dicom`, whose orientation is not carried): rather than a NIfTI with a
+  guessed affine, `masks/<key>/<slice_name>.png`, one PNG per source slice, and the one overlay.
+- `.rows/<key>.json`: the scan's results.csv row, written last; its presence means "done".
+- `results.csv` and `summary.json`, written by the caller with `write_results_csv`, `write_summary`.
+
+Mask values: PNG masks are 0/255 for one class; for K nested classes the PNG value is the number
+of regions the pixel is in times 255 // K (K=3: 0, 85, 170, 255). NIfTI masks hold that count
+unscaled (0/1 for one class; 0..3 for BraTS, 3 = enhancing tumour). Every file is written with
+`write_atomic`, and an existing file is kept unless `overwrite` is set. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PureWindowsPath
+
+import cv2
+import numpy as np
+
+from brainseg.errors import DataError
+from brainseg.fileio import write_atomic
+from brainseg.runtime.scans import Prediction, Scan, ScanData
+
+ROW_COLUMNS = (
+    "key", "kind", "source", "slices", "height", "width", "tumour_pixels", "tumour_area_mm2",
+    "tumour_volume_ml", "largest_component_pixels", "max_probability", "mean_disagreement",
+    "qc_flag", "notes",
+)  # fmt: skip
+VOLUME_KINDS = ("nifti", "brats", "dicom")
+PROBABILITY_FLOOR = 0.1  # ensemble probability above which some member may have seen tumour
+HIGH_DISAGREEMENT = 0.5  # overlays outline pixels whose member probabilities differ by more
+TUMOUR_RGB, DISAGREEMENT_RGB = (255, 0, 0), (255, 255, 0)
+INNER_REGION_RGB = ((0, 255, 0), (0, 128, 255))  # tumour core, enhancing tumour (K=3)
+
+VolumeWriter = Callable[[Path, np.ndarray, ScanData], None]
+
+
+class ScanOutputError(DataError):
+    """A scan's outputs cannot be written safely (e.g. its key would escape the output folder)."""
+
+
+@dataclass
+class OutputOptions:
+    """How `write_scan` treats one scan.
+
+    Attributes:
+        overwrite: rewrite outputs that exist (and redo scans already done); else keep them.
+        save_probability: also write the float32 probability volume (NIfTI-header sources only).
+        overlays: write overlay PNGs.
+        qc_threshold: a scan is flagged "disagree" when its mean disagreement is above this.
+    """
+
+    overwrite: bool = False
+    save_probability: bool = False
+    overlays: bool = True
+    qc_threshold: float = 0.25
+
+
+def check_relative_name(name: str, what: str = "output name") -> None:
+    """Refuse a name that is empty, absolute, or has '', '.' or '..' parts (ScanOutputError)."""
+    parts = name.split("/")
+    if "\x00" in name or PureWindowsPath(name).drive or any(part in ("", ".", "..") for part in parts):
+        raise ScanOutputError(f"{what} {name!r} must be relative, with no empty, '.' or '..' parts")
+
+
+def safe_output_path(out: Path, relative: str) -> Path:
+    """`out / relative`, refusing a malformed name (check_relative_name) or one that resolves outside `out`.
+
+    Resolving follows symlinks, so a sub-folder linked to somewhere outside `out` is refused too.
+    Raises ScanOutputError with a one-line reason.
+    """
+    check_relative_name(relative)
+    root = Path(out).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ScanOutputError(f"output {relative!r} resolves to {path}, outside the output folder {root}")
+    return path
+
+
+def _row_path(out: Path, scan: Scan) -> Path:
+    check_relative_name(scan.key, "scan key")
+    return safe_output_path(out, f".rows/{scan.key}.json")
+
+
+def is_done(out: Path, scan: Scan) -> bool:
+    """True when the scan's row record exists (it is written after all its other files).
+
+    A scan whose key cannot have outputs (ScanOutputError) is never done.
+    """
+    try:
+        return _row_path(out, scan).is_file()
+    except ScanOutputError:
+        return False
+
+
+def load_row(out: Path, scan: Scan) -> dict:
+    """The results row recorded for a done scan; ScanOutputError if it is missing or unreadable."""
+    path = _row_path(out, scan)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ScanOutputError(f"cannot read the row record {path}: {exc}") from exc
+
+
+def collect_rows(out: Path, scans: list[Scan]) -> list[dict]:
+    """The rows of the scans that are done, in the order of `scans`."""
+    return [load_row(out, scan) for scan in scans if is_done(out, scan)]
+
+
+def write_results_csv(out: Path, rows: list[dict]) -> Path:
+    """Write `out/results.csv` atomically: ROW_COLUMNS in that order, None as an empty cell."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ROW_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if row.get(k) is None else row[k]) for k in ROW_COLUMNS} for row in rows)
+    write_atomic(path := Path(out) / "results.csv", buffer.getvalue())
+    return path
+
+
+def write_summary(out: Path, summary: dict) -> Path:
+    """Write `out/summary.json` atomically as indented JSON (paths and numpy scalars as plain values)."""
+    write_atomic(path := Path(out) / "summary.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, Path | np.generic):
+        return str(value) if isinstance(value, Path) else value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def scan_row(data: ScanData, pred: Prediction, qc_threshold: float = 0.25) -> dict:
+    """The scan's results.csv row, from class 0 (the whole tumour when K > 1).
+
+    - tumour_pixels: mask pixels over all slices; tumour_area_mm2: that times the pixel area
+      (row x column spacing), None when spacing is unknown.
+    - tumour_volume_ml: volumes only, voxels x row x column x slice_step / 1000, None unless both
+      spacing and slice_step are known.
+    - largest_component_pixels: 3-D 26-connected for volumes (nifti, brats, dicom); the largest
+      8-connected 2-D component of any slice otherwise (kaggle_3m slices are not joined).
+    - mean_disagreement: mean of the disagreement map over pixels with probability above
+      PROBABILITY_FLOOR or in the mask; 0.0 when there are none. qc_flag: "disagree" when it is
+      strictly above `qc_threshold`, else "".
+    """
+    _check_prediction(data, pred)
+    scan = data.scan
+    mask = pred.mask[..., 0] > 0  # (S, H, W)
+    probability, disagreement = pred.probability[..., 0], pred.disagreement[..., 0]
+    pixels = int(mask.sum())
+    pixel_mm2 = data.spacing[0] * data.spacing[1] if data.spacing else None
+    volume_ml = None
+    if scan.kind in VOLUME_KINDS and pixel_mm2 is not None and data.slice_step:
+        volume_ml = round(pixels * pixel_mm2 * data.slice_step / 1000.0, 6)
+    considered = mask | (probability > PROBABILITY_FLOOR)
+    mean_disagreement = float(disagreement[considered].mean()) if considered.any() else 0.0
+    largest = _largest_component_3d(mask) if scan.kind in VOLUME_KINDS else _largest_component_2d(mask)
+    return {
+        "key": scan.key,
+        "kind": scan.kind,
+        "source": str(scan.paths[0]) if scan.paths else "",
+        "slices": data.num_slices,
+        "height": int(data.image.shape[1]),
+        "width": int(data.image.shape[2]),
+        "tumour_pixels": pixels,
+        "tumour_area_mm2": None if pixel_mm2 is None else round(pixels * pixel_mm2, 6),
+        "tumour_volume_ml": volume_ml,
+        "largest_component_pixels": largest,
+        "max_probability": round(float(probability.max()), 6),
+        "mean_disagreement": round(mean_disagreement, 6),
+        "qc_flag": "disagree" if mean_disagreement > qc_threshold else "",
+        "notes": "; ".join(data.notes),
+    }
+
+
+def _check_prediction(data: ScanData, pred: Prediction) -> None:
+    """Refuse a prediction that does not match its scan's (S, H, W) (a runtime bug, not bad data)."""
+    if data.num_slices == 0:
+        raise ScanOutputError(f"scan {data.scan.key!r} has no slices")
+    if len(data.slice_names) != data.num_slices:
+        raise ValueError(f"scan {data.scan.key!r}: {len(data.slice_names)} slice names for {data.num_slices} slices")
+    expected = tuple(data.image.shape[:3])
+    for name in ("probability", "mask", "disagreement"):
+        array = getattr(pred, name)
+        if array.ndim != 4 or tuple(array.shape[:3]) != expected:
+            raise ValueError(f"scan {data.scan.key!r}: {name} is {array.shape}, expected {expected} + (K,)")
+
+
+def _largest_component_2d(mask: np.ndarray) -> int:
+    """Largest 8-connected component of any slice of a (S, H, W) bool mask, in pixels."""
+    largest = 0
+    for plane in mask:
+        _, _, stats, _ = cv2.connectedComponentsWithStats(plane.astype(np.uint8), connectivity=8)
+        largest = max(largest, int(stats[1:, cv2.CC_STAT_AREA].max(initial=0)))
+    return largest
+
+
+def _largest_component_3d(mask: np.ndarray) -> int:
+    """Largest 26-connected component of a (S, H, W) bool mask, in voxels.
+
+    Each slice is labelled in 2-D (8-connected) with OpenCV, then components of neighbouring
+    slices that touch (including diagonally) are merged with a union-find; no scipy needed.
+    """
+    planes, sizes, offset = [], [0], 0
+    for plane in mask:
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(plane.astype(np.uint8), connectivity=8)
+        planes.append(np.where(labels > 0, labels + offset, 0))
+        sizes.extend(int(a) for a in stats[1:, cv2.CC_STAT_AREA])
+        offset += count - 1
+    if offset == 0:
+        return 0
+    parent = list(range(offset + 1))
+
+    def find(label: int) -> int:
+        while parent[label] != label:
+            parent[label] = parent[parent[label]]
+            label = parent[label]
+        return label
+
+    for below, above in zip(planes, planes[1:], strict=False):
+        for a, b in _touching_labels(below, above):
+            parent[find(int(a))] = find(int(b))
+    totals: dict[int, int] = {}
+    for label in range(1, offset + 1):
+        root = find(label)
+        totals[root] = totals.get(root, 0) + sizes[label]
+    return max(totals.values())
+
+
+def _touching_labels(below: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """(N, 2) unique label pairs of two adjacent labelled slices that touch in 26-connectivity."""
+    height, width = below.shape
+    pairs = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            shifted = np.zeros_like(below)
+            shifted[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = below[
+                max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+            ]
+            both = (shifted > 0) & (above > 0)
+            pairs.append(np.stack([shifted[both], above[both]], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0)
+
+
+def mask_png_values(mask: np.ndarray) -> np.ndarray:
+    """(H, W, K) {0, 1} mask -> (H, W) uint8: regions the pixel is in x 255 // K (0/255 for K=1)."""
+    classes = mask.shape[-1]
+    return ((mask > 0).sum(axis=-1) * (255 // classes)).astype(np.uint8)
+
+
+def overlay_base(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) slice -> (H, W, 3) uint8 RGB to draw on.
+
+    uint8 with 3 channels: the image itself; other uint8: channel 0 as gray; float sources:
+    channel 0 min-max stretched to 0..255 over this slice (all zero when the slice is flat).
+    """
+    if image.dtype == np.uint8:
+        return image.copy() if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
+    gray = np.nan_to_num(image[..., 0].astype(np.float64))
+    low, high = gray.min(), gray.max()
+    scaled = (gray - low) * (255.0 / (high - low)) if high > low else np.zeros_like(gray)
+    return np.repeat(np.round(scaled).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray, disagreement: np.ndarray) -> np.ndarray:
+    """(H, W, 3) RGB: `overlay_base(image)` with 1-px outlines.
+
+    Red: class 0 (tumour / whole tumour); green and orange-blue: tumour core and enhancing tumour
+    when K = 3; yellow, drawn underneath: pixels of class-0 disagreement above HIGH_DISAGREEMENT.
+    """
+    canvas = overlay_base(image)
+    _outline(canvas, disagreement[..., 0] > HIGH_DISAGREEMENT, DISAGREEMENT_RGB)
+    _outline(canvas, mask[..., 0] > 0, TUMOUR_RGB)
+    for region, colour in zip(range(1, mask.shape[-1]), INNER_REGION_RGB, strict=False):
+        _outline(canvas, mask[..., region] > 0, colour)
+    return canvas
+
+
+def _outline(canvas: np.ndarray, region: np.ndarray, colour: tuple[int, int, int]) -> None:
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(canvas, contours, -1, colour, thickness=1)
+
+
+def _encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a (H, W) gray or (H, W, 3) RGB uint8 array (converted to BGR for OpenCV)."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise ScanOutputError(f"OpenCV could not encode a {array.shape} {array.dtype} PNG")
+    return encoded.tobytes()
+
+
+def write_nifti_like(path: Path, axial: np.ndarray, data: ScanData) -> None:
+    """Default VolumeWriter: (S, H, W[, K]) axial slices -> NIfTI in the input's grid and header."""
+    from brainseg.runtime.nifti import to_original, write_like
+
+    write_like(path, to_original(axial, data.nifti), data.nifti, dtype=axial.dtype)
+
+
+def _volume_bytes(writer: VolumeWriter, name: str, axial: np.ndarray, data: ScanData) -> bytes:
+    """Run a file-writing VolumeWriter in a scratch folder and return the file's bytes."""
+    with tempfile.TemporaryDirectory(prefix="brainseg-volume-") as scratch:
+        path = Path(scratch) / name
+        writer(path, axial, data)
+        return path.read_bytes()
+
+
+def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputOptions, writer: VolumeWriter):
+    """[(path, produce bytes)] for every file of the scan; every path is checked before any write."""
+    key, kind, names = data.scan.key, data.scan.kind, data.slice_names
+    for name in names:
+        check_relative_name(name, "slice name")
+    if len(set(names)) != len(names):
+        raise ScanOutputError(f"scan {key!r} has repeated slice names; their outputs would overwrite each other")
+    plan = []
+    if kind in VOLUME_KINDS and data.nifti is not None:
+        labels = (pred.mask > 0).sum(axis=-1).astype(np.uint8)  # (S, H, W)
+        plan.append((f"volumes/{key}.nii.gz", partial(_volume_bytes, writer, "mask.nii.gz", labels, data)))
+        if options.save_probability:
+            prob = pred.probability.astype(np.float32)
+            prob = prob[..., 0] if prob.shape[-1] == 1 else prob  # (S, H, W[, K])
+            plan.append((f"volumes/{key}_probability.nii.gz", partial(_volume_bytes, writer, "p.nii.gz", prob, data)))
+    elif kind == "slice":
+        if data.num_slices != 1:
+            raise ValueError(f"scan {key!r} of kind 'slice' has {data.num_slices} slices, expected 1")
+        plan.append((f"masks/{key}.png", partial(_mask_bytes, pred, 0)))
+    else:
+        plan.extend((f"masks/{key}/{name}.png", partial(_mask_bytes, pred, i)) for i, name in enumerate(names))
+    if options.overlays:
+        plan.extend(_planned_overlays(data, pred))
+    return [(safe_output_path(out, relative), produce) for relative, produce in plan]
+
+
+def _planned_overlays(data: ScanData, pred: Prediction) -> list:
+    key = data.scan.key
+    if data.scan.kind == "kaggle_3m":
+        names = data.slice_names
+        return [(f"overlays/{key}/{name}.png", partial(_overlay_bytes, data, pred, i)) for i, name in enumerate(names)]
+    index = overlay_slice(pred) if data.scan.kind in VOLUME_KINDS else 0
+    return [(f"overlays/{key}.png", partial(_overlay_bytes, data, pred, index))]
+
+
+def overlay_slice(pred: Prediction) -> int:
+    """Index of the slice with the largest class-0 tumour area; the middle slice when none has any."""
+    areas = (pred.mask[..., 0] > 0).sum(axis=(1, 2))
+    return int(areas.argmax()) if areas.max(initial=0) > 0 else pred.mask.shape[0] // 2
+
+
+def _mask_bytes(pred: Prediction, index: int) -> bytes:
+    return _encode_png(mask_png_values(pred.mask[index]))
+
+
+def _overlay_bytes(data: ScanData, pred: Prediction, index: int) -> bytes:
+    return _encode_png(draw_overlay(data.image[index], pred.mask[index], pred.disagreement[index]))
+
+
+def write_scan(
+    out: Path,
+    data: ScanData,
+    pred: Prediction,
+    options: OutputOptions | None = None,
+    *,
+    volume_writer: VolumeWriter | None = None,
+) -> dict:
+    """Write one scan's masks, overlays and volumes, then its row record; return its row.
+
+    A scan already done is left alone and its recorded row returned, unless `options.overwrite`.
+    Otherwise each file that exists is kept (unless overwrite), the others are written atomically,
+    and `.rows/<key>.json` is written last. `volume_writer(path, axial, data)` writes a NIfTI file
+    for header-carrying volumes (default `write_nifti_like`); tests may inject their own.
+    Raises ScanOutputError (a DataError) when the scan's outputs cannot be placed safely.
+    """
+    out, options = Path(out), options or OutputOptions()
+    row_path = _row_path(out, data.scan)
+    if row_path.is_file() and not options.overwrite:
+        return load_row(out, data.scan)
+    row = scan_row(data, pred, options.qc_threshold)
+    for path, produce in _planned_files(out, data, pred, options, volume_writer or write_nifti_like):
+        if options.overwrite or not path.exists():
+            write_atomic(path, produce())
+    write_atomic(row_path, json.dumps(row, indent=2) + "\n")
+    return row
