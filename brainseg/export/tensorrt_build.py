@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from brainseg.errors import BrainsegError, ConfigError, DataError, missing_extra
+from brainseg.errors import ArtifactError, BrainsegError, ConfigError, DataError, missing_extra
 from brainseg.fileio import sha256_file, write_atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -156,7 +156,7 @@ def load_engine_checked(
 
     The provenance JSON is compared with `current_provenance(onnx_path, precision, batch)`. On any
     mismatch (or a missing engine or provenance) the engine is rebuilt when `rebuild` is True,
-    reusing the timing cache beside it; otherwise a BrainsegError names both sides of each mismatch.
+    reusing the timing cache beside it; otherwise an ArtifactError names both sides of each mismatch.
     """
     engine_path = Path(engine_path)
     current = current_provenance(onnx_path, precision, batch)
@@ -164,7 +164,7 @@ def load_engine_checked(
     if not problems:
         return engine_path
     if not rebuild:
-        raise BrainsegError(
+        raise ArtifactError(
             f"{engine_path} was not built for this machine and request: {'; '.join(problems)}. "
             "Rebuild it here (seg-export engine) or allow a rebuild."
         )
