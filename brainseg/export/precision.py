@@ -277,8 +277,9 @@ def _quantize_options(quantization: Any, activation_type: str, method: str, excl
     extra: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
     if symmetric:  # the layout TensorRT's explicit quantization parses
         extra.update(AddQDQPairToWeight=True, DedicatedQDQPair=True, QuantizeBias=False)
-    if method == "minmax":
-        extra["CalibMaxIntermediateOutputs"] = 8  # merge ranges every 8 batches: bounded memory
+    # No CalibMaxIntermediateOutputs: onnxruntime's collect_data drops every full chunk without
+    # merging its ranges, so only the batches after the last full chunk would count. MinMax keeps
+    # two scalars per tensor and batch, so holding them all is cheap.
     methods = quantization.CalibrationMethod
     return {
         "quant_format": quantization.QuantFormat.QDQ,
