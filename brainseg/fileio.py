@@ -7,6 +7,12 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates files readable by the owner only; written files get the usual mode instead
+# (0666 less the umask). The umask can only be read by setting it, so read it once, at import.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def write_atomic(path: str | Path, data: str | bytes | memoryview) -> None:
     """Write `data` to `path` so that a crash leaves either the old file or the whole new one."""
@@ -19,6 +25,7 @@ def write_atomic(path: str | Path, data: str | bytes | memoryview) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
