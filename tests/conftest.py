@@ -19,3 +19,14 @@ def tiny_run(tiny_sample, tmp_path_factory):
     cfg = make_config("quick", epochs=1, img_size=64, batch_size=4, encoder="resnet18", unet_base_channels=8)
     train_run(data=str(tiny_sample), out=out, cfg=cfg, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_run, tmp_path_factory):
+    """seg-export of the tiny run with fp32 and int8 (both int8 files), gate off."""
+    pytest.importorskip("onnxruntime")
+    from brainseg.export.pipeline import ExportOptions, export_run
+
+    out = tmp_path_factory.mktemp("artifacts") / "tiny"
+    export_run(tiny_run, out, ExportOptions(int8=True, calib_slices=16, max_dice_drop=1.0))
+    return out

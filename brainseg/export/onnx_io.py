@@ -185,14 +185,14 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from iter_nodes(subgraph)
 
 
-def _numpy_dtype(ort_type: str) -> np.dtype:
+def numpy_dtype(ort_type: str) -> np.dtype:
     """'tensor(uint8)' -> dtype('uint8'); 'tensor(float)' -> dtype('float32')."""
     name = ort_type.removeprefix("tensor(").removesuffix(")")
     return np.dtype({"float": "float32", "double": "float64"}.get(name, name))
 
 
 def _check_input(node: Any, array: np.ndarray) -> None:
-    dtype = _numpy_dtype(node.type)
+    dtype = numpy_dtype(node.type)
     rank_ok = array.ndim == len(node.shape)
     fixed_ok = rank_ok and all(
         not isinstance(want, int) or want == got for want, got in zip(node.shape, array.shape, strict=True)
@@ -205,7 +205,7 @@ def _check_input(node: Any, array: np.ndarray) -> None:
 
 
 def _describe_inputs(nodes: Any) -> str:
-    return ", ".join(f"{node.name!r} {_numpy_dtype(node.type)} {_shape_text(node.shape)}" for node in nodes)
+    return ", ".join(f"{node.name!r} {numpy_dtype(node.type)} {_shape_text(node.shape)}" for node in nodes)
 
 
 def _shape_text(shape: Sequence[int | str | None]) -> str:

@@ -1,0 +1,305 @@
+"""`seg-run` as a library call: reader threads -> one inference loop -> a writer thread.
+
+Readers decode scans and bring them to the graph's input size; the inference loop packs slices
+from consecutive scans into batches of `batch_size` (so a folder of single slices still runs at
+full batch), and the writer resizes each scan's outputs back and writes them. Queues between the
+stages are bounded, so memory depends on the batch and queue sizes, never on the folder's size.
+
+A scan that cannot be read or written is skipped with a one-line reason and the run goes on; a
+scan whose outputs are complete from an earlier run is kept (unless `overwrite`), so an
+interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.data.preprocess import resize_back, resize_slices
+from brainseg.data.volume import SkippedInput
+from brainseg.errors import ConfigError, DataError
+from brainseg.export.manifest import MANIFEST, load_manifest
+from brainseg.fileio import sha256_file
+from brainseg.runtime import inputs, outputs
+from brainseg.runtime.backends import Backend, open_backend
+from brainseg.runtime.scans import Prediction, ScanData
+
+log = logging.getLogger("brainseg.runtime")
+_DONE = object()  # end-of-stream marker between stages
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    backend: str = "auto"
+    precision: str | None = None
+    device: int = 0
+    batch_size: int = 8
+    readers: int = 2
+    threads: int | None = None
+    queue_scans: int = 4
+    overwrite: bool = False
+    save_probability: bool = False
+    overlays: bool = True
+    qc_threshold: float = 0.25
+
+
+@dataclass
+class RunSummary:
+    """What summary.json holds; `exit_code` is 0 when every input was done, 1 when some were skipped."""
+
+    out: str
+    backend: dict
+    precision: str
+    manifest_sha256: str
+    scans: int = 0
+    done: int = 0
+    resumed: int = 0
+    slices: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    timings_s: dict = field(default_factory=dict)
+    slices_per_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.skipped else 0
+
+
+@dataclass
+class _Prepared:
+    data: ScanData
+    image: np.ndarray  # (S, h, w, C) at the graph's input size
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    filled: int = 0
+
+
+class _Stats:
+    """Seconds spent per stage, summed over threads, safe to add to from any of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = {"read": 0.0, "infer": 0.0, "write": 0.0}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+
+
+def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path, options: RunOptions = RunOptions(),
+            *, on_scan: Callable[[str, int], None] | None = None) -> RunSummary:
+    """Segment every scan found under `paths` with the ensemble in `artifacts`; write under `out`.
+
+    `on_scan(key, slices)` is called after each scan is written (the CLI's progress bar).
+    Raises ArtifactError/ConfigError (usage problems) before any scan is read.
+    """
+    if options.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
+    artifacts, out = Path(artifacts), Path(out)
+    manifest = load_manifest(artifacts)
+    spec = manifest["input"]
+    scans, skipped = inputs.discover([Path(p) for p in paths], spec)
+    if not scans and not skipped:
+        raise DataError(f"no scans found under {', '.join(map(str, paths))}")
+    backend, choice = open_backend(artifacts, manifest, backend=options.backend, precision=options.precision,
+                                   device=options.device, threads=options.threads)
+    log.info("backend: %s, precision %s, %s (%s)", choice.backend, choice.precision, choice.file, choice.reason)
+    summary = RunSummary(out=str(out), backend={**backend.describe(), "reason": choice.reason},
+                         precision=choice.precision, manifest_sha256=sha256_file(artifacts / MANIFEST),
+                         scans=len(scans))
+    out_options = outputs.OutputOptions(overwrite=options.overwrite, save_probability=options.save_probability,
+                                        overlays=options.overlays, qc_threshold=options.qc_threshold)
+    todo = scans if options.overwrite else [s for s in scans if not outputs.is_done(out, s)]
+    summary.resumed = len(scans) - len(todo)
+    started = time.perf_counter()
+    try:
+        stats = _run_stages(todo, spec, manifest, backend, out, out_options, options, skipped, summary, on_scan)
+    finally:
+        backend.close()
+    summary.skipped = [{"path": s.path, "reason": s.reason} for s in skipped]
+    wall = time.perf_counter() - started
+    summary.timings_s = {**{k: round(v, 3) for k, v in stats.seconds.items()}, "wall": round(wall, 3)}
+    summary.slices_per_s = round(summary.slices / wall, 2) if wall > 0 and summary.slices else 0.0
+    outputs.write_results_csv(out, outputs.collect_rows(out, scans))
+    outputs.write_summary(out, {**asdict(summary), "exit_code": summary.exit_code})
+    return summary
+
+
+def _run_stages(todo, spec, manifest, backend: Backend, out, out_options, options: RunOptions,
+                skipped: list[SkippedInput], summary: RunSummary, on_scan) -> _Stats:
+    stats = _Stats()
+    lock = threading.Lock()
+    work: queue.Queue = queue.Queue()
+    for scan in todo:
+        work.put(scan)
+    prepared: queue.Queue = queue.Queue(maxsize=options.queue_scans)
+    finished: queue.Queue = queue.Queue(maxsize=options.queue_scans)
+    stop = threading.Event()
+    failures: list[BaseException] = []  # unexpected errors in a reader or the writer: bugs, re-raised here
+
+    def skip(path: str, reason: str) -> None:
+        with lock:
+            skipped.append(SkippedInput(path, reason))
+        log.warning("skipped %s: %s", path, reason)
+
+    readers = [threading.Thread(target=_reader, args=(work, prepared, spec, stats, skip, stop, failures), daemon=True,
+                                name=f"brainseg-reader-{i}") for i in range(max(1, options.readers))]
+    writer = threading.Thread(target=_writer, daemon=True, name="brainseg-writer",
+                              args=(finished, out, out_options, manifest["threshold"], stats, skip, summary, on_scan,
+                                    failures))
+    for thread in (*readers, writer):
+        thread.start()
+    try:
+        _infer_loop(prepared, finished, backend, options.batch_size, len(readers), stats)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        finished.put(_DONE)
+        writer.join()
+    if failures:
+        raise failures[0]
+    return stats
+
+
+def _reader(work, prepared, spec, stats: _Stats, skip, stop: threading.Event, failures: list) -> None:
+    try:
+        _read_scans(work, prepared, spec, stats, skip, stop)
+    except BaseException as err:  # a bug: stop everything and let the caller re-raise it
+        failures.append(err)
+        stop.set()
+    finally:
+        _put(prepared, _DONE, stop)
+
+
+def _read_scans(work, prepared, spec, stats: _Stats, skip, stop: threading.Event) -> None:
+    size = (spec["height"], spec["width"])
+    while not stop.is_set():
+        try:
+            scan = work.get_nowait()
+        except queue.Empty:
+            break
+        started = time.perf_counter()
+        try:
+            data = inputs.load(scan, spec)
+            image = _to_graph_size(data.image, size)
+        except DataError as err:
+            skip(getattr(err, "path", str(scan.paths[0])), getattr(err, "reason", str(err)))
+            continue
+        except Exception as err:  # a reader library choking on a file it should have refused: skip, keep going
+            log.debug("reading %s failed", scan.paths[0], exc_info=True)
+            skip(str(scan.paths[0]), f"could not be read ({type(err).__name__}: {err})")
+            continue
+        finally:
+            stats.add("read", time.perf_counter() - started)
+        if data.num_slices == 0:
+            skip(str(scan.paths[0]), "has no slices")
+            continue
+        _put(prepared, _Prepared(data, image), stop)
+
+
+def _put(target: queue.Queue, item, stop: threading.Event) -> None:
+    """Put `item`, giving up once `stop` is set (nobody will read it then)."""
+    while True:
+        try:
+            target.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            if stop.is_set():
+                return
+
+
+def _to_graph_size(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.shape[1:3] == size:
+        return np.ascontiguousarray(image)
+    if size[0] != size[1]:
+        raise ConfigError(f"the graph's input is {size[0]}x{size[1]}; only square inputs are resized")
+    return resize_slices(image, size[0], is_mask=False)
+
+
+def _infer_loop(prepared, finished, backend: Backend, batch_size: int, readers: int, stats: _Stats) -> None:
+    """Pack slices of consecutive scans into batches; hand each scan on once all its slices are back."""
+    if backend.max_batch is not None:
+        batch_size = min(batch_size, backend.max_batch)
+    pending: list[tuple[_Prepared, int, int]] = []  # (scan, first slice, end) making up the next batch
+    queued = 0
+    open_readers = readers
+    while open_readers:
+        item = prepared.get()
+        if item is _DONE:
+            open_readers -= 1
+            continue
+        start = 0
+        while start < item.data.num_slices:
+            take = min(batch_size - queued, item.data.num_slices - start)
+            pending.append((item, start, start + take))
+            queued += take
+            start += take
+            if queued == batch_size:
+                _run_batch(pending, finished, backend, stats)
+                pending, queued = [], 0
+    if pending:
+        _run_batch(pending, finished, backend, stats)
+
+
+def _run_batch(pending, finished, backend: Backend, stats: _Stats) -> None:
+    batch = np.concatenate([p.image[a:b] for p, a, b in pending]) if len(pending) > 1 else \
+        pending[0][0].image[pending[0][1]:pending[0][2]]
+    started = time.perf_counter()
+    result = backend.infer(batch)
+    stats.add("infer", time.perf_counter() - started)
+    offset = 0
+    for item, a, b in pending:
+        for name, array in result.items():
+            item.outputs.setdefault(name, []).append(array[offset:offset + b - a])
+        item.filled += b - a
+        offset += b - a
+        if item.filled == item.data.num_slices:
+            finished.put(item)
+
+
+def _writer(finished, out, out_options, threshold: float, stats: _Stats, skip, summary: RunSummary, on_scan,
+            failures: list) -> None:
+    """Write each finished scan; after an unexpected error keep draining so the inference loop never blocks."""
+    while True:
+        item = finished.get()
+        if item is _DONE:
+            return
+        if failures:
+            continue
+        try:
+            _write_one(item, out, out_options, threshold, stats, skip, summary, on_scan)
+        except BaseException as err:
+            failures.append(err)
+
+
+def _write_one(item: _Prepared, out, out_options, threshold: float, stats: _Stats, skip, summary, on_scan) -> None:
+    started = time.perf_counter()
+    try:
+        prediction = _prediction(item, threshold)
+        outputs.write_scan(out, item.data, prediction, out_options)
+    except DataError as err:
+        skip(str(item.data.scan.paths[0]), getattr(err, "reason", str(err)))
+        return
+    finally:
+        stats.add("write", time.perf_counter() - started)
+    summary.done += 1
+    summary.slices += item.data.num_slices
+    if on_scan is not None:
+        on_scan(item.data.scan.key, item.data.num_slices)
+
+
+def _prediction(item: _Prepared, threshold: float) -> Prediction:
+    """Graph outputs (S, K, h, w) -> (S, H, W, K) at the scan's size; the mask is re-thresholded after resizing."""
+    arrays = {name: np.concatenate(parts).transpose(0, 2, 3, 1) for name, parts in item.outputs.items()}
+    height, width = item.data.image.shape[1:3]
+    if arrays["probability"].shape[1:3] == (height, width):
+        return Prediction(arrays["probability"], arrays["mask"].astype(np.uint8), arrays["disagreement"])
+    probability = resize_back(np.ascontiguousarray(arrays["probability"]), height, width)
+    disagreement = resize_back(np.ascontiguousarray(arrays["disagreement"]), height, width)
+    return Prediction(probability, (probability >= threshold).astype(np.uint8), disagreement)

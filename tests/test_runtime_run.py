@@ -1,0 +1,178 @@
+"""seg-run end to end over tiny exported artifacts: mixed inputs, bad inputs, resume, refusal, no torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from brainseg.cli import app
+from brainseg.export import onnx_io
+from brainseg.runtime import pipeline
+from brainseg.runtime.pipeline import RunOptions, segment
+
+nib = pytest.importorskip("nibabel")
+pytest.importorskip("onnxruntime")
+
+AFFINE = np.array([[0.0, -0.9, 0.0, 12.0], [0.0, 0.0, -1.3, 40.0], [2.5, 0.0, 0.0, -30.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def _png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def _sample_slices(tiny_sample: Path) -> list[np.ndarray]:
+    files = sorted(p for p in tiny_sample.rglob("*.tif") if not p.stem.endswith("_mask"))
+    return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files]
+
+
+@pytest.fixture(scope="module")
+def scans(tiny_sample, tmp_path_factory) -> Path:
+    """A folder with good slices, a kaggle_3m patient, a NIfTI volume, and one of each bad case."""
+    root = tmp_path_factory.mktemp("scans")
+    slices = _sample_slices(tiny_sample)
+    _png(root / "slices" / "a.png", slices[3])
+    _png(root / "slices" / "big.png", cv2.resize(slices[4], (80, 80)))  # not the graph size: resized
+    assert cv2.imwrite(str(root / "slices" / "c.tif"), cv2.cvtColor(slices[5], cv2.COLOR_RGB2BGR))
+    patient = next(p for p in sorted(tiny_sample.iterdir()) if p.is_dir())
+    shutil.copytree(patient, root / "patient")
+    volume = np.stack([s[..., 1] for s in slices[:6]], axis=-1).transpose(1, 0, 2).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, AFFINE), str(root / "vol.nii.gz"))
+    bad = root / "bad"
+    bad.mkdir()
+    good = (root / "slices" / "a.png").read_bytes()
+    (bad / "truncated.png").write_bytes(good[: len(good) // 2])
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "notes.txt").write_text("not a scan")
+    nan = volume.copy()
+    nan[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(nan, AFFINE), str(bad / "nan.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 3, 4), np.float32), AFFINE), str(bad / "fourchannel.nii.gz"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(scans, tiny_artifacts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    summary = segment([scans], tiny_artifacts, out, RunOptions(batch_size=4, readers=2))
+    return out, summary
+
+
+def test_good_scans_are_written_and_bad_ones_skipped_with_reasons(result):
+    out, summary = result
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["key"] for r in rows} == {"slices/a", "slices/big", "slices/c", "patient", "vol"}
+    assert summary.exit_code == 1
+    reasons = {Path(s["path"]).name: s["reason"] for s in summary.skipped}
+    assert set(reasons) == {"truncated.png", "empty.png", "notes.txt", "nan.nii.gz", "fourchannel.nii.gz"}
+    assert "unsupported file type" in reasons["notes.txt"]
+    assert "NaN" in reasons["nan.nii.gz"] and "channels" in reasons["fourchannel.nii.gz"]
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["exit_code"] == 1 and len(stored["skipped"]) == 5
+    assert stored["backend"]["backend"] == "onnxruntime" and stored["precision"] == "int8"
+    assert set(stored["timings_s"]) == {"read", "infer", "write", "wall"}
+    assert (out / "masks" / "slices" / "big.png").is_file() and (out / "overlays" / "patient").is_dir()
+    assert cv2.imread(str(out / "masks" / "slices" / "big.png"), cv2.IMREAD_UNCHANGED).shape == (80, 80)
+
+
+def test_masks_equal_the_ensemble_graphs_own_output(result, scans, tiny_artifacts):
+    out, summary = result
+    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
+    session = onnx_io.ort_session(tiny_artifacts / manifest["precisions"]["int8"]["files"]["cpu"])
+    image = cv2.cvtColor(cv2.imread(str(scans / "slices" / "a.png")), cv2.COLOR_BGR2RGB)[None]
+    expected = onnx_io.run(session, {"image": image})["mask"][0, 0]
+    written = cv2.imread(str(out / "masks" / "slices" / "a.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(written > 0, expected > 0)
+    patient_masks = sorted((out / "masks" / "patient").glob("*.png"))
+    assert len(patient_masks) == len([p for p in (scans / "patient").glob("*.tif") if "_mask" not in p.name])
+
+
+def test_nifti_mask_keeps_the_inputs_affine_and_grid(result, scans):
+    out, _ = result
+    written = nib.load(str(out / "volumes" / "vol.nii.gz"))
+    source = nib.load(str(scans / "vol.nii.gz"))
+    np.testing.assert_allclose(written.affine, source.affine)
+    assert written.shape == source.shape
+    assert written.get_data_dtype() == np.uint8
+
+
+def test_an_interrupted_run_continues_where_it_stopped(result, scans, tiny_artifacts, tmp_path):
+    out, _ = result
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (copy / ".rows" / "slices" / "c.json").unlink()  # as if killed before c was finished
+    kept = (copy / "masks" / "slices" / "a.png").stat().st_mtime_ns
+    summary = segment([scans], tiny_artifacts, copy, RunOptions(batch_size=4))
+    assert summary.resumed == 4 and summary.done == 1
+    assert (copy / "masks" / "slices" / "a.png").stat().st_mtime_ns == kept
+    assert len(list(csv.DictReader((copy / "results.csv").open()))) == 5
+
+
+def test_tampered_artifacts_are_refused_with_exit_code_2(scans, tiny_artifacts, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    with (art / "ensemble.fp32.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    result = CliRunner().invoke(app, ["run", str(scans / "slices"), "--artifacts", str(art), "--out",
+                                      str(tmp_path / "o"), "--no-progress"])
+    assert result.exit_code == 2
+    assert "sha256 differs" in result.output and "Traceback" not in result.output
+
+
+def test_cli_exit_codes_zero_when_all_done_and_failed_precision_not_offered(scans, tiny_artifacts, tmp_path):
+    args = ["run", str(scans / "slices"), "--artifacts", str(tiny_artifacts), "--out", str(tmp_path / "o"),
+            "--no-progress", "--precision", "fp32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "3 scan(s)" in result.output
+    result = CliRunner().invoke(app, [*args[:-1], "fp16"])
+    assert result.exit_code == 2 and "fp16 was not exported" in result.output
+
+
+def test_seg_run_never_imports_torch(scans, tiny_artifacts, tmp_path):
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from brainseg.cli import run_entry\n"
+        f"sys.argv = ['seg-run', {str(scans / 'slices')!r}, '--artifacts', {str(tiny_artifacts)!r},"
+        f" '--out', {str(tmp_path / 'o')!r}, '--no-progress']\n"
+        "run_entry()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "results.csv").is_file()
+
+
+def test_memory_stays_flat_over_thousands_of_slices(tiny_sample, tiny_artifacts, tmp_path, monkeypatch):
+    """Peak Python-side memory over 2,000 slices stays within that of 200: the stages stream."""
+    slice_ = _sample_slices(tiny_sample)[3]
+    root = tmp_path / "many"
+    first = _png(root / "s0.png", slice_).read_bytes()
+    for index in range(1, 2000):
+        (root / f"s{index}.png").write_bytes(first)
+    monkeypatch.setattr(pipeline.outputs, "write_scan", lambda out, data, pred, options: None)  # no disk I/O
+    monkeypatch.setattr(pipeline.outputs, "collect_rows", lambda out, scans: [])
+
+    def peak(paths: list[Path]) -> int:
+        tracemalloc.start()
+        segment(paths, tiny_artifacts, tmp_path / "out", RunOptions(batch_size=8, overlays=False))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(root.iterdir())[:200]:
+        shutil.copy(path, few / path.name)
+    small, large = peak([few]), peak([root])
+    assert large < 1.5 * small + 2_000_000, f"peak {large / 1e6:.1f} MB over 2,000 slices vs {small / 1e6:.1f} MB"
