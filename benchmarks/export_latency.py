@@ -24,23 +24,29 @@ from brainseg.export import onnx_io
 from brainseg.export.manifest import load_manifest
 
 
-def _time(call, runs: int, warmup: int = 5) -> dict:
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - started) * 1000)
-    return {"median_ms": round(statistics.median(samples), 2), "min_ms": round(min(samples), 2),
-            "p90_ms": round(sorted(samples)[int(0.9 * (len(samples) - 1))], 2)}
+def _time_interleaved(calls: dict, runs: int, warmup: int = 5) -> dict:
+    """Time every call once per round, in rotating order, so that drift in the machine's speed
+    (10-15% here between minutes) falls on all candidates alike; stats per call in ms."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples = {name: [] for name in calls}
+    names = list(calls)
+    for round_index in range(runs):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            calls[name]()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2),
+                   "p90_ms": round(sorted(v)[int(0.9 * (len(v) - 1))], 2)} for name, v in samples.items()}
 
 
 def _members_in_turn(sessions, image: np.ndarray, weights: np.ndarray, threshold: float) -> tuple:
     """What a user without the fused graph runs: each member, then the ensemble outputs in numpy."""
     probs = np.stack([onnx_io.run(s, {"image": image})["probability"] for s in sessions])
     probability = np.tensordot(weights / weights.sum(), probs, axes=1)
-    return probability, (probability > threshold).astype(np.uint8), probs.max(0) - probs.min(0)
+    return probability, (probability >= threshold).astype(np.uint8), probs.max(0) - probs.min(0)
 
 
 def bench(folder: Path, runs: int, threads: int) -> dict:
@@ -49,16 +55,17 @@ def bench(folder: Path, runs: int, threads: int) -> dict:
     image = np.random.default_rng(0).integers(0, 256, (1, spec["height"], spec["width"], spec["channels"]),
                                               dtype=np.uint8)
     sessions = {name: onnx_io.ort_session(folder / name, threads=threads) for name in manifest["files"]}
-    rows = {}
-    for name, session in sessions.items():
-        rows[name] = _time(lambda s=session: onnx_io.run(s, {"image": image}), runs)
+    calls = {name: (lambda s=session: onnx_io.run(s, {"image": image})) for name, session in sessions.items()}
     members = [n for n, e in manifest["files"].items() if e["kind"] == "member"]
     weights = np.asarray(manifest["ensemble"]["weights"], np.float32)
-    rows["members in turn (fp32)"] = _time(
-        lambda: _members_in_turn([sessions[n] for n in members], image, weights, manifest["threshold"]), runs)
+    calls["members in turn (fp32)"] = lambda: _members_in_turn([sessions[n] for n in members], image, weights,
+                                                               manifest["threshold"])
+    rows = _time_interleaved(calls, runs)
     fp32 = rows["ensemble.fp32.onnx"]["median_ms"]
-    return {"artifacts": str(folder), "int8_activations": manifest["graph_notes"].get("ensemble.int8.onnx", {})
-            .get("activation_type"), "input": f"1x{spec['height']}x{spec['width']}x{spec['channels']} uint8",
+    notes = manifest["graph_notes"].items()
+    int8 = {name: note["activation_type"] for name, note in notes if "activation_type" in note}
+    shape = f"1x{spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}"
+    return {"artifacts": str(folder), "int8_activations": int8, "input": shape,
             "threads": threads, "runs": runs, "latency": rows,
             "speedup_vs_fp32": {n: round(fp32 / r["median_ms"], 2) for n, r in rows.items()}}
 

@@ -1,0 +1,97 @@
+"""Benchmark: seg-run end to end (decode, inference, writing) against bare inference, same batch.
+
+Target (issue 4): on ONNX Runtime CPU with the INT8 ensemble, seg-run's end-to-end throughput
+over 1,000 sample slices is at least 80% of the bare inference throughput at the same batch size.
+
+The scans are built-in sample patients (256x256 RGB TIFF slices in the kaggle_3m layout; the
+masks beside them are ignored), resized to the graph's input by the readers and written back at
+256x256 as mask and overlay PNGs plus results.csv. "Bare" is the same backend object's `infer`
+on batches already decoded and resized in memory, timed over the same slices.
+
+    python benchmarks/run_throughput.py ARTIFACTS [--slices 1000] [--batch-size 8] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.data.preprocess import resize_slices
+from brainseg.data.sample import SampleSpec, cached_sample_dataset
+from brainseg.export.manifest import load_manifest
+from brainseg.runtime import inputs
+from brainseg.runtime.backends import open_backend
+from brainseg.runtime.pipeline import RunOptions, segment
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _bare(artifacts: Path, scans_dir: Path, batch_size: int, precision: str | None) -> dict:
+    manifest = load_manifest(artifacts)
+    spec = manifest["input"]
+    scans, _ = inputs.discover([scans_dir], spec)
+    images = np.concatenate([resize_slices(inputs.load(s, spec).image, spec["height"], is_mask=False) for s in scans])
+    backend, choice = open_backend(artifacts, manifest, backend="onnxruntime", precision=precision)
+    with backend:
+        backend.infer(images[:batch_size])  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(images), batch_size):
+            backend.infer(images[start : start + batch_size])
+        seconds = time.perf_counter() - started
+    return {"slices": len(images), "seconds": round(seconds, 3), "slices_per_s": round(len(images) / seconds, 2),
+            "file": choice.file, "precision": choice.precision}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", type=Path)
+    parser.add_argument("--slices", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--precision", default=None)
+    parser.add_argument("--readers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    per_patient = 16
+    sample = cached_sample_dataset(SampleSpec(patients=-(-args.slices // per_patient), slices=per_patient))
+    with tempfile.TemporaryDirectory() as tmp:
+        scans_dir = Path(tmp) / "scans"
+        scans_dir.symlink_to(sample, target_is_directory=True)
+        bare = _bare(args.artifacts, scans_dir, args.batch_size, args.precision)
+        options = RunOptions(backend="onnxruntime", precision=args.precision, batch_size=args.batch_size,
+                             readers=args.readers)
+        summary = segment([scans_dir], args.artifacts, Path(tmp) / "out", options)
+        shutil.rmtree(Path(tmp) / "out")
+    end_to_end = summary.slices / summary.timings_s["wall"]
+    result = {
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
+        "artifacts": str(args.artifacts), "batch_size": args.batch_size, "readers": args.readers,
+        "bare_inference": bare,
+        "end_to_end": {"slices": summary.slices, "scans": summary.done, "timings_s": summary.timings_s,
+                       "slices_per_s": round(end_to_end, 2), "backend": summary.backend},
+        "end_to_end_share_of_bare": round(end_to_end / bare["slices_per_s"], 3),
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
