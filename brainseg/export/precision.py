@@ -26,6 +26,8 @@ Importable without torch: torch is imported inside `export_fp16` only.
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -153,9 +155,11 @@ def quantize_int8(
         requested = [*exclude_nodes, *(boundary_nodes(model)["last"] if float_heads else [])]
         excluded = _nodes_to_exclude(model, requested)
         reader = _CalibrationReader(calibration, [value.name for value in model.graph.input])
-        quantization.quantize_static(
-            str(prepared), str(quantized), reader, **_quantize_options(quantization, activation_type, method, excluded)
-        )
+        with _quiet_quantizer():
+            quantization.quantize_static(
+                str(prepared), str(quantized), reader,
+                **_quantize_options(quantization, activation_type, method, excluded),
+            )
         save_model(onnx.load(str(quantized)), out_path)
     return {
         "activation_type": activation_type,
@@ -337,6 +341,23 @@ def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
                 name += "_"
             node.name = name
             taken.add(name)
+
+
+class _QuantizerNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    """Drop onnxruntime.quantization's per-tensor notes (hundreds of lines about bias copies and
+    GroupNorm scale axes), which it logs on the root logger; its errors still show."""
+    root, notes = logging.getLogger(), _QuantizerNotes()
+    root.addFilter(notes)
+    try:
+        yield
+    finally:
+        root.removeFilter(notes)
 
 
 def _import_quantization() -> Any:
