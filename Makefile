@@ -24,8 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check brainseg tests benchmarks
 
 demo: $(STAMP)
-	rm -rf runs/demo
-	$(BIN)/seg-train --data sample --preset quick --out runs/demo
+	$(BIN)/seg-demo --out demo --overwrite
 
 clean:
-	rm -rf runs/demo .pytest_cache
+	rm -rf demo .pytest_cache

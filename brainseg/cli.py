@@ -243,6 +243,97 @@ def _scan_progress(*, enabled: bool):
         yield on_scan
 
 
+@app.command("bench")
+def bench_command(
+    artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
+    out: Annotated[Path | None, typer.Option(help="Report folder; default benchmarks/results/<machine>.")] = None,
+    backends: Annotated[str, typer.Option(help="Comma-separated: pytorch, onnxruntime, tensorrt.")]
+    = "pytorch,onnxruntime,tensorrt",
+    precisions: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,2,4,8,16",
+    iterations: Annotated[int | None, typer.Option(help="Timed calls per row (instead of --seconds).")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Seconds of timed calls per row (default 3).")] = None,
+    mode: Annotated[str, typer.Option(help="compute, end-to-end, idle, or all.")] = "all",
+    members: Annotated[bool, typer.Option(help="Also time each member model's graph.")] = True,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: one per core).")] = None,
+) -> None:
+    """Latency and accuracy report of every backend and precision: report.md, report.json, plots."""
+    from brainseg.bench.runner import MODES, BenchOptions
+    from brainseg.bench.suite import bench_artifacts
+
+    _setup_logging()
+    try:
+        options = BenchOptions(
+            backends=tuple(_csv(backends)), precisions=tuple(_csv(precisions)),
+            batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")), iterations=iterations,
+            seconds=None if iterations is not None else (seconds or 3.0),
+            modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads)
+        report, written = bench_artifacts(artifacts, out or Path("benchmarks/results") / _machine_name(), options)
+    except BrainsegError as err:
+        raise _fail(err) from None
+    typer.echo(f"{len(report['rows'])} rows timed; report: {written[1]} ({', '.join(p.name for p in written)})")
+    for skipped in report["skipped"]:
+        typer.echo(f"  not measured: {skipped['backend']} {skipped.get('precision', '')}: {skipped['reason']}")
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for the run, artifacts, segmentation and report.")] = Path("demo"),
+    preset: Annotated[str, typer.Option(help="quick (the README's demo) or tiny (a one-minute smoke run).")]
+    = "quick",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The whole pipeline on the built-in sample, offline: train, export, run, bench."""
+    from brainseg.demo import run_demo
+
+    _setup_logging()
+    if preset not in ("quick", "tiny"):
+        raise _fail(ConfigError(f"--preset must be quick or tiny, got {preset!r}"))
+    try:
+        result = run_demo(out, preset=preset, progress=progress, overwrite=overwrite, say=typer.echo)
+    except BrainsegError as err:
+        raise _fail(err) from None
+    typer.echo("\nHeld-out test patients, mean per-patient Dice (PyTorch):")
+    for name, value in result.test_dice.items():
+        typer.echo(f"  {name:<16} {value:.4f}")
+    typer.echo("Exported ensemble on the validation patients (ONNX Runtime, CPU):")
+    for name, row in result.export_table.items():
+        typer.echo(f"  {name:<13} Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  "
+                   f"{'pass' if row['passed'] else 'FAILED'}")
+    typer.echo(f"\nseg-run segmented {result.segmented} scan(s), skipped {result.skipped}.")
+    typer.echo(f"Stage seconds: {result.seconds}")
+    typer.echo("Where to look:")
+    places = (("training report", "run/report.md"), ("accuracy of each precision", "artifacts/accuracy.md"),
+              ("masks and overlays", "segmentation/overlays/"), ("per-scan table", "segmentation/results.csv"),
+              ("benchmark report", "bench/report.md"))
+    for label, path in places:
+        typer.echo(f"  {label:<28} {result.out / path}")
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in _csv(text) or []]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
+def _machine_name() -> str:
+    """A folder name for this machine's results: 'cpu-<cores>core', or the first GPU's name."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                  text=True, timeout=10).stdout.splitlines()[0]
+            return "gpu-" + "-".join(name.lower().replace("nvidia", "").split())
+        except (OSError, IndexError, subprocess.SubprocessError):
+            pass
+    return f"cpu-{os.cpu_count()}core"
+
+
 def _batch_profile(text: str) -> tuple[int, int, int]:
     try:
         low, opt, high = (int(part) for part in text.split(":"))
@@ -275,3 +366,13 @@ def export_entry() -> None:
 def run_entry() -> None:
     """Console script `seg-run`."""
     typer.run(run_command)
+
+
+def bench_entry() -> None:
+    """Console script `seg-bench`."""
+    typer.run(bench_command)
+
+
+def demo_entry() -> None:
+    """Console script `seg-demo`."""
+    typer.run(demo_command)

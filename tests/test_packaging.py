@@ -13,7 +13,8 @@ def test_data_and_metrics_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
         "import brainseg.metrics, brainseg.data.readers, brainseg.data.split, brainseg.data.sample, brainseg.cli\n"
-        "import brainseg.data.preprocess\n"
+        "import brainseg.data.preprocess, brainseg.runtime.pipeline, brainseg.runtime.backends\n"
+        "import brainseg.runtime.onnxruntime_backend, brainseg.runtime.tensorrt_backend\n"
         "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -23,7 +24,7 @@ def test_data_and_metrics_import_without_torch():
 def test_only_working_commands_are_registered():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "sample-data", "export", "export-engine"):
+    for command in ("train", "sample-data", "export", "export-engine", "run"):
         assert command in result.output
     assert "bench" not in result.output  # seg-bench does not exist yet
 

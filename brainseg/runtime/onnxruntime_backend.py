@@ -15,7 +15,6 @@ import numpy as np
 from brainseg.errors import ArtifactError
 from brainseg.export import onnx_io
 
-OUTPUTS = ("probability", "mask", "disagreement")
 # In the order DESIGN 6 prefers them; the first one present is used.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -58,6 +57,7 @@ class OnnxRuntimeBackend:
         self.input_name = image.name
         self.input_dtype = onnx_io.numpy_dtype(image.type)
         self.input_shape = tuple(image.shape[1:])
+        self.outputs = [node.name for node in self.session.get_outputs()]  # member graphs lack disagreement
         self.max_batch = None  # any batch size; the caller picks
         self._on_gpu = self.provider != "CPUExecutionProvider"
 
@@ -74,19 +74,22 @@ class OnnxRuntimeBackend:
         return {}
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """(n, H, W, C) slices in the graph's input dtype -> probability, mask, disagreement (n, K, H, W)."""
+        """(n, H, W, C) slices in the graph's input dtype -> the graph's outputs by name, each (n, K, H, W).
+
+        The ensemble graph gives probability, mask and disagreement; a member graph the first two.
+        """
         if batch.dtype != self.input_dtype or batch.shape[1:] != self.input_shape:
             raise ValueError(f"batch is {batch.dtype}{list(batch.shape)}; the graph takes "
                              f"{self.input_dtype}[n, {', '.join(map(str, self.input_shape))}]")
         batch = np.ascontiguousarray(batch)
         if not self._on_gpu:
-            return dict(zip(OUTPUTS, self.session.run(list(OUTPUTS), {self.input_name: batch}), strict=True))
+            return dict(zip(self.outputs, self.session.run(self.outputs, {self.input_name: batch}), strict=True))
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.input_name, batch)
-        for name in OUTPUTS:
+        for name in self.outputs:
             binding.bind_output(name, "cuda", self.device)
         self.session.run_with_iobinding(binding)
-        return dict(zip(OUTPUTS, binding.copy_outputs_to_cpu(), strict=True))
+        return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
     def describe(self) -> dict:
         ort = onnx_io.import_onnxruntime()

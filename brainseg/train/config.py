@@ -88,6 +88,9 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "quick": {"epochs": 8, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 8},
     "full": {},
+    # seconds on a CPU, for smoke tests and `seg-demo --preset tiny`; its scores mean nothing
+    "tiny": {"epochs": 1, "img_size": 64, "batch_size": 4, "lr": 2e-3, "unet_base_channels": 8, "encoder": "resnet18",
+             "patience": 1},
 }
 
 

@@ -1,0 +1,125 @@
+"""What a benchmark ran on: CPU, GPU, operating system and library versions.
+
+Every probe is best-effort and quick: one that fails or is not applicable reports None (or []
+for the GPU list), never an exception. Versions come from package metadata, so torch is never
+imported (a Jetson benchmark has none, and importing it would take seconds). The hostname is
+left out on purpose: reports get shared.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+COMMAND_TIMEOUT_S = 10.0
+
+# Distribution names that provide each library, first match wins (GPU builds, headless builds).
+DISTRIBUTIONS = {
+    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "torch": ("torch",),
+    "numpy": ("numpy",),
+    "opencv": ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"),
+}
+
+
+def describe_environment() -> dict:
+    """The machine and software a benchmark ran on, as plain JSON-ready values.
+
+    Keys: cpu_model, cpu_cores_logical, cpu_cores_usable (cores this process may run on),
+    os, python, gpu (list of {"name", "driver", "memory_mib"} from nvidia-smi; [] without one),
+    cuda (CUDA runtime version such as "12.6", via cuda-python), tensorrt, onnxruntime,
+    onnxruntime_providers, torch, numpy, opencv (installed versions) and jetson_power_mode
+    (first line of `nvpmodel -q`). Anything unknown is None.
+    """
+    info: dict[str, Any] = {
+        "cpu_model": _probe(_cpu_model),
+        "cpu_cores_logical": _probe(os.cpu_count),
+        "cpu_cores_usable": _probe(lambda: len(os.sched_getaffinity(0))),
+        "os": _probe(platform.platform),
+        "python": platform.python_version(),
+        "gpu": _probe(_nvidia_gpus) or [],
+        "cuda": _probe(_cuda_runtime_version),
+    }
+    for key, names in DISTRIBUTIONS.items():
+        info[key] = _probe(lambda names=names: _installed_version(names))
+    info["onnxruntime_providers"] = _probe(_onnxruntime_providers) if info["onnxruntime"] else None
+    info["jetson_power_mode"] = _probe(_jetson_power_mode)
+    return info
+
+
+def _probe(fn: Callable[[], Any]) -> Any:
+    """fn(), or None when it raises: an environment report must never fail the benchmark it describes."""
+    try:
+        return fn()
+    except Exception:  # any failure means "unknown" here, by design
+        return None
+
+
+def _cpu_model() -> str | None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    return platform.processor() or None
+
+
+def _command_output(args: Sequence[str]) -> str | None:
+    """stdout of a command, or None when the binary is absent, fails or exceeds COMMAND_TIMEOUT_S."""
+    if shutil.which(args[0]) is None:
+        return None
+    done = subprocess.run(list(args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _nvidia_gpus() -> list[dict]:
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
+    output = _command_output(query)
+    gpus = []
+    for line in (output or "").splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != 3:
+            continue
+        name, driver, memory = fields
+        gpus.append({"name": name, "driver": driver, "memory_mib": int(memory) if memory.isdigit() else None})
+    return gpus
+
+
+def _cuda_runtime_version() -> str | None:
+    try:
+        from cuda.bindings import runtime  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart as runtime  # older cuda-python; ImportError here means "none"
+    error, version = runtime.cudaRuntimeGetVersion()
+    if int(error) != 0:
+        return None
+    return f"{version // 1000}.{version % 1000 // 10}"  # 12060 -> "12.6"
+
+
+def _installed_version(names: Sequence[str]) -> str | None:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _onnxruntime_providers() -> list[str]:
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def _jetson_power_mode() -> str | None:
+    output = _command_output(["nvpmodel", "-q"])
+    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+    return lines[0] if lines else None

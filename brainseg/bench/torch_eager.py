@@ -1,0 +1,44 @@
+"""PyTorch eager FP32: the ensemble as a user without this toolkit would run it, for comparison.
+
+The same module seg-export traced (normalisation, the three models, sigmoid, weighted mean,
+threshold, disagreement), rebuilt from the source run's checkpoints and run eagerly on the CPU
+in float32 under `torch.inference_mode`. Needs the `train` extra; imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainseg.errors import DataError
+from brainseg.export.graphs import EnsembleGraph
+from brainseg.export.source import load_run
+
+_OUTPUTS = ("probability", "mask", "disagreement")
+
+
+class EagerEnsemble:
+    """`infer(batch)` with the exported ensemble's weights, threshold and test-time augmentation."""
+
+    def __init__(self, run_dir: Path, manifest: dict, *, threads: int | None = None) -> None:
+        if not Path(run_dir).is_dir():
+            raise DataError(f"the source run {run_dir} is not on this machine; PyTorch eager needs its checkpoints")
+        run = load_run(run_dir)
+        ensemble = manifest["ensemble"]
+        self.graph = EnsembleGraph([m.model for m in run.members], weights=ensemble["weights"], norm=run.norm,
+                                   input_dtype=run.input_dtype, threshold=manifest["threshold"],
+                                   tta_flip=ensemble.get("tta") == "flip").eval()
+        self.threads = threads
+        self.precision = "fp32"
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            outputs = self.graph(torch.from_numpy(batch))
+        return {name: tensor.numpy() for name, tensor in zip(_OUTPUTS, outputs, strict=True)}
+
+    def close(self) -> None:
+        self.graph = None
