@@ -191,6 +191,8 @@ def run_command(
     qc_threshold: Annotated[float, typer.Option(help="Mean model disagreement above which a scan is flagged.")]
     = 0.25,
     overwrite: Annotated[bool, typer.Option(help="Redo scans whose outputs already exist.")] = False,
+    cuda_graph: Annotated[bool, typer.Option(help="TensorRT: capture a CUDA graph for --batch-size batches.")]
+    = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Segment a folder of scans with an exported ensemble (no torch needed).
@@ -203,7 +205,7 @@ def run_command(
     _setup_logging()
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
-                         overlays=overlays, qc_threshold=qc_threshold)
+                         overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph)
     try:
         with _scan_progress(enabled=progress) as on_scan:
             summary = segment(scans, artifacts, out, options, on_scan=on_scan)

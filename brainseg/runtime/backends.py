@@ -80,18 +80,23 @@ def _tensorrt_present() -> bool:
 
 
 def open_backend(folder: Path, manifest: dict, *, backend: str = "auto", precision: str | None = None,
-                 device: int = 0, threads: int | None = None) -> tuple[Backend, Choice]:
-    """The backend to run with, and a Choice saying what was picked and why."""
+                 device: int = 0, threads: int | None = None,
+                 cuda_graph_batch: int | None = None) -> tuple[Backend, Choice]:
+    """The backend to run with, and a Choice saying what was picked and why.
+
+    `cuda_graph_batch`: with TensorRT, capture a CUDA graph for batches of this size.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend in ("auto", "tensorrt"):
-        opened = _try_tensorrt(folder, manifest, precision, device, required=backend == "tensorrt")
+        opened = _try_tensorrt(folder, manifest, precision, device, cuda_graph_batch,
+                               required=backend == "tensorrt")
         if opened is not None:
             return opened
     return _open_onnxruntime(folder, manifest, precision, device, threads)
 
 
-def _try_tensorrt(folder, manifest, asked, device, *, required: bool):
+def _try_tensorrt(folder, manifest, asked, device, cuda_graph_batch, *, required: bool):
     from brainseg.runtime.tensorrt_backend import TensorRTBackend
 
     precision = choose_precision(manifest, asked, on_gpu=True)
@@ -108,7 +113,8 @@ def _try_tensorrt(folder, manifest, asked, device, *, required: bool):
         return None
     onnx_name = precision_file(manifest, precision, target="gpu")
     try:
-        runner = TensorRTBackend(engine, folder / onnx_name, precision, device=device)
+        runner = TensorRTBackend(engine, folder / onnx_name, precision, device=device,
+                                 cuda_graph=cuda_graph_batch is not None, graph_batch=cuda_graph_batch)
     except BrainsegError as err:
         if required:
             raise

@@ -48,6 +48,7 @@ class RunOptions:
     save_probability: bool = False
     overlays: bool = True
     qc_threshold: float = 0.25
+    cuda_graph: bool = False  # TensorRT: replay a CUDA graph for full batches
 
 
 @dataclass
@@ -107,7 +108,8 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
     if not scans and not skipped:
         raise DataError(f"no scans found under {', '.join(map(str, paths))}")
     backend, choice = open_backend(artifacts, manifest, backend=options.backend, precision=options.precision,
-                                   device=options.device, threads=options.threads)
+                                   device=options.device, threads=options.threads,
+                                   cuda_graph_batch=options.batch_size if options.cuda_graph else None)
     log.info("backend: %s, precision %s, %s (%s)", choice.backend, choice.precision, choice.file, choice.reason)
     summary = RunSummary(out=str(out), backend={**backend.describe(), "reason": choice.reason},
                          precision=choice.precision, manifest_sha256=sha256_file(artifacts / MANIFEST),
