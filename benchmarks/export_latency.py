@@ -12,13 +12,13 @@ validation-sized input (random uint8 slices of the graph's input size).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 from brainseg.export import onnx_io
 from brainseg.export.manifest import load_manifest
@@ -78,11 +78,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results = [bench(folder, args.runs, args.threads) for folder in args.artifacts]
-    text = json.dumps(results, indent=2) + "\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ on batches already decoded and resized in memory, timed over the same slices.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 from brainseg.data.preprocess import resize_slices
 from brainseg.data.sample import SampleSpec, cached_sample_dataset
@@ -86,11 +86,7 @@ def main() -> None:
                        "slices_per_s": round(end_to_end, 2), "backend": summary.backend},
         "end_to_end_share_of_bare": round(end_to_end / bare["slices_per_s"], 3),
     }
-    text = json.dumps(result, indent=2) + "\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
