@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -21,12 +22,14 @@ def test_data_and_metrics_import_without_torch():
     assert done.returncode == 0, done.stderr
 
 
-def test_only_working_commands_are_registered():
+def test_every_command_is_registered_with_its_console_script():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "sample-data", "export", "export-engine", "run"):
+    for command in ("train", "sample-data", "export", "export-engine", "run", "bench", "demo"):
         assert command in result.output
-    assert "bench" not in result.output  # seg-bench does not exist yet
+    scripts = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    for script in ("seg-train", "seg-export", "seg-run", "seg-bench", "seg-demo", "seg-sample"):
+        assert f'{script} = "brainseg.cli:' in scripts
 
 
 def test_sample_data_command_writes_the_kaggle_layout(tmp_path):

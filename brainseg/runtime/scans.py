@@ -45,9 +45,10 @@ class ScanData:
         slice_names: one per slice (file stem, or "z<index>" for volumes).
         spacing: in-plane (row, column) pixel size in mm when the source says so.
         slice_step: distance between slices in mm when known (volumes).
-        nifti: for NIfTI sources, what is needed to write a mask aligned with the input:
-            {"affine": (4, 4) array, "header": nibabel header, "shape": original (X, Y, Z),
-            "to_axial": how the slices were taken, to invert}; None otherwise.
+        nifti: for volume sources, what is needed to write a mask aligned with the input:
+            {"affine": (4, 4) array, "header": nibabel header (None for DICOM, whose affine is
+            built from its position and orientation tags), "shape": original (X, Y, Z),
+            "to_axial": how the slices were taken, to invert}; None for 2-D sources.
         notes: facts worth reporting, e.g. "16-bit slices rescaled to 8-bit".
     """
 
