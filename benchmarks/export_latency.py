@@ -2,11 +2,13 @@
 
 Targets (issue 3): the fused ensemble graph faster than its three member graphs run one after
 another (each on its own session, then the weighted mean, mask and disagreement in numpy, so both
-sides produce the same outputs); INT8 at least 2.5x faster than FP32. Every session is created up front with the
-project's own options (threads sleep between calls) and timed in turn, after warm-up, on real
-validation-sized input (random uint8 slices of the graph's input size).
+sides produce the same outputs); INT8 at least 2.5x faster than FP32. Every session is created
+up front and timed after warm-up on random uint8 slices of the graph's input size. Each graph's
+own session lets its threads spin between ops (one session called back to back, as in the
+runtime); the fused graph is also timed with sleeping threads, and the members in turn both ways
+(sleeping is their better setting: three sessions' spinning threads get in each other's way).
 
-    python benchmarks/export_latency.py ARTIFACTS [ARTIFACTS ...] [--runs 30] [--threads 2] [--out FILE]
+    python benchmarks/export_latency.py ARTIFACTS [ARTIFACTS ...] [--rounds 6] [--threads 2] [--out FILE]
 """
 
 from __future__ import annotations
@@ -24,22 +26,24 @@ from brainseg.export import onnx_io
 from brainseg.export.manifest import load_manifest
 
 
-def _time_interleaved(calls: dict, runs: int, warmup: int = 5) -> dict:
-    """Time every call once per round, in rotating order, so that drift in the machine's speed
-    (10-15% here between minutes) falls on all candidates alike; stats per call in ms."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
+def _time_interleaved(calls: dict, rounds: int, block: int = 20, settle: int = 5) -> dict:
+    """Time the candidates in rounds, in rotating order, so that drift in the machine's speed
+    (10-15% here between minutes) falls on all alike. In each round a candidate is called `block`
+    times back to back and the first `settle` calls are not kept: spinning threads of the
+    candidate before it keep a core busy for a while after their last call. Stats in ms."""
     samples = {name: [] for name in calls}
     names = list(calls)
-    for round_index in range(runs):
+    for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            started = time.perf_counter()
-            calls[name]()
-            samples[name].append((time.perf_counter() - started) * 1000)
+            for repeat in range(block):
+                started = time.perf_counter()
+                calls[name]()
+                if repeat >= settle:
+                    samples[name].append((time.perf_counter() - started) * 1000)
     return {name: {"median_ms": round(statistics.median(v), 2), "min_ms": round(min(v), 2),
-                   "p90_ms": round(sorted(v)[int(0.9 * (len(v) - 1))], 2)} for name, v in samples.items()}
+                   "p90_ms": round(sorted(v)[int(0.9 * (len(v) - 1))], 2), "samples": len(v)}
+            for name, v in samples.items()}
 
 
 def _members_in_turn(sessions, image: np.ndarray, weights: np.ndarray, threshold: float) -> tuple:
@@ -49,35 +53,41 @@ def _members_in_turn(sessions, image: np.ndarray, weights: np.ndarray, threshold
     return probability, (probability >= threshold).astype(np.uint8), probs.max(0) - probs.min(0)
 
 
-def bench(folder: Path, runs: int, threads: int) -> dict:
+def bench(folder: Path, rounds: int, threads: int) -> dict:
     manifest = load_manifest(folder)
     spec = manifest["input"]
     image = np.random.default_rng(0).integers(0, 256, (1, spec["height"], spec["width"], spec["channels"]),
                                               dtype=np.uint8)
-    sessions = {name: onnx_io.ort_session(folder / name, threads=threads) for name in manifest["files"]}
-    calls = {name: (lambda s=session: onnx_io.run(s, {"image": image})) for name, session in sessions.items()}
+    run = lambda session: onnx_io.run(session, {"image": image})  # noqa: E731
+    # one session called back to back: its threads spin between ops (what the runtime's loop does)
+    sessions = {name: onnx_io.ort_session(folder / name, threads=threads, spinning=True) for name in manifest["files"]}
+    calls = {name: (lambda s=session: run(s)) for name, session in sessions.items()}
+    fused_asleep = onnx_io.ort_session(folder / "ensemble.fp32.onnx", threads=threads)
+    calls["ensemble.fp32.onnx, threads asleep between ops"] = lambda: run(fused_asleep)
     members = [n for n, e in manifest["files"].items() if e["kind"] == "member"]
     weights = np.asarray(manifest["ensemble"]["weights"], np.float32)
-    calls["members in turn (fp32)"] = lambda: _members_in_turn([sessions[n] for n in members], image, weights,
-                                                               manifest["threshold"])
-    rows = _time_interleaved(calls, runs)
+    for label, spinning in (("threads asleep between ops", False), ("spinning", True)):
+        turn = [onnx_io.ort_session(folder / n, threads=threads, spinning=spinning) for n in members]
+        calls[f"members in turn (fp32), {label}"] = lambda turn=turn: _members_in_turn(
+            turn, image, weights, manifest["threshold"])
+    rows = _time_interleaved(calls, rounds)
     fp32 = rows["ensemble.fp32.onnx"]["median_ms"]
     notes = manifest["graph_notes"].items()
     int8 = {name: note["activation_type"] for name, note in notes if "activation_type" in note}
     shape = f"1x{spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}"
     return {"artifacts": str(folder), "int8_activations": int8, "input": shape,
-            "threads": threads, "runs": runs, "latency": rows,
+            "threads": threads, "rounds": rounds, "latency": rows,
             "speedup_vs_fp32": {n: round(fp32 / r["median_ms"], 2) for n, r in rows.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifacts", type=Path, nargs="+")
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of 20 calls per graph (5 not kept)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    results = [bench(folder, args.runs, args.threads) for folder in args.artifacts]
+    results = [bench(folder, args.rounds, args.threads) for folder in args.artifacts]
     emit(results, args.out)
 
 

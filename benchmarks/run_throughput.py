@@ -42,12 +42,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _bare(artifacts: Path, scans_dir: Path, batch_size: int, precision: str | None) -> dict:
+def _bare(artifacts: Path, scans_dir: Path, batch_size: int, precision: str | None, spinning: bool) -> dict:
     manifest = load_manifest(artifacts)
     spec = manifest["input"]
     scans, _ = inputs.discover([scans_dir], spec)
     images = np.concatenate([resize_slices(inputs.load(s, spec).image, spec["height"], is_mask=False) for s in scans])
-    backend, choice = open_backend(artifacts, manifest, backend="onnxruntime", precision=precision)
+    backend, choice = open_backend(artifacts, manifest, backend="onnxruntime", precision=precision, spinning=spinning)
     with backend:
         backend.infer(images[:batch_size])  # warm-up
         started = time.perf_counter()
@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", default=None)
     parser.add_argument("--readers", type=int, default=1)
+    parser.add_argument("--spin", action="store_true", help="ONNX Runtime threads spin (seg-run --spin), both sides")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     per_patient = 16
@@ -72,15 +73,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scans_dir = Path(tmp) / "scans"
         scans_dir.symlink_to(sample, target_is_directory=True)
-        bare = _bare(args.artifacts, scans_dir, args.batch_size, args.precision)
+        bare = _bare(args.artifacts, scans_dir, args.batch_size, args.precision, args.spin)
         options = RunOptions(backend="onnxruntime", precision=args.precision, batch_size=args.batch_size,
-                             readers=args.readers)
+                             readers=args.readers, spinning=args.spin)
         summary = segment([scans_dir], args.artifacts, Path(tmp) / "out", options)
         shutil.rmtree(Path(tmp) / "out")
     end_to_end = summary.slices / summary.timings_s["wall"]
     result = {
         "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
         "artifacts": str(args.artifacts), "batch_size": args.batch_size, "readers": args.readers,
+        "onnxruntime_threads_spin": args.spin,
         "bare_inference": bare,
         "end_to_end": {"slices": summary.slices, "scans": summary.done, "timings_s": summary.timings_s,
                        "slices_per_s": round(end_to_end, 2), "backend": summary.backend},

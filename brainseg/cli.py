@@ -193,6 +193,8 @@ def run_command(
     overwrite: Annotated[bool, typer.Option(help="Redo scans whose outputs already exist.")] = False,
     cuda_graph: Annotated[bool, typer.Option(help="TensorRT: capture a CUDA graph for --batch-size batches.")]
     = False,
+    spin: Annotated[bool, typer.Option(help="ONNX Runtime CPU threads spin between ops: lower latency per call, "
+                                            "but they compete with the reader and writer threads.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Segment a folder of scans with an exported ensemble (no torch needed).
@@ -205,7 +207,7 @@ def run_command(
     _setup_logging()
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
-                         overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph)
+                         overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin)
     try:
         with _scan_progress(enabled=progress) as on_scan:
             summary = segment(scans, artifacts, out, options, on_scan=on_scan)

@@ -80,11 +80,12 @@ def _tensorrt_present() -> bool:
 
 
 def open_backend(folder: Path, manifest: dict, *, backend: str = "auto", precision: str | None = None,
-                 device: int = 0, threads: int | None = None,
-                 cuda_graph_batch: int | None = None) -> tuple[Backend, Choice]:
+                 device: int = 0, threads: int | None = None, cuda_graph_batch: int | None = None,
+                 spinning: bool = True) -> tuple[Backend, Choice]:
     """The backend to run with, and a Choice saying what was picked and why.
 
     `cuda_graph_batch`: with TensorRT, capture a CUDA graph for batches of this size.
+    `spinning`: ONNX Runtime CPU threads spin between ops (see OnnxRuntimeBackend).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
@@ -93,7 +94,7 @@ def open_backend(folder: Path, manifest: dict, *, backend: str = "auto", precisi
                                required=backend == "tensorrt")
         if opened is not None:
             return opened
-    return _open_onnxruntime(folder, manifest, precision, device, threads)
+    return _open_onnxruntime(folder, manifest, precision, device, threads, spinning)
 
 
 def _try_tensorrt(folder, manifest, asked, device, cuda_graph_batch, *, required: bool):
@@ -123,7 +124,7 @@ def _try_tensorrt(folder, manifest, asked, device, cuda_graph_batch, *, required
     return runner, Choice("tensorrt", precision, engine.name, "a TensorRT engine built for this GPU")
 
 
-def _open_onnxruntime(folder, manifest, asked, device, threads):
+def _open_onnxruntime(folder, manifest, asked, device, threads, spinning):
     from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend, available_providers
 
     provider = available_providers()[0]
@@ -131,5 +132,5 @@ def _open_onnxruntime(folder, manifest, asked, device, threads):
     precision = choose_precision(manifest, asked, on_gpu=on_gpu)
     name = precision_file(manifest, precision, target="gpu" if on_gpu else "cpu")
     runner = OnnxRuntimeBackend(folder / name, precision, provider=provider, device=device, threads=threads,
-                                cache_dir=folder / ".ort-tensorrt-cache")
+                                spinning=spinning, cache_dir=folder / ".ort-tensorrt-cache")
     return runner, Choice("onnxruntime", precision, name, f"ONNX Runtime with {provider}")

@@ -1,8 +1,8 @@
 """ONNX Runtime backend: the ensemble graph on the TensorRT, CUDA or CPU execution provider.
 
 Session options follow the device: on the CPU one intra-op thread per physical core (or
-`threads`), threads that sleep between calls (the reader and writer threads need the cores
-too), every graph optimisation; on CUDA, outputs are bound to device memory with I/O binding
+`threads`), threads that spin between ops (one session called back to back; see
+`onnx_io.ort_session`), every graph optimisation; on CUDA, outputs are bound to device memory with I/O binding
 and copied back once per batch.
 """
 
@@ -35,13 +35,15 @@ class OnnxRuntimeBackend:
         provider: an execution provider name, or None for the best one present.
         device: CUDA device index for the CUDA and TensorRT providers.
         threads: intra-op threads on the CPU; None for one per physical core.
+        spinning: let the CPU threads spin between ops and calls; right for one session called
+            back to back (seg-run's inference loop), wrong for several sessions taking turns.
         cache_dir: where the TensorRT provider keeps its engines (reused between runs).
     """
 
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, precision: str, *, provider: str | None = None, device: int = 0,
-                 threads: int | None = None, cache_dir: Path | None = None) -> None:
+                 threads: int | None = None, spinning: bool = True, cache_dir: Path | None = None) -> None:
         self.onnx_path = Path(onnx_path)
         self.precision = precision
         present = available_providers()
@@ -52,7 +54,7 @@ class OnnxRuntimeBackend:
         providers = [(self.provider, self._provider_options(cache_dir)), "CPUExecutionProvider"]
         if self.provider == "CPUExecutionProvider":
             providers = ["CPUExecutionProvider"]
-        self.session = onnx_io.ort_session(self.onnx_path, threads=threads, providers=providers)
+        self.session = onnx_io.ort_session(self.onnx_path, threads=threads, providers=providers, spinning=spinning)
         image = self.session.get_inputs()[0]
         self.input_name = image.name
         self.input_dtype = onnx_io.numpy_dtype(image.type)
