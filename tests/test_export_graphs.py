@@ -169,6 +169,14 @@ def test_run_says_what_the_graph_expects(ensemble_onnx):
         run(session, {"slices": good})
 
 
+def test_session_threads_sleep_unless_asked_to_spin(ensemble_onnx):
+    def spin_setting(session):
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spin_setting(ort_session(ensemble_onnx)) == "0"  # several sessions taking turns
+    assert spin_setting(ort_session(ensemble_onnx, spinning=True)) == "1"  # one session back to back
+
+
 def test_fp16_graph_has_float16_weights_and_float32_io(ensemble, ensemble_onnx, tmp_path):
     path = tmp_path / "ensemble.fp16.onnx"
     summary = export_fp16(

@@ -47,6 +47,12 @@ def test_auto_falls_back_to_onnxruntime_and_tensorrt_alone_is_an_error_when_abse
     with runner:
         assert (choice.backend, choice.precision, choice.file) == ("onnxruntime", "int8", "ensemble.int8-cpu.onnx")
         assert "CPUExecutionProvider" in choice.reason
+        options = runner.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    runner, _ = open_backend(tiny_artifacts, manifest, spinning=False)  # seg-run's default, beside its threads
+    with runner:
+        options = runner.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ArtifactError, match="--backend tensorrt: TensorRT is not installed"):
         open_backend(tiny_artifacts, manifest, backend="tensorrt")
     with pytest.raises(ConfigError, match="unknown backend"):
