@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from brainseg.bench import report as rp
+from brainseg.bench import runner
 from brainseg.bench.runner import MODES, BenchOptions, row_id
 from brainseg.bench.suite import bench_artifacts
 from brainseg.cli import app
@@ -81,3 +82,27 @@ def test_seg_demo_tiny_runs_the_whole_pipeline(tmp_path, monkeypatch):
     assert "benchmark report" in result.output and "seg-run segmented" in result.output
     again = CliRunner().invoke(app, ["demo", "--preset", "tiny", "--out", str(out), "--no-progress"])
     assert again.exit_code == 1 and "pass --overwrite" in again.output
+
+
+def test_gpu_runners_get_their_stage_times_in_the_row_and_the_report(tiny_artifacts):
+    import numpy as np
+
+    from brainseg.bench.runner import BenchResult, Candidate, _time_candidate
+
+    class StagedRunner:  # what TensorRTBackend offers besides infer
+        def infer(self, batch):
+            return {"probability": np.zeros((len(batch), 1, 64, 64), np.float32)}
+
+        def infer_stages(self, batch):
+            return self.infer(batch), {"h2d_ms": 0.1 * len(batch), "compute_ms": 2.0, "d2h_ms": 0.3}
+
+    spec = {"height": 64, "width": 64, "channels": 3, "dtype": "uint8"}
+    files = runner._slice_files(tiny_artifacts.parent / "staged-slices", spec, 2)
+    candidate = Candidate("tensorrt", "Fake GPU", "fp16", "ensemble", "ensemble.fp16.engine", StagedRunner(), 0.9, 10)
+    result = BenchResult()
+    options = BenchOptions(iterations=2, seconds=None, batch_sizes=(2,), modes=("compute",))
+    _time_candidate(candidate, spec, 0.5, options, files, tiny_artifacts.parent / "staged-masks", {}, result)
+    assert result.rows[0]["gpu_stages_ms"] == {"h2d_ms": 0.2, "compute_ms": 2.0, "d2h_ms": 0.3}
+    report = rp.build_report(result, artifacts=tiny_artifacts, manifest_sha256="0" * 64, environment={},
+                             peaks={}, options={})
+    assert "| tensorrt/fp16/ensemble/compute/b2 | 0.200 | 2.000 | 0.300 |" in rp.markdown(report)

@@ -59,13 +59,14 @@ class FakeCudart:
         self.host, self.device = {}, {}  # address -> uint8 array
         self.streams, self.graphs, self.execs = {}, {}, {}  # handle -> work list / capture
         self.calls, self.failures, self._next = [], {}, 1000
+        self.events, self.clock = {}, 0.0  # event -> "GPU time" (ms) when it ran; advanced by the work
 
     def fail(self, name: str, nth: int = 1, error=CudaError.cudaErrorLaunchFailure) -> None:
         """Make the nth call of `name` from now on return `error`."""
         self.failures[name] = (self.calls.count(name) + nth, error)
 
     def live(self) -> dict[str, int]:
-        counts = {"host": self.host, "device": self.device, "streams": self.streams}
+        counts = {"host": self.host, "device": self.device, "streams": self.streams, "events": self.events}
         counts.update(graphs=self.graphs, execs=self.execs)
         return {kind: len(items) for kind, items in counts.items() if items}
 
@@ -140,9 +141,31 @@ class FakeCudart:
 
         def copy():
             target[dst][:count] = source[src][:count]
+            self.clock += count / 1e6  # 1 ms per MB
 
         self.enqueue(stream, copy)
         return (CudaError.cudaSuccess,)
+
+    def cudaEventCreate(self):
+        if error := self._call("cudaEventCreate"):
+            return error, None
+        event = self._handle()
+        self.events[event] = None
+        return CudaError.cudaSuccess, event
+
+    def cudaEventDestroy(self, event):
+        del self.events[event]
+        return (self._call("cudaEventDestroy") or CudaError.cudaSuccess,)
+
+    def cudaEventRecord(self, event, stream):
+        assert event in self.events, "recording an event that was never created"
+        self.enqueue(stream, lambda: self.events.__setitem__(event, self.clock))
+        return (self._call("cudaEventRecord") or CudaError.cudaSuccess,)
+
+    def cudaEventElapsedTime(self, start, end):
+        if self.events[start] is None or self.events[end] is None:
+            return CudaError.cudaErrorNotReady, None
+        return CudaError.cudaSuccess, self.events[end] - self.events[start]
 
     def cudaStreamSynchronize(self, stream):
         state = self.streams[int(stream)]
@@ -229,6 +252,7 @@ def fake_tensorrt(cudart: FakeCudart, *, profile=(1, 2, 4), dtype="uint8", versi
         def _run(self):
             # Like kernels reading shapes from the context's scratch memory: the shape when it runs counts.
             batch = self.shape[0]
+            cudart.clock += 2.0 * batch  # the engine: 2 ms per slice of "GPU time"
             image = cudart.device[self.addresses["image"]].view(np.dtype(dtype))[: batch * H * W * C]
             for name, value in reference(image.reshape(batch, H, W, C)).items():
                 cudart.device[self.addresses[name]][: value.nbytes] = value.reshape(-1).view(np.uint8)
@@ -358,6 +382,20 @@ def test_infer_returns_the_engines_result_below_and_at_the_max_batch(engine, cud
     assert ("image", (3, H, W, C)) in calls["shapes"] and ("image", (4, H, W, C)) in calls["shapes"]
     assert {name for name, _ in calls["addresses"]} == {"image", "probability", "mask", "disagreement"}
     assert "cudaGraphLaunch" not in cudart.calls and "cudaStreamBeginCapture" not in cudart.calls
+
+
+def test_stage_timing_reads_cuda_events_around_copy_in_engine_and_copy_out(engine, cudart, install_trt):
+    install_trt()
+    with TensorRTBackend(*engine, "fp16", cuda_graph=True) as backend:
+        batch = images(3, seed=4)
+        outputs, stages = backend.infer_stages(batch)
+        check_outputs(outputs, batch)
+        out_bytes = 3 * K * H * W * (4 + 1 + 4)  # probability, mask, disagreement
+        assert stages == pytest.approx({"h2d_ms": batch.nbytes / 1e6, "compute_ms": 6.0, "d2h_ms": out_bytes / 1e6})
+        assert cudart.live()["events"] == 4
+        backend.infer_stages(images(2))  # the events are made once and reused
+        assert cudart.calls.count("cudaEventCreate") == 4
+    assert cudart.live() == {}  # events destroyed with everything else
 
 
 def test_every_allocation_is_freed_on_close(engine, cudart, install_trt):

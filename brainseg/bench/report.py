@@ -94,6 +94,12 @@ def markdown(report: dict) -> str:
         which = ", ".join(noisy) if len(noisy) <= 6 else f"{len(noisy)} of {len(report['rows'])} rows, marked ⚠"
         lines += ["", f"⚠ CV above {CV_WARNING:.1%}: {which}. Such rows are noisy: compare medians, rerun with more "
                   "--seconds, or use a quieter machine."]
+    staged = [r for r in report["rows"] if r.get("gpu_stages_ms")]
+    if staged:
+        lines += ["", "## GPU stages (CUDA events, median ms)", "",
+                  "| row | host to device | compute | device to host |", "|---|---|---|---|"]
+        lines += [f"| {row_id(r)} | {r['gpu_stages_ms']['h2d_ms']:.3f} | {r['gpu_stages_ms']['compute_ms']:.3f} "
+                  f"| {r['gpu_stages_ms']['d2h_ms']:.3f} |" for r in staged]
     lines += ["", "## Speed-ups", ""] + _speedups(report["rows"])
     if report["skipped"]:
         lines += ["", "## Not measured here", ""]

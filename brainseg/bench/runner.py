@@ -122,8 +122,16 @@ def _time_candidate(candidate: Candidate, spec: dict, threshold: float, options:
                                        seconds=options.seconds, gap_s=options.idle_gap_s if mode == "idle" else 0.0)
             summary = stats.summarize(samples, batch=batch)
             row = _row(candidate, mode, batch, summary, peaks)
+            if mode == "compute" and hasattr(candidate.runner, "infer_stages"):
+                row["gpu_stages_ms"] = _gpu_stages(candidate.runner, images[:batch], len(samples))
             result.rows.append(row)
             result.samples[row_id(row)] = [round(s, 4) for s in samples]
+
+
+def _gpu_stages(runner, batch: np.ndarray, calls: int) -> dict[str, float]:
+    """Median host-to-device, compute and device-to-host ms over up to 20 calls, from CUDA events."""
+    timed = [runner.infer_stages(batch)[1] for _ in range(max(1, min(calls, 20)))]
+    return {stage: round(float(np.median([t[stage] for t in timed])), 3) for stage in timed[0]}
 
 
 def _row(candidate: Candidate, mode: str, batch: int, summary: stats.LatencyStats, peaks: dict) -> dict:

@@ -66,6 +66,7 @@ class TensorRTBackend:
         self._resources = ExitStack()
         self._closed = False
         self._graph_exec = self.graph_batch = None
+        self._events = None  # CUDA events around the stages, made on the first infer_stages
         try:
             self._open(Path(onnx_path), cuda_graph, graph_batch)
         except BaseException:
@@ -189,6 +190,40 @@ class TensorRTBackend:
         self._synchronize()
         return {out.name: out.host[:n].copy() for out in self._outputs}
 
+    def infer_stages(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """`infer` without the CUDA graph, timed on the GPU with CUDA events between its stages.
+
+        Returns the outputs and {"h2d_ms", "compute_ms", "d2h_ms"}: the copy in, the engine, and
+        the copies out, as the GPU's own clock saw them (host overhead not included).
+        """
+        if self._closed:
+            raise BrainsegError(f"the TensorRT backend for {self.engine_path} is closed")
+        n = self._check_batch(batch)
+        self._input.host[:n] = batch
+        if n != self._context_batch:
+            self._set_batch(self._context, n)
+        events, cudart = self._stage_events(), self._cudart
+
+        def mark(index: int) -> None:
+            cuda_call("cudaEventRecord", cudart.cudaEventRecord(events[index], self._stream))
+
+        self._enqueue(self._context, n, mark=mark)
+        self._synchronize()
+        stages = [cuda_call("cudaEventElapsedTime", cudart.cudaEventElapsedTime(events[i], events[i + 1]))
+                  for i in range(3)]
+        outputs = {out.name: out.host[:n].copy() for out in self._outputs}
+        return outputs, dict(zip(("h2d_ms", "compute_ms", "d2h_ms"), (float(t) for t in stages), strict=True))
+
+    def _stage_events(self) -> list:
+        if self._events is None:
+            events = []
+            for _ in range(4):
+                event = cuda_call("cudaEventCreate", self._cudart.cudaEventCreate())
+                self._own("cudaEventDestroy", self._cudart.cudaEventDestroy, event)
+                events.append(event)
+            self._events = events
+        return self._events
+
     def _check_batch(self, batch: np.ndarray) -> int:
         dtype, shape = self.input_spec
         got = (getattr(batch, "dtype", type(batch).__name__), getattr(batch, "shape", None))
@@ -214,21 +249,29 @@ class TensorRTBackend:
         if context is self._context:
             self._context_batch = batch
 
-    def _enqueue(self, context, batch: int) -> None:
-        """Queue copy-in, execution and copy-out of `batch` rows on the stream; nothing waits here."""
+    def _enqueue(self, context, batch: int, mark=None) -> None:
+        """Queue copy-in, execution and copy-out of `batch` rows on the stream; nothing waits here.
+
+        `mark(i)`, when given, is called at the stage boundaries i = 0..3 (to record CUDA events).
+        """
         cudart, stream, kind = self._cudart, self._stream, self._cudart.cudaMemcpyKind
+        mark = mark or (lambda index: None)
         image = self._input
+        mark(0)
         copy_in = cudart.cudaMemcpyAsync(
             image.device, image.host.ctypes.data, image.nbytes(batch), kind.cudaMemcpyHostToDevice, stream
         )
         cuda_call("cudaMemcpyAsync", copy_in)
+        mark(1)
         if not context.execute_async_v3(int(stream)):
             raise BrainsegError(f"TensorRT execute_async_v3 failed for {self.engine_path} at batch {batch}")
+        mark(2)
         for out in self._outputs:
             copy_out = cudart.cudaMemcpyAsync(
                 out.host.ctypes.data, out.device, out.nbytes(batch), kind.cudaMemcpyDeviceToHost, stream
             )
             cuda_call("cudaMemcpyAsync", copy_out)
+        mark(3)
 
     def _synchronize(self) -> None:
         cuda_call("cudaStreamSynchronize", self._cudart.cudaStreamSynchronize(self._stream))
