@@ -1,6 +1,7 @@
 """seg-run's per-scan outputs: PNG masks and overlays, volumes, results rows, resume and safety."""
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -62,10 +63,11 @@ def _ring(mask2d):
     return mask2d & ~inner
 
 
-def _file_writer(path, axial, data):
-    """Injected VolumeWriter: stores the array as .npy so the test can read exactly what was passed."""
-    with open(path, "wb") as handle:
-        np.save(handle, axial)
+def _file_writer(axial, data):
+    """Injected VolumeWriter: the array as .npy bytes, so the test can read exactly what was passed."""
+    buffer = io.BytesIO()
+    np.save(buffer, axial)
+    return buffer.getvalue()
 
 
 def _load_npy(path):

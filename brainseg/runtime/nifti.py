@@ -41,7 +41,8 @@ _MODALITY_FILE = re.compile(r"^(?P<case>.+)[_-](?P<modality>[A-Za-z0-9]+)$")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 __all__ = ["BRATS_MODALITY_NAMES", "NIFTI_SUFFIXES", "brats_cases", "dicom_series", "file_stem", "file_suffix",
-           "import_pydicom", "is_label", "read_dicom", "read_nifti", "to_original", "volume_to_input", "write_like"]
+           "import_pydicom", "is_label", "read_dicom", "read_nifti", "nifti_bytes", "to_original", "volume_to_input",
+           "write_like"]
 
 
 def file_suffix(name: str) -> str:
@@ -182,14 +183,22 @@ def to_original(axial: np.ndarray, info: dict) -> np.ndarray:
 def write_like(path: Path, data: np.ndarray, info: dict, *, dtype=np.uint8) -> None:
     """Write (X, Y, Z[, K]) `data` as NIfTI with the input's affine and a copy of its header.
 
-    `path` must end in .nii.gz (gzip-compressed) or .nii. The header's data type becomes `dtype`,
-    its scaling is reset (slope 1, intercept 0) and its display window cleared; the file appears
-    atomically (a temporary file in the same folder, then a rename).
+    `path` must end in .nii.gz (gzip-compressed) or .nii; the file appears atomically (a
+    temporary file in the same folder, then a rename). See `nifti_bytes` for the header.
     """
-    nib = import_nibabel()
     path = Path(path)
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise ValueError(f"{path}: a NIfTI output must end in .nii.gz or .nii")
+    write_atomic(path, nifti_bytes(data, info, dtype=dtype, compress=path.name.lower().endswith(".gz")))
+
+
+def nifti_bytes(data: np.ndarray, info: dict, *, dtype=np.uint8, compress: bool = True) -> bytes:
+    """(X, Y, Z[, K]) `data` as the bytes of a NIfTI file (gzip-compressed when `compress`).
+
+    The input's affine and a copy of its header are kept; the header's data type becomes
+    `dtype`, its scaling is reset (slope 1, intercept 0) and its display window cleared.
+    """
+    nib = import_nibabel()
     if tuple(data.shape[:3]) != tuple(info["shape"]):
         raise ValueError(f"data {data.shape} is not on the input's voxel grid {tuple(info['shape'])}")
     header = info["header"].copy() if info.get("header") is not None else None
@@ -199,9 +208,7 @@ def write_like(path: Path, data: np.ndarray, info: dict, *, dtype=np.uint8) -> N
     image.header.set_slope_inter(1.0, 0.0)
     image.header["cal_min"], image.header["cal_max"] = 0.0, 0.0  # the input's window means nothing here
     payload = image.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=1, mtime=0)
-    write_atomic(path, payload)
+    return gzip.compress(payload, compresslevel=1, mtime=0) if compress else payload
 
 
 # ---------------------------------------------------------------- DICOM

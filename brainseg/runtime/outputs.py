@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -48,7 +47,7 @@ HIGH_DISAGREEMENT = 0.5  # overlays outline pixels whose member probabilities di
 TUMOUR_RGB, DISAGREEMENT_RGB = (255, 0, 0), (255, 255, 0)
 INNER_REGION_RGB = ((0, 255, 0), (0, 128, 255))  # tumour core, enhancing tumour (K=3)
 
-VolumeWriter = Callable[[Path, np.ndarray, ScanData], None]
+VolumeWriter = Callable[[np.ndarray, ScanData], bytes]  # axial (S, H, W[, K]) -> the file's bytes
 
 
 class ScanOutputError(DataError):
@@ -306,19 +305,11 @@ def _encode_png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def write_nifti_like(path: Path, axial: np.ndarray, data: ScanData) -> None:
-    """Default VolumeWriter: (S, H, W[, K]) axial slices -> NIfTI in the input's grid and header."""
-    from brainseg.runtime.nifti import to_original, write_like
+def nifti_like(axial: np.ndarray, data: ScanData) -> bytes:
+    """Default VolumeWriter: (S, H, W[, K]) axial slices -> .nii.gz bytes in the input's grid and header."""
+    from brainseg.runtime.nifti import nifti_bytes, to_original
 
-    write_like(path, to_original(axial, data.nifti), data.nifti, dtype=axial.dtype)
-
-
-def _volume_bytes(writer: VolumeWriter, name: str, axial: np.ndarray, data: ScanData) -> bytes:
-    """Run a file-writing VolumeWriter in a scratch folder and return the file's bytes."""
-    with tempfile.TemporaryDirectory(prefix="brainseg-volume-") as scratch:
-        path = Path(scratch) / name
-        writer(path, axial, data)
-        return path.read_bytes()
+    return nifti_bytes(to_original(axial, data.nifti), data.nifti, dtype=axial.dtype)
 
 
 def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputOptions, writer: VolumeWriter):
@@ -331,11 +322,11 @@ def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputO
     plan = []
     if kind in VOLUME_KINDS and data.nifti is not None:
         labels = (pred.mask > 0).sum(axis=-1).astype(np.uint8)  # (S, H, W)
-        plan.append((f"volumes/{key}.nii.gz", partial(_volume_bytes, writer, "mask.nii.gz", labels, data)))
+        plan.append((f"volumes/{key}.nii.gz", partial(writer, labels, data)))
         if options.save_probability:
             prob = pred.probability.astype(np.float32)
             prob = prob[..., 0] if prob.shape[-1] == 1 else prob  # (S, H, W[, K])
-            plan.append((f"volumes/{key}_probability.nii.gz", partial(_volume_bytes, writer, "p.nii.gz", prob, data)))
+            plan.append((f"volumes/{key}_probability.nii.gz", partial(writer, prob, data)))
     elif kind == "slice":
         if data.num_slices != 1:
             raise ValueError(f"scan {key!r} of kind 'slice' has {data.num_slices} slices, expected 1")
@@ -382,8 +373,8 @@ def write_scan(
 
     A scan already done is left alone and its recorded row returned, unless `options.overwrite`.
     Otherwise each file that exists is kept (unless overwrite), the others are written atomically,
-    and `.rows/<key>.json` is written last. `volume_writer(path, axial, data)` writes a NIfTI file
-    for header-carrying volumes (default `write_nifti_like`); tests may inject their own.
+    and `.rows/<key>.json` is written last. `volume_writer(axial, data)` returns the bytes of a
+    NIfTI file for header-carrying volumes (default `nifti_like`); tests may inject their own.
     Raises ScanOutputError (a DataError) when the scan's outputs cannot be placed safely.
     """
     out, options = Path(out), options or OutputOptions()
@@ -391,7 +382,7 @@ def write_scan(
     if row_path.is_file() and not options.overwrite:
         return load_row(out, data.scan)
     row = scan_row(data, pred, options.qc_threshold)
-    for path, produce in _planned_files(out, data, pred, options, volume_writer or write_nifti_like):
+    for path, produce in _planned_files(out, data, pred, options, volume_writer or nifti_like):
         if options.overwrite or not path.exists():
             write_atomic(path, produce())
     write_atomic(row_path, json.dumps(row, indent=2) + "\n")
