@@ -102,7 +102,7 @@ def test_two_process_ddp_on_cpu(tiny_sample, tmp_path):
 
 
 def test_brats_regions_train_three_channels_with_hd95_in_mm(tmp_path):
-    from test_readers import make_brats
+    from data_files import make_brats
 
     root = make_brats(tmp_path / "brats", cases=5)
     cfg = make_config("quick", models=["unet"], epochs=1, img_size=32, batch_size=2, target="brats-regions",

@@ -21,29 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.data.names import BRATS_LABEL, NIFTI_SUFFIXES, names_modality
 from brainseg.data.volume import Volume
-from brainseg.errors import ConfigError, missing_extra
+from brainseg.errors import ConfigError, InputSkipped, require
 
 TARGETS = ("wt", "brats-regions")
-SEG = "seg"
 BRATS_LABELS = (0, 1, 2, 3, 4)  # 3 is enhancing tumour in BraTS 2023 (4 in earlier years)
 
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_SEPARATORS = ("_", "-")
-
 SkipFn = Callable[[Path, str], None]
-
-
-class CaseSkipped(Exception):
-    """A case, or one of its files, cannot be used; `read_brats` catches it once per case.
-
-    Also raised by `zscore_nonzero`, which the runtime shares.
-    """
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def check_target(target: str) -> None:
@@ -54,22 +39,22 @@ def check_target(target: str) -> None:
 
 def is_brats_case(folder: Path) -> bool:
     """Whether `folder` holds a `<case>_seg.nii.gz` (or `.nii`, or `-seg`) file."""
-    return any(_modality_matches(p.name, SEG) for p in folder.iterdir() if p.is_file())
+    return any(names_modality(p.name, BRATS_LABEL) for p in folder.iterdir() if p.is_file())
 
 
 def read_brats(
     root: Path, modalities: Sequence[str], target: str, skip: SkipFn
 ) -> list[tuple[Path, Volume]]:
     """Read every case folder under `root`; `skip(path, reason)` records each case left out."""
-    nib = import_nibabel()
+    nib = require("nibabel", "nifti")
     modalities = _check_modalities(modalities)
     check_target(target)
     read = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
             read.append((folder, _read_case(folder, modalities, target, nib)))
-        except CaseSkipped as exc:
-            skip(exc.path, exc.reason)
+        except InputSkipped as exc:
+            skip(Path(exc.path), exc.reason)
     return read
 
 
@@ -82,20 +67,11 @@ def target_masks(seg: np.ndarray, target: str) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.uint8)
 
 
-def import_nibabel():
-    """The nibabel module, or the error that names the `nifti` extra."""
-    try:
-        import nibabel
-    except ImportError as exc:
-        raise missing_extra("nibabel", "nifti") from exc
-    return nibabel
-
-
 def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
     if isinstance(modalities, str):
         modalities = (modalities,)
     modalities = tuple(m.lower() for m in modalities)
-    if not modalities or len(set(modalities)) != len(modalities) or SEG in modalities:
+    if not modalities or len(set(modalities)) != len(modalities) or BRATS_LABEL in modalities:
         raise ConfigError(
             "modalities must be distinct names other than 'seg', e.g. t1,t1ce,t2,flair; "
             f"got {modalities}"
@@ -105,19 +81,19 @@ def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
 
 def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> Volume:
     files = _case_files(folder, modalities)
-    seg, _ = _load(files[SEG], nib)
+    seg, _ = _load(files[BRATS_LABEL], nib)
     images, zooms = zip(*(_load(files[m], nib) for m in modalities), strict=True)
     for modality, image in zip(modalities, images, strict=True):
         if image.shape != seg.shape:
-            raise CaseSkipped(
+            raise InputSkipped(
                 folder,
-                f"{files[modality].name} is {image.shape} but {files[SEG].name} is {seg.shape}",
+                f"{files[modality].name} is {image.shape} but {files[BRATS_LABEL].name} is {seg.shape}",
             )
-    labels = _check_labels(files[SEG], seg)
+    labels = _check_labels(files[BRATS_LABEL], seg)
     stack = np.stack(images, axis=-1)  # (X, Y, Z, C)
     keep = np.flatnonzero(np.any(stack != 0, axis=(0, 1, 3)))
     if keep.size == 0:
-        raise CaseSkipped(folder, "every modality is zero everywhere (no brain voxels)")
+        raise InputSkipped(folder, "every modality is zero everywhere (no brain voxels)")
     normalised = np.stack(
         [zscore_nonzero(files[m], image) for m, image in zip(modalities, images, strict=True)], axis=-1
     )
@@ -135,13 +111,13 @@ def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> V
 def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
     """Map each modality and 'seg' to its file, or raise naming the missing ones."""
     names = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    if not any(p.name.lower().endswith(_NIFTI_SUFFIXES) for p in names):
-        raise CaseSkipped(folder, f"no NIfTI files (expected {folder.name}_<modality>.nii.gz)")
+    if not any(p.name.lower().endswith(NIFTI_SUFFIXES) for p in names):
+        raise InputSkipped(folder, f"no NIfTI files (expected {folder.name}_<modality>.nii.gz)")
     files, missing = {}, []
-    for modality in (*modalities, SEG):
-        hits = [p for p in names if _modality_matches(p.name, modality)]
+    for modality in (*modalities, BRATS_LABEL):
+        hits = [p for p in names if names_modality(p.name, modality)]
         if len(hits) > 1:
-            raise CaseSkipped(
+            raise InputSkipped(
                 folder, f"several {modality} files: {', '.join(sorted(p.name for p in hits))}"
             )
         if hits:
@@ -149,17 +125,8 @@ def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
         else:
             missing.append(f"{folder.name}_{modality}.nii.gz")
     if missing:
-        raise CaseSkipped(folder, f"missing {', '.join(missing)} (or .nii)")
+        raise InputSkipped(folder, f"missing {', '.join(missing)} (or .nii)")
     return files
-
-
-def _modality_matches(name: str, modality: str) -> bool:
-    name = name.lower()
-    return not name.startswith(".") and any(
-        name.endswith(f"{sep}{modality}{suffix}")
-        for sep in _SEPARATORS
-        for suffix in _NIFTI_SUFFIXES
-    )
 
 
 def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -169,25 +136,25 @@ def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...]]:
         data = image.get_fdata(dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
         detail = " ".join(str(exc).split())  # one line: some nibabel messages span two
-        raise CaseSkipped(path, f"cannot read NIfTI ({type(exc).__name__}: {detail})") from exc
+        raise InputSkipped(path, f"cannot read NIfTI ({type(exc).__name__}: {detail})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise CaseSkipped(path, f"is {data.ndim}-D {data.shape}; expected one 3-D volume")
+        raise InputSkipped(path, f"is {data.ndim}-D {data.shape}; expected one 3-D volume")
     if not np.isfinite(data).all():
         bad = int(data.size - np.isfinite(data).sum())
-        raise CaseSkipped(path, f"has {bad} NaN or infinite voxels")
+        raise InputSkipped(path, f"has {bad} NaN or infinite voxels")
     return data, tuple(float(z) for z in image.header.get_zooms()[:3])
 
 
 def _check_labels(path: Path, seg: np.ndarray) -> np.ndarray:
     labels = np.rint(seg)
     if not np.array_equal(labels, seg):
-        raise CaseSkipped(path, "segmentation has non-integer labels")
+        raise InputSkipped(path, "segmentation has non-integer labels")
     found = np.unique(labels).astype(int)
     unknown = sorted(set(found.tolist()) - set(BRATS_LABELS))
     if unknown:
-        raise CaseSkipped(
+        raise InputSkipped(
             path, f"segmentation labels {unknown} found; BraTS labels are {list(BRATS_LABELS)}"
         )
     return labels.astype(np.uint8)
@@ -197,11 +164,11 @@ def zscore_nonzero(path: Path, volume: np.ndarray) -> np.ndarray:
     """(X, Y, Z) -> same, (v - mean) / std over the non-zero voxels; zero voxels stay 0."""
     brain = volume != 0
     if not brain.any():
-        raise CaseSkipped(path, "is zero everywhere (an empty modality)")
+        raise InputSkipped(path, "is zero everywhere (an empty modality)")
     values = volume[brain].astype(np.float64)
     std = values.std()
     if std == 0:
-        raise CaseSkipped(path, "has one value over the whole brain (standard deviation 0)")
+        raise InputSkipped(path, "has one value over the whole brain (standard deviation 0)")
     out = np.zeros(volume.shape, np.float32)
     out[brain] = (values - values.mean()) / std
     return out

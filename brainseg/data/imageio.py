@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from brainseg.errors import DataError
+from brainseg.errors import InputSkipped
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MASK_VALUE_SETS = ({0, 1}, {0, 255})
@@ -26,20 +26,6 @@ _TAIL = 64  # bytes at the end of a file searched for an end marker (some writer
 _TIFF_STRIP_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), tiles likewise
 
 
-class UnreadableImage(DataError):
-    """An image file that is missing, empty, truncated or not decodable.
-
-    Attributes:
-        path: the file.
-        reason: what is wrong with it, without the path (for `SkippedInput`).
-    """
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
 def read_image(path: Path | str) -> np.ndarray:
     """Read one slice as (H, W, C) in RGB order, keeping its stored dtype (uint8 or uint16).
 
@@ -47,7 +33,7 @@ def read_image(path: Path | str) -> np.ndarray:
     RGB (C = 3); an alpha channel is dropped.
 
     Raises:
-        UnreadableImage: (a `DataError`) the file is missing, empty, truncated, undecodable,
+        InputSkipped: (a `DataError`) the file is missing, empty, truncated, undecodable,
             or has a dtype or channel count other than the above.
     """
     path = Path(path)
@@ -57,13 +43,13 @@ def read_image(path: Path | str) -> np.ndarray:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "cv2.error"
-        raise UnreadableImage(path, f"OpenCV cannot decode it ({detail})") from exc
+        raise InputSkipped(path, f"OpenCV cannot decode it ({detail})") from exc
     if image is None:
-        raise UnreadableImage(
+        raise InputSkipped(
             path, "OpenCV cannot decode it as an image (corrupt or unsupported format)"
         )
     if image.dtype not in (np.uint8, np.uint16):
-        raise UnreadableImage(
+        raise InputSkipped(
             path, f"has dtype {image.dtype}; only 8- and 16-bit unsigned images are supported"
         )
     return _to_rgb(path, image)
@@ -76,7 +62,7 @@ def read_mask(path: Path | str) -> np.ndarray:
     {0, 255} (an all-zero mask is fine).
 
     Raises:
-        UnreadableImage: the file cannot be read (see `read_image`), its channels differ, or it
+        InputSkipped: the file cannot be read (see `read_image`), its channels differ, or it
             holds other values (e.g. a JPEG mask with compression noise, or a label map).
     """
     image = read_image(path)  # (H, W, C)
@@ -84,13 +70,13 @@ def read_mask(path: Path | str) -> np.ndarray:
         np.array_equal(image[..., 0], image[..., 1])
         and np.array_equal(image[..., 0], image[..., 2])
     ):
-        raise UnreadableImage(path, "mask has 3 channels that differ; expected a grayscale mask")
+        raise InputSkipped(path, "mask has 3 channels that differ; expected a grayscale mask")
     mask = image[..., 0]
     values = np.unique(mask)
     found = {int(v) for v in values}
     if not any(found <= allowed for allowed in MASK_VALUE_SETS):
         shown = ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
-        raise UnreadableImage(
+        raise InputSkipped(
             path, f"mask values {{{shown}}} found; allowed are {{0, 1}} or {{0, 255}}"
         )
     return (mask > 0).astype(np.uint8)
@@ -116,24 +102,24 @@ def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise UnreadableImage(path, "file does not exist") from exc
+        raise InputSkipped(path, "file does not exist") from exc
     except OSError as exc:
-        raise UnreadableImage(path, f"cannot be read ({exc.strerror or exc})") from exc
+        raise InputSkipped(path, f"cannot be read ({exc.strerror or exc})") from exc
     if not data:
-        raise UnreadableImage(path, "file is empty (0 bytes)")
+        raise InputSkipped(path, "file is empty (0 bytes)")
     return data
 
 
 def _check_complete(path: Path, data: bytes) -> None:
     """Raise if a PNG, JPEG or TIFF file ends before its own structure says it should."""
     if data.startswith(_PNG_SIGNATURE) and b"IEND" not in data[-_TAIL:]:
-        raise UnreadableImage(path, "PNG is truncated (no IEND chunk at the end)")
+        raise InputSkipped(path, "PNG is truncated (no IEND chunk at the end)")
     if data.startswith(_JPEG_SIGNATURE) and b"\xff\xd9" not in data[-_TAIL:]:
-        raise UnreadableImage(path, "JPEG is truncated (no end-of-image marker)")
+        raise InputSkipped(path, "JPEG is truncated (no end-of-image marker)")
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         needed = _tiff_required_size(data)
         if needed > len(data):
-            raise UnreadableImage(
+            raise InputSkipped(
                 path, f"TIFF is truncated ({len(data)} bytes, its first image needs {needed})"
             )
 
@@ -192,4 +178,4 @@ def _to_rgb(path: Path, image: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if channels == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise UnreadableImage(path, f"has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
+    raise InputSkipped(path, f"has {channels} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from brainseg.errors import DataError, missing_extra
+from brainseg.errors import DataError, missing_extra, require
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -102,10 +102,7 @@ def template_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def load_template() -> Template:
     """Read the ICBM152 T1/GM/WM volumes from the nilearn package (cached per process)."""
-    try:
-        import nibabel
-    except ImportError as exc:
-        raise missing_extra("nibabel", "sample") from exc
+    nibabel = require("nibabel", "sample")
     folder = template_dir()
     volumes, affine = {}, None
     for name, file in TEMPLATE_FILES.items():

@@ -28,16 +28,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from brainseg.data.brats import TARGETS, check_target, is_brats_case, read_brats
-from brainseg.data.imageio import IMAGE_SUFFIXES, UnreadableImage, read_image, read_mask, to_uint8
+from brainseg.data.brats import check_target, is_brats_case, read_brats
+from brainseg.data.imageio import IMAGE_SUFFIXES, read_image, read_mask, to_uint8
+from brainseg.data.names import BRATS_MODALITIES, MASK_SUFFIX, TIFF_SUFFIXES, natural_key, numbered_slice
 from brainseg.data.volume import Dataset, SkippedInput, Volume
-from brainseg.errors import ConfigError, DataError
+from brainseg.errors import ConfigError, DataError, InputSkipped
 
-BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 LAYOUTS = ("kaggle_3m", "brats", "folders")
-
-_KAGGLE_NAME = re.compile(r"^(?P<patient>.+)_(?P<n>\d+)(?P<mask>_mask)?\.tiff?$", re.IGNORECASE)
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _LOOKED_FOR = (
     "kaggle_3m patient folders (<patient>/<patient>_<N>_mask.tif), "
     "BraTS cases (<case>/<case>_seg.nii.gz) or images/+masks/ folders"
@@ -116,11 +113,6 @@ def read_dataset(
     return Dataset(volumes=volumes, skipped=skipped, layout=layout)
 
 
-def natural_key(text: str) -> list[int | str]:
-    """Sort key that orders digit runs by value: "s_2" < "s_10"."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
-
-
 def _existing_root(root: Path) -> Path:
     if not root.exists():
         raise DataError(f"data folder {root} does not exist")
@@ -162,7 +154,7 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _has_kaggle_masks(folder: Path) -> bool:
-    return any(p.name.lower().endswith(("_mask.tif", "_mask.tiff")) for p in folder.iterdir())
+    return any(p.stem.lower().endswith(MASK_SUFFIX) and p.suffix.lower() in TIFF_SUFFIXES for p in folder.iterdir())
 
 
 def _kaggle_root(root: Path) -> Path | None:
@@ -189,13 +181,13 @@ def _kaggle_pairs(folder: Path, skip: SkipFn) -> list[SlicePair]:
     """One patient folder's (image, mask) pairs by slice number; records what cannot be paired."""
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES):
-        match = _KAGGLE_NAME.match(path.name)
-        if match is None:
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES):
+        numbered = numbered_slice(path.stem)
+        if numbered is None:
             skip(path, "name does not follow <patient>_<N>.tif or <patient>_<N>_mask.tif")
             continue
-        table = masks if match["mask"] else images
-        number = int(match["n"])
+        _, number, is_mask = numbered
+        table = masks if is_mask else images
         if number in table:
             skip(path, f"second file for slice {number} (also {table[number].name})")
             continue
@@ -281,7 +273,7 @@ def _index_masks(masks_dir: Path, skip: SkipFn) -> dict[str, Path]:
     """Image stem -> mask file, from `<stem>.<ext>` or `<stem>_mask.<ext>` names."""
     index: dict[str, Path] = {}
     for path in _image_files(masks_dir, skip):
-        stem = path.stem.removesuffix("_mask")
+        stem = path.stem.removesuffix(MASK_SUFFIX)
         if stem in index:
             skip(path, f"second mask for image {stem} (also {index[stem].name}); rename one")
             continue
@@ -344,7 +336,7 @@ def _load_pair(pair: SlicePair, skip: SkipFn) -> tuple[np.ndarray, np.ndarray] |
     try:
         image = read_image(pair.image)
         mask = read_mask(pair.mask)
-    except UnreadableImage as exc:
+    except InputSkipped as exc:
         skip(Path(exc.path), exc.reason)
         return None
     if mask.shape != image.shape[:2]:
@@ -380,13 +372,3 @@ def _same_channels(read: list[tuple[Path, Volume]], skip: SkipFn) -> list[Volume
             )
     return kept
 
-
-__all__ = [
-    "BRATS_MODALITIES",
-    "LAYOUTS",
-    "TARGETS",
-    "SkippedInputWarning",
-    "detect_layout",
-    "natural_key",
-    "read_dataset",
-]

@@ -1,0 +1,146 @@
+"""Reading BraTS cases into z-scored axial volumes, with every bad case skipped for a reason."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from data_files import BRATS_SHAPE, HOT, ZOOMS, brats_arrays, make_brats, nib, skip_for, truncate, write_brats_case
+
+from brainseg.data.readers import read_dataset
+from brainseg.data.volume import Dataset
+from brainseg.errors import BrainsegError, DataError
+
+pytestmark = pytest.mark.filterwarnings("ignore::brainseg.data.readers.SkippedInputWarning")
+
+
+def test_brats_volumes_are_zscored_axial_brain_slices(tmp_path):
+    dataset = read_dataset(make_brats(tmp_path))
+    assert dataset.layout == "brats" and dataset.skipped == []
+    assert [v.patient_id for v in dataset.volumes] == ["BraTS_000", "BraTS_001"]
+    volume = dataset.volumes[0]
+    x, y, _ = BRATS_SHAPE
+    assert volume.image.shape == (4, y, x, 4) and volume.image.dtype == np.float32
+    assert volume.slice_names == ["BraTS_000:z2", "BraTS_000:z3", "BraTS_000:z4", "BraTS_000:z5"]
+    assert volume.spacing == (ZOOMS[1], ZOOMS[0])
+    assert volume.slice_step == ZOOMS[2]
+    for c in range(4):
+        channel = volume.image[..., c]
+        brain = channel[channel != 0]
+        assert brain.size == 8 * 6 * 4
+        assert abs(brain.mean()) < 1e-5 and abs(brain.std() - 1) < 1e-4
+    assert volume.mask.shape == (4, y, x, 1) and int(volume.mask.sum()) == 13
+
+
+def test_brats_modality_order_and_orientation(tmp_path):
+    write_brats_case(tmp_path, "ras", brats_arrays())
+    write_brats_case(tmp_path, "lps", brats_arrays(), flip=True)
+    dataset = read_dataset(tmp_path, modalities=("flair", "t1"))
+    ras, lps = dataset.volumes[1], dataset.volumes[0]
+    assert ras.image.shape[-1] == 2
+    for c, modality in enumerate(("flair", "t1")):
+        hx, hy, hz = HOT[modality]
+        expected = (hz - 2, BRATS_SHAPE[1] - 1 - hy, hx)  # slice, row (anterior first), column
+        assert np.unravel_index(np.argmax(ras.image[..., c]), ras.image.shape[:3]) == expected
+    np.testing.assert_allclose(lps.image, ras.image, atol=1e-6)
+    assert np.array_equal(lps.mask, ras.mask)
+
+
+@pytest.mark.parametrize("et_label", [4, 3])
+def test_brats_whole_tumour_and_regions(tmp_path, et_label):
+    write_brats_case(tmp_path, "case", brats_arrays(et_label=et_label))
+    wt = read_dataset(tmp_path, target="wt").volumes[0].mask
+    regions = read_dataset(tmp_path, target="brats-regions").volumes[0].mask
+    assert wt.shape[-1] == 1 and regions.shape[-1] == 3
+    assert regions.reshape(-1, 3).sum(axis=0).tolist() == [13, 7, 3]  # WT, TC, ET
+    assert np.array_equal(regions[..., 0], wt[..., 0])
+    assert set(np.unique(regions).tolist()) == {0, 1}
+
+
+def test_brats_2023_names_and_plain_nii(tmp_path):
+    arrays = brats_arrays()
+    renamed = dict(zip(("t1n", "t1c", "t2w", "t2f", "seg"), arrays.values(), strict=True))
+    write_brats_case(tmp_path, "BraTS-GLI-00001-000", renamed, sep="-", suffix=".nii")
+    dataset = read_dataset(tmp_path, modalities=("t1n", "t1c", "t2w", "t2f"))
+    assert dataset.volumes[0].image.shape == (4, BRATS_SHAPE[1], BRATS_SHAPE[0], 4)
+
+
+def brats_case_with(tmp_path: Path, damage) -> Dataset:
+    """Two good cases and one damaged by `damage(folder)`; returns what was read."""
+    make_brats(tmp_path, cases=2)
+    folder = write_brats_case(tmp_path, "bad", brats_arrays())
+    damage(folder)
+    dataset = read_dataset(tmp_path)
+    assert [v.patient_id for v in dataset.volumes] == ["BraTS_000", "BraTS_001"]
+    assert len(dataset.skipped) == 1
+    return dataset
+
+
+def test_brats_missing_modality_or_seg_is_skipped(tmp_path):
+    dataset = brats_case_with(tmp_path / "a", lambda f: (f / "bad_t1ce.nii.gz").unlink())
+    assert skip_for(dataset, "bad").reason == "missing bad_t1ce.nii.gz (or .nii)"
+    dataset = brats_case_with(tmp_path / "b", lambda f: (f / "bad_seg.nii.gz").unlink())
+    assert skip_for(dataset, "bad").reason == "missing bad_seg.nii.gz (or .nii)"
+
+
+def test_brats_truncated_or_garbage_nifti_is_skipped(tmp_path):
+    dataset = brats_case_with(tmp_path / "a", lambda f: truncate(f / "bad_flair.nii.gz", 0.5))
+    assert "cannot read NIfTI" in skip_for(dataset, "bad_flair.nii.gz").reason
+    dataset = brats_case_with(
+        tmp_path / "b", lambda f: (f / "bad_t2.nii.gz").write_bytes(b"junk" * 100)
+    )
+    assert "cannot read NIfTI" in skip_for(dataset, "bad_t2.nii.gz").reason
+
+
+def test_brats_truncated_uncompressed_nifti_is_skipped(tmp_path):
+    write_brats_case(tmp_path, "good", brats_arrays(), suffix=".nii")
+    folder = write_brats_case(tmp_path, "bad", brats_arrays(), suffix=".nii")
+    truncate(folder / "bad_t1.nii", 0.8)
+    dataset = read_dataset(tmp_path)
+    assert [v.patient_id for v in dataset.volumes] == ["good"]
+    assert "cannot read NIfTI" in skip_for(dataset, "bad_t1.nii").reason
+
+
+def test_brats_nan_voxels_shape_mismatch_and_unknown_labels_are_skipped(tmp_path):
+    def with_nan(folder):
+        data = brats_arrays()["t2"]
+        data[5, 5, 3] = np.nan
+        nib.save(nib.Nifti1Image(data, np.diag([*ZOOMS, 1.0])), folder / "bad_t2.nii.gz")
+
+    def with_shape(folder):
+        nib.save(
+            nib.Nifti1Image(np.ones((12, 10, 7), np.float32), np.eye(4)), folder / "bad_t1.nii.gz"
+        )
+
+    def with_label(folder):
+        seg = brats_arrays()["seg"]
+        seg[4, 4, 4] = 5
+        nib.save(nib.Nifti1Image(seg, np.diag([*ZOOMS, 1.0])), folder / "bad_seg.nii.gz")
+
+    dataset = brats_case_with(tmp_path / "a", with_nan)
+    assert skip_for(dataset, "bad_t2.nii.gz").reason == "has 1 NaN or infinite voxels"
+    dataset = brats_case_with(tmp_path / "b", with_shape)
+    assert (
+        skip_for(dataset, "bad").reason
+        == "bad_t1.nii.gz is (12, 10, 7) but bad_seg.nii.gz is (12, 10, 8)"
+    )
+    dataset = brats_case_with(tmp_path / "c", with_label)
+    assert "segmentation labels [5] found" in skip_for(dataset, "bad_seg.nii.gz").reason
+
+
+def test_brats_all_cases_skipped_raises(tmp_path):
+    folder = write_brats_case(tmp_path, "only", brats_arrays())
+    (folder / "only_t2.nii.gz").unlink()
+    with pytest.raises(
+        DataError, match=r"\(brats layout\) has no usable volume: 1 inputs skipped: .*only_t2"
+    ):
+        read_dataset(tmp_path)
+
+
+def test_brats_without_nibabel_names_the_extra(tmp_path, monkeypatch):
+    make_brats(tmp_path, cases=1)
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    with pytest.raises(BrainsegError, match=r"pip install 'brainseg\[nifti\]'"):
+        read_dataset(tmp_path)
