@@ -1,6 +1,6 @@
 """Benchmark: ONNX Runtime CPU latency of exported graphs, batch 1.
 
-Targets (issue 3): the fused ensemble graph faster than its three member graphs run one after
+Targets: the fused ensemble graph faster than its three member graphs run one after
 another (each on its own session, then the weighted mean, mask and disagreement in numpy, so both
 sides produce the same outputs); INT8 at least 2.5x faster than FP32. Every session is created
 up front and timed after warm-up on random uint8 slices of the graph's input size. Each graph's
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
-from brainseg.export import onnx_io
-from brainseg.export.manifest import load_manifest
+from brainseg.artifacts.layout import INPUT_NAME, ensemble_file
+from brainseg.artifacts.manifest import Manifest
+from brainseg.artifacts.sessions import ort_session, run
 
 
 def _time_interleaved(calls: dict, rounds: int, block: int = 20, settle: int = 5) -> dict:
@@ -48,33 +49,32 @@ def _time_interleaved(calls: dict, rounds: int, block: int = 20, settle: int = 5
 
 def _members_in_turn(sessions, image: np.ndarray, weights: np.ndarray, threshold: float) -> tuple:
     """What a user without the fused graph runs: each member, then the ensemble outputs in numpy."""
-    probs = np.stack([onnx_io.run(s, {"image": image})["probability"] for s in sessions])
+    probs = np.stack([run(s, {INPUT_NAME: image})["probability"] for s in sessions])
     probability = np.tensordot(weights / weights.sum(), probs, axes=1)
     return probability, (probability >= threshold).astype(np.uint8), probs.max(0) - probs.min(0)
 
 
 def bench(folder: Path, rounds: int, threads: int) -> dict:
-    manifest = load_manifest(folder)
-    spec = manifest["input"]
-    image = np.random.default_rng(0).integers(0, 256, (1, spec["height"], spec["width"], spec["channels"]),
-                                              dtype=np.uint8)
-    run = lambda session: onnx_io.run(session, {"image": image})  # noqa: E731
+    manifest = Manifest.load(folder)
+    spec = manifest.input
+    image = np.random.default_rng(0).integers(0, 256, (1, spec.height, spec.width, spec.channels), dtype=np.uint8)
+    call = lambda session: run(session, {INPUT_NAME: image})  # noqa: E731
     # one session called back to back: its threads spin between ops (what the runtime's loop does)
-    sessions = {name: onnx_io.ort_session(folder / name, threads=threads, spinning=True) for name in manifest["files"]}
-    calls = {name: (lambda s=session: run(s)) for name, session in sessions.items()}
-    fused_asleep = onnx_io.ort_session(folder / "ensemble.fp32.onnx", threads=threads)
-    calls["ensemble.fp32.onnx, threads asleep between ops"] = lambda: run(fused_asleep)
-    members = [n for n, e in manifest["files"].items() if e["kind"] == "member"]
-    weights = np.asarray(manifest["ensemble"]["weights"], np.float32)
+    sessions = {name: ort_session(folder / name, threads=threads, spinning=True) for name in manifest.files}
+    calls = {name: (lambda s=session: call(s)) for name, session in sessions.items()}
+    fp32_file = ensemble_file("fp32")
+    fused_asleep = ort_session(folder / fp32_file, threads=threads)
+    calls[f"{fp32_file}, threads asleep between ops"] = lambda: call(fused_asleep)
+    members = list(manifest.member_files().values())
+    weights = np.asarray(manifest.ensemble["weights"], np.float32)
     for label, spinning in (("threads asleep between ops", False), ("spinning", True)):
-        turn = [onnx_io.ort_session(folder / n, threads=threads, spinning=spinning) for n in members]
+        turn = [ort_session(folder / n, threads=threads, spinning=spinning) for n in members]
         calls[f"members in turn (fp32), {label}"] = lambda turn=turn: _members_in_turn(
-            turn, image, weights, manifest["threshold"])
+            turn, image, weights, manifest.threshold)
     rows = _time_interleaved(calls, rounds)
-    fp32 = rows["ensemble.fp32.onnx"]["median_ms"]
-    notes = manifest["graph_notes"].items()
-    int8 = {name: note["activation_type"] for name, note in notes if "activation_type" in note}
-    shape = f"1x{spec['height']}x{spec['width']}x{spec['channels']} {spec['dtype']}"
+    fp32 = rows[fp32_file]["median_ms"]
+    int8 = {name: note["activation_type"] for name, note in manifest.graph_notes.items() if "activation_type" in note}
+    shape = f"1x{spec.height}x{spec.width}x{spec.channels} {spec.dtype}"
     return {"artifacts": str(folder), "int8_activations": int8, "input": shape,
             "threads": threads, "rounds": rounds, "latency": rows,
             "speedup_vs_fp32": {n: round(fp32 / r["median_ms"], 2) for n, r in rows.items()}}

@@ -1,6 +1,6 @@
 """Benchmark: seg-run end to end (decode, inference, writing) against bare inference, same batch.
 
-Target (issue 4): on ONNX Runtime CPU with the INT8 ensemble, seg-run's end-to-end throughput
+Target: on ONNX Runtime CPU with the INT8 ensemble, seg-run's end-to-end throughput
 over 1,000 sample slices is at least 80% of the bare inference throughput at the same batch size.
 
 The scans are built-in sample patients (256x256 RGB TIFF slices in the kaggle_3m layout; the
@@ -14,8 +14,6 @@ on batches already decoded and resized in memory, timed over the same slices.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -24,30 +22,19 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
-from brainseg.data.preprocess import resize_slices
+from brainseg.artifacts.manifest import Manifest
+from brainseg.bench.environment import cpu_description
 from brainseg.data.sample import SampleSpec, cached_sample_dataset
-from brainseg.export.manifest import load_manifest
-from brainseg.runtime import inputs
+from brainseg.runtime import discovery
 from brainseg.runtime.backends import open_backend
-from brainseg.runtime.pipeline import RunOptions, segment
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from brainseg.runtime.pipeline import RunOptions, read_for_graph, segment
 
 
 def _bare(artifacts: Path, scans_dir: Path, batch_size: int, precision: str | None, spinning: bool) -> dict:
-    manifest = load_manifest(artifacts)
-    spec = manifest["input"]
-    scans, _ = inputs.discover([scans_dir], spec)
-    images = np.concatenate([resize_slices(inputs.load(s, spec).image, spec["height"], is_mask=False) for s in scans])
-    backend, choice = open_backend(artifacts, manifest, backend="onnxruntime", precision=precision, spinning=spinning)
+    manifest = Manifest.load(artifacts)
+    scans, _ = discovery.discover([scans_dir], manifest.input.modalities)
+    images = np.concatenate([read_for_graph(scan, manifest.input)[1] for scan in scans])
+    backend, choice = open_backend(manifest, backend="onnxruntime", precision=precision, spinning=spinning)
     with backend:
         backend.infer(images[:batch_size])  # warm-up
         started = time.perf_counter()
@@ -80,7 +67,7 @@ def main() -> None:
         shutil.rmtree(Path(tmp) / "out")
     end_to_end = summary.slices / summary.timings_s["wall"]
     result = {
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores",
+        "machine": cpu_description(),
         "artifacts": str(args.artifacts), "batch_size": args.batch_size, "readers": args.readers,
         "onnxruntime_threads_spin": args.spin,
         "bare_inference": bare,

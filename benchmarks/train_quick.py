@@ -1,6 +1,6 @@
 """Benchmark: `seg-train --data sample --preset quick`, wall time and held-out Dice.
 
-Targets (issue 2): all three models in under 10 minutes on a 2-core CPU; each model at
+Targets: all three models in under 10 minutes on a 2-core CPU; each model at
 per-patient Dice >= 0.80 on held-out sample patients; the mean of the three models'
 probabilities better than the best single model.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -20,28 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def machine_name() -> str:
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0).replace(" ", "-").lower()
-    except ImportError:
-        pass
-    return f"cpu-{os.cpu_count()}core"
-
-
-def cpu_description() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+from brainseg.bench.environment import cpu_description, machine_name
 
 
 def main() -> None:

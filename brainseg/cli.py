@@ -1,15 +1,19 @@
 """Command-line interface: each command parses options and calls one library function.
 
-Library errors (BrainsegError) are printed as one line and exit with code 1; usage errors exit 2.
+Library errors (BrainsegError) are printed as one line, with no traceback, and end the command
+with its error exit code (1; seg-run uses 2, since its 1 means "some inputs were skipped").
+Typer's own usage errors exit 2.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,9 +24,22 @@ from brainseg.errors import BrainsegError, ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Brain-MRI tumour segmentation toolkit.")
 
 
-def _fail(err: BrainsegError) -> typer.Exit:
-    typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code=1)
+def _command(*, error_code: int = 1) -> Callable[[Callable], Callable]:
+    """Wrap a command: set up logging, and turn a BrainsegError into one red line and `error_code`."""
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def run(*args, **kwargs):
+            _setup_logging()
+            try:
+                return function(*args, **kwargs)
+            except BrainsegError as err:
+                typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+                raise typer.Exit(code=error_code) from None
+
+        return run
+
+    return decorate
 
 
 def _setup_logging() -> None:
@@ -35,6 +52,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 
 @app.command("train")
+@_command()
 def train_command(
     data: Annotated[str, typer.Option(help="kaggle_3m, BraTS or images/+masks/ folder, or 'sample'.")],
     out: Annotated[Path, typer.Option(help="Run folder; one sub-folder per model.")] = Path("runs/default"),
@@ -66,18 +84,14 @@ def train_command(
     from brainseg.train.config import make_config
     from brainseg.train.run import train_run
 
-    _setup_logging()
-    try:
-        cfg = make_config(
-            preset, models=_csv(models), epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
-            patience=patience, oversample=oversample, augment=augment, amp=amp, layout=layout,
-            modalities=_csv(modalities), target=target, patient_regex=patient_regex,
-            val_fraction=val_fraction, test_fraction=test_fraction, folds=folds, fold=fold, seed=seed,
-            encoder_weights=encoder_weights,
-        )
-        result = train_run(data=data, out=out, cfg=cfg, resume=resume, device=device, progress=progress)
-    except BrainsegError as err:
-        raise _fail(err) from None
+    cfg = make_config(
+        preset, models=_csv(models), epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
+        patience=patience, oversample=oversample, augment=augment, amp=amp, layout=layout,
+        modalities=_csv(modalities), target=target, patient_regex=patient_regex,
+        val_fraction=val_fraction, test_fraction=test_fraction, folds=folds, fold=fold, seed=seed,
+        encoder_weights=encoder_weights,
+    )
+    result = train_run(data=data, out=out, cfg=cfg, resume=resume, device=device, progress=progress)
     if result.test_dice:
         typer.echo(f"Trained in {result.seconds:.0f} s; mean per-patient Dice on held-out patients:")
         for name, value in result.test_dice.items():
@@ -88,6 +102,7 @@ def train_command(
 
 
 @app.command("sample-data")
+@_command()
 def sample_data_command(
     out: Annotated[Path, typer.Argument(help="Folder to write (must be empty or absent).")],
     patients: Annotated[int, typer.Option(help="Number of patients.")] = 32,
@@ -98,15 +113,13 @@ def sample_data_command(
     """Write the built-in synthetic brain-MRI sample in the kaggle_3m layout."""
     from brainseg.data.sample import SampleSpec, write_sample_dataset
 
-    try:
-        root = write_sample_dataset(out, SampleSpec(patients=patients, slices=slices, size=size, seed=seed),
-                                    progress=True)
-    except BrainsegError as err:
-        raise _fail(err) from None
+    root = write_sample_dataset(out, SampleSpec(patients=patients, slices=slices, size=size, seed=seed),
+                                progress=True)
     typer.echo(f"Wrote {patients} sample patients to {root}")
 
 
 @app.command("export")
+@_command()
 def export_command(
     run: Annotated[Path, typer.Argument(help="A seg-train run folder (runs/NAME).")],
     out: Annotated[Path | None, typer.Option(help="Artifacts folder; default artifacts/<run name>.")] = None,
@@ -127,16 +140,12 @@ def export_command(
     """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice."""
     from brainseg.export.pipeline import ExportOptions, export_run
 
-    _setup_logging()
     if tta not in ("none", "flip"):
-        raise _fail(ConfigError(f"--tta must be none or flip, got {tta!r}"))
+        raise ConfigError(f"--tta must be none or flip, got {tta!r}")
     options = ExportOptions(fp16=fp16, int8=int8, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
                             calib_method=calib_method, int8_activations=int8_activations, tta_flip=tta == "flip",
                             weights=weights, overwrite=overwrite)
-    try:
-        result = export_run(run, out or Path("artifacts") / run.name, options)
-    except BrainsegError as err:
-        raise _fail(err) from None
+    result = export_run(run, out or Path("artifacts") / run.name, options)
     for name, row in result.table.items():
         verdict = "pass" if row["passed"] else "FAILED"
         typer.echo(f"  {name:<13} Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}")
@@ -148,6 +157,7 @@ def export_command(
 
 
 @app.command("export-engine")
+@_command()
 def engine_command(
     artifacts: Annotated[Path, typer.Argument(help="An artifacts folder written by seg-export.")],
     precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (must have passed the gate).")] = "fp16",
@@ -155,26 +165,24 @@ def engine_command(
     workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 4.0,
 ) -> None:
     """Build a TensorRT engine on this machine from an exported graph (needs TensorRT, not torch)."""
-    from brainseg.export.manifest import load_manifest, usable_precisions
+    from brainseg.artifacts.layout import TIMING_CACHE
+    from brainseg.artifacts.manifest import Manifest
     from brainseg.export.tensorrt_build import build_engine
 
-    _setup_logging()
-    try:
-        manifest = load_manifest(artifacts)
-        if precision not in usable_precisions(manifest):
-            raise ConfigError(f"{artifacts}: precision {precision} is not available or failed the accuracy gate; "
-                              f"usable: {', '.join(usable_precisions(manifest)) or 'none'}")
-        profile = _batch_profile(batch)
-        onnx_file = artifacts / manifest["precisions"][precision]["file"]
-        engine = artifacts / f"ensemble.{precision}.engine"
-        provenance = build_engine(onnx_file, engine, precision=precision, batch=profile,
-                                  timing_cache=artifacts / "tensorrt.timing-cache", workspace_gib=workspace_gib)
-    except BrainsegError as err:
-        raise _fail(err) from None
+    manifest = Manifest.load(artifacts)
+    usable = manifest.usable_precisions("gpu")
+    if precision not in usable:
+        raise ConfigError(f"{artifacts}: precision {precision} has no GPU file that passed the accuracy gate; "
+                          f"usable: {', '.join(usable) or 'none'}")
+    engine = manifest.engine_path(precision)
+    provenance = build_engine(manifest.path_for(precision, "gpu"), engine, precision=precision,
+                              batch=_batch_profile(batch), timing_cache=artifacts / TIMING_CACHE,
+                              workspace_gib=workspace_gib)
     typer.echo(f"Built {engine} for {provenance.gpu_name} (TensorRT {provenance.tensorrt_version})")
 
 
 @app.command("run")
+@_command(error_code=2)
 def run_command(
     scans: Annotated[list[Path], typer.Argument(help="Files or folders of scans (searched recursively).")],
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
@@ -204,16 +212,11 @@ def run_command(
     """
     from brainseg.runtime.pipeline import RunOptions, segment
 
-    _setup_logging()
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
                          overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin)
-    try:
-        with _scan_progress(enabled=progress) as on_scan:
-            summary = segment(scans, artifacts, out, options, on_scan=on_scan)
-    except BrainsegError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(code=2) from None
+    with _scan_progress(enabled=progress) as on_scan:
+        summary = segment(scans, artifacts, out, options, on_scan=on_scan)
     typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "
                f"({summary.slices_per_s:.1f} slices/s) with {summary.backend['backend']} {summary.precision}; "
                f"{summary.resumed} already done")
@@ -248,6 +251,7 @@ def _scan_progress(*, enabled: bool):
 
 
 @app.command("bench")
+@_command()
 def bench_command(
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
     out: Annotated[Path | None, typer.Option(help="Report folder; default benchmarks/results/<machine>.")] = None,
@@ -262,25 +266,23 @@ def bench_command(
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: one per core).")] = None,
 ) -> None:
     """Latency and accuracy report of every backend and precision: report.md, report.json, plots."""
+    from brainseg.bench.environment import machine_name
     from brainseg.bench.runner import MODES, BenchOptions
     from brainseg.bench.suite import bench_artifacts
 
-    _setup_logging()
-    try:
-        options = BenchOptions(
-            backends=tuple(_csv(backends)), precisions=tuple(_csv(precisions)),
-            batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")), iterations=iterations,
-            seconds=None if iterations is not None else (seconds or 3.0),
-            modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads)
-        report, written = bench_artifacts(artifacts, out or Path("benchmarks/results") / _machine_name(), options)
-    except BrainsegError as err:
-        raise _fail(err) from None
+    options = BenchOptions(
+        backends=tuple(_csv(backends)), precisions=tuple(_csv(precisions)),
+        batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")), iterations=iterations,
+        seconds=None if iterations is not None else (seconds or 3.0),
+        modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads)
+    report, written = bench_artifacts(artifacts, out or Path("benchmarks/results") / machine_name(), options)
     typer.echo(f"{len(report['rows'])} rows timed; report: {written[1]} ({', '.join(p.name for p in written)})")
     for skipped in report["skipped"]:
         typer.echo(f"  not measured: {skipped['backend']} {skipped.get('precision', '')}: {skipped['reason']}")
 
 
 @app.command("demo")
+@_command()
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the run, artifacts, segmentation and report.")] = Path("demo"),
     preset: Annotated[str, typer.Option(help="quick (the README's demo) or tiny (a one-minute smoke run).")]
@@ -291,13 +293,9 @@ def demo_command(
     """The whole pipeline on the built-in sample, offline: train, export, run, bench."""
     from brainseg.demo import run_demo
 
-    _setup_logging()
     if preset not in ("quick", "tiny"):
-        raise _fail(ConfigError(f"--preset must be quick or tiny, got {preset!r}"))
-    try:
-        result = run_demo(out, preset=preset, progress=progress, overwrite=overwrite, say=typer.echo)
-    except BrainsegError as err:
-        raise _fail(err) from None
+        raise ConfigError(f"--preset must be quick or tiny, got {preset!r}")
+    result = run_demo(out, preset=preset, progress=progress, overwrite=overwrite, say=typer.echo)
     typer.echo("\nHeld-out test patients, mean per-patient Dice (PyTorch):")
     for name, value in result.test_dice.items():
         typer.echo(f"  {name:<16} {value:.4f}")
@@ -320,22 +318,6 @@ def _ints(text: str, option: str) -> list[int]:
         return [int(part) for part in _csv(text) or []]
     except ValueError:
         raise ConfigError(f"{option} must be comma-separated integers, got {text!r}") from None
-
-
-def _machine_name() -> str:
-    """A folder name for this machine's results: 'cpu-<cores>core', or the first GPU's name."""
-    import os
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi"):
-        try:
-            name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                  text=True, timeout=10).stdout.splitlines()[0]
-            return "gpu-" + "-".join(name.lower().replace("nvidia", "").split())
-        except (OSError, IndexError, subprocess.SubprocessError):
-            pass
-    return f"cpu-{os.cpu_count()}core"
 
 
 def _batch_profile(text: str) -> tuple[int, int, int]:

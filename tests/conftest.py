@@ -23,10 +23,11 @@ def tiny_run(tiny_sample, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_artifacts(tiny_run, tmp_path_factory):
-    """seg-export of the tiny run with fp32 and int8 (both int8 files), gate off."""
+    """seg-export of the tiny run with fp32 and int8 (both int8 files), under the default accuracy gate."""
     pytest.importorskip("onnxruntime")
     from brainseg.export.pipeline import ExportOptions, export_run
 
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    export_run(tiny_run, out, ExportOptions(int8=True, calib_slices=16, max_dice_drop=1.0))
+    result = export_run(tiny_run, out, ExportOptions(int8=True, calib_slices=16))
+    assert not result.failed, f"the tiny run's exported precisions must pass the gate: {result.table}"
     return out

@@ -16,25 +16,20 @@ pytest.importorskip("onnxruntime", reason="needs the export extra (onnxruntime)"
 import onnx  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
+from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS, INPUT_NAME, MEMBER_OUTPUTS  # noqa: E402
+from brainseg.artifacts.sessions import ort_session, run  # noqa: E402
+from brainseg.data.preprocess import Normalisation  # noqa: E402
 from brainseg.errors import ConfigError  # noqa: E402
-from brainseg.export.graphs import (  # noqa: E402
-    ENSEMBLE_OUTPUTS,
-    INPUT_NAME,
-    MEMBER_OUTPUTS,
-    EnsembleGraph,
-    MemberGraph,
-    example_input,
-)
-from brainseg.export.onnx_io import export_onnx, op_types, ort_session, run, simplify  # noqa: E402
+from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input  # noqa: E402
+from brainseg.export.onnx_io import export_onnx, op_types, simplify  # noqa: E402
 from brainseg.export.precision import (  # noqa: E402
     boundary_nodes,
     export_fp16,
     precision_summary,
     quantize_int8,
 )
-from brainseg.export.trt_support import check_qdq_for_tensorrt  # noqa: E402
-from brainseg.train.models import build_model  # noqa: E402
-from brainseg.train.slices import Normalisation, normalise  # noqa: E402
+from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt  # noqa: E402
+from brainseg.train.models.registry import build_model  # noqa: E402
 
 TINY = {"unet": {"base_channels": 8, "depth": 3}, "fpn": {"encoder": "resnet18"}, "resunet": {"encoder": "resnet18"}}
 NAMES = ("unet", "fpn", "resunet")
@@ -48,6 +43,10 @@ FP16_TOL = 1e-2
 def _members():
     torch.manual_seed(0)
     return [build_model(name, in_channels=3, classes=1, options=TINY[name]).eval() for name in NAMES]
+
+
+def _by_hand(x, norm):
+    return (x - torch.tensor(norm.mean).view(1, -1, 1, 1)) / torch.tensor(norm.std).view(1, -1, 1, 1)
 
 
 def _images(batch, seed=1):
@@ -78,8 +77,8 @@ def _torch_outputs(graph, images):
 
 
 def _manual_member_probabilities(members, images):
-    """Each member's sigmoid, computed the way training evaluates: permute, scale, normalise."""
-    x = normalise(images.permute(0, 3, 1, 2).float() * NORM.scale(), NORM)  # (B, C, H, W)
+    """Each member's sigmoid, on input normalised by hand: x / 255, then (x - mean) / std per channel."""
+    x = _by_hand(images.permute(0, 3, 1, 2).float() / 255.0, NORM)  # (B, C, H, W)
     with torch.no_grad():
         return np.stack([torch.sigmoid(member(x)).numpy() for member in members])  # (M, B, K, H, W)
 
@@ -106,7 +105,7 @@ def test_float32_input_graph_normalises_without_scaling(members, tmp_path):
     images = example_input(batch=2, size=SIZE, channels=3, input_dtype="float32", seed=4)
     path = export_onnx(graph, tmp_path / "f.onnx", example=images, input_names=["image"], output_names=["p", "m"])
     out = run(ort_session(path), {"image": images.numpy()})
-    x = normalise(images.permute(0, 3, 1, 2), norm)
+    x = _by_hand(images.permute(0, 3, 1, 2), norm)
     with torch.no_grad():
         expected = torch.sigmoid(members[0](x)).numpy()
     np.testing.assert_allclose(out["p"], expected, rtol=0, atol=FP32_TOL)

@@ -1,16 +1,14 @@
-"""Loading a run for export, calibration slices and the manifest: including every bad input."""
+"""Loading a run for export, calibration slices, the gate and fitted weights: including every bad input."""
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
 from brainseg.data.volume import Volume
-from brainseg.errors import ArtifactError, CheckpointError, DataError
-from brainseg.export import manifest as mf
+from brainseg.errors import CheckpointError, DataError
 from brainseg.export.calibration import calibration_slices
-from brainseg.export.source import load_run, validation_volumes
+from brainseg.export.trained_run import load_run, validation_volumes
 
 
 def test_load_run_reads_every_member_and_the_shared_facts(tiny_run):
@@ -69,45 +67,6 @@ def test_calibration_is_stratified_and_resized():
 def test_calibration_without_tumour_slices_is_refused():
     with pytest.raises(DataError, match="has no tumour slices"):
         calibration_slices([_volume("a", [])], img_size=32)
-
-
-def _artifacts(tmp_path):
-    (tmp_path / "ensemble.fp32.onnx").write_bytes(b"graph")
-    manifest = {
-        "format": mf.FORMAT, "threshold": 0.5, "ensemble": {"members": ["unet"], "weights": [1.0]},
-        "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": 3, "height": 64, "width": 64,
-                  "normalisation": {"kind": "uint8", "mean": [0.1] * 3, "std": [0.2] * 3}},
-        "outputs": {"probability": {"dtype": "float32"}},
-        "files": {"ensemble.fp32.onnx": mf.file_entry(tmp_path, "ensemble.fp32.onnx", kind="ensemble")},
-        "precisions": {"fp32": {"file": "ensemble.fp32.onnx", "passed": True},
-                       "int8": {"file": "ensemble.fp32.onnx", "passed": False}},
-        "versions": {}, "source_run": {"path": "runs/x"},
-    }
-    mf.write_manifest(tmp_path, manifest)
-    return manifest
-
-
-def test_manifest_roundtrip_and_usable_precisions(tmp_path):
-    written = _artifacts(tmp_path)
-    loaded = mf.load_manifest(tmp_path)
-    assert loaded == written
-    assert mf.usable_precisions(loaded) == ["fp32"]
-
-
-def test_tampered_file_is_refused(tmp_path):
-    _artifacts(tmp_path)
-    (tmp_path / "ensemble.fp32.onnx").write_bytes(b"other graph")
-    with pytest.raises(ArtifactError, match="ensemble.fp32.onnx: sha256 differs"):
-        mf.load_manifest(tmp_path)
-
-
-def test_invalid_manifest_lists_its_problems(tmp_path):
-    manifest = _artifacts(tmp_path)
-    del manifest["input"]["dtype"]
-    manifest["precisions"]["fp16"] = {"file": "nope.onnx", "passed": True}
-    (tmp_path / mf.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"input lacks 'dtype'.*precision fp16 names 'nope.onnx'"):
-        mf.load_manifest(tmp_path)
 
 
 def test_gate_marks_drops_beyond_the_budget():

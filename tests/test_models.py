@@ -5,7 +5,7 @@ import torch
 
 from brainseg.errors import CheckpointError, ConfigError
 from brainseg.train.checkpoint import load_checkpoint, save_checkpoint
-from brainseg.train.models import MODELS, build_model
+from brainseg.train.models.registry import MODELS, build_model
 
 TINY = {"unet": {"base_channels": 8, "depth": 3}, "fpn": {"encoder": "resnet18"}, "resunet": {"encoder": "resnet18"}}
 

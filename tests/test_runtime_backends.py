@@ -2,58 +2,97 @@
 
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 
+from brainseg.artifacts.manifest import FORMAT, Manifest
 from brainseg.errors import ArtifactError, ConfigError
-from brainseg.export.manifest import load_manifest
 from brainseg.runtime import backends
-from brainseg.runtime.backends import choose_precision, open_backend, precision_file
+from brainseg.runtime.backends import choose_precision, open_backend
 
 pytest.importorskip("onnxruntime")
 
 
-def _manifest(passed: dict[str, bool]) -> dict:
-    return {"precisions": {name: {"file": f"ensemble.{name}.onnx", "passed": ok} for name, ok in passed.items()}}
+def _manifest(tmp_path, passed: dict[str, bool], targets: dict[str, tuple[str, ...]] | None = None) -> Manifest:
+    """A manifest (not verified against files) whose precisions passed or failed as given."""
+    targets = targets or {}
+    precisions, files = {}, {}
+    for name, ok in passed.items():
+        uses = {}
+        for target in targets.get(name, ("gpu", "cpu")):
+            file = f"ensemble.{name}{'-cpu' if (name, target) == ('int8', 'cpu') else ''}.onnx"
+            files[file] = {"sha256": "0" * 64, "bytes": 1, "kind": "ensemble", "precision": name}
+            uses[target] = {"file": file, "row": file.split(".")[1]}
+        precisions[name] = {"passed": ok, "targets": uses}
+    raw = {"format": FORMAT, "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": 3,
+                                       "height": 8, "width": 8, "normalisation": {}},
+           "outputs": {"probability": {"classes": 1}}, "threshold": 0.5, "ensemble": {}, "files": files,
+           "precisions": precisions, "accuracy": {"table": {}}, "versions": {}, "source_run": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    return Manifest.load(tmp_path, verify=False)
 
 
-def test_default_precision_is_fp16_on_gpu_int8_on_cpu_else_fp32():
-    everything = _manifest({"fp32": True, "fp16": True, "int8": True})
-    assert choose_precision(everything, None, on_gpu=True) == "fp16"
-    assert choose_precision(everything, None, on_gpu=False) == "int8"
-    assert choose_precision(_manifest({"fp32": True, "int8": False}), None, on_gpu=False) == "fp32"
+def test_default_precision_is_fp16_on_gpu_int8_on_cpu_else_fp32(tmp_path):
+    everything = _manifest(tmp_path, {"fp32": True, "fp16": True, "int8": True})
+    assert choose_precision(everything, None, target="gpu") == "fp16"
+    assert choose_precision(everything, None, target="cpu") == "int8"
+    assert choose_precision(_manifest(tmp_path, {"fp32": True, "int8": False}), None, target="cpu") == "fp32"
 
 
-def test_a_precision_that_failed_the_gate_or_was_not_exported_is_refused():
-    manifest = _manifest({"fp32": True, "int8": False})
+def test_a_precision_that_failed_the_gate_or_was_not_exported_is_refused(tmp_path):
+    manifest = _manifest(tmp_path, {"fp32": True, "int8": False})
     with pytest.raises(ConfigError, match="int8 failed the export's accuracy gate; usable: fp32"):
-        choose_precision(manifest, "int8", on_gpu=False)
+        choose_precision(manifest, "int8", target="cpu")
     with pytest.raises(ConfigError, match="fp16 was not exported"):
-        choose_precision(manifest, "fp16", on_gpu=False)
+        choose_precision(manifest, "fp16", target="cpu")
     with pytest.raises(ArtifactError, match="no precision"):
-        choose_precision(_manifest({"fp32": False}), None, on_gpu=False)
+        choose_precision(_manifest(tmp_path, {"fp32": False}), None, target="cpu")
+
+
+def test_an_int8_file_made_for_the_cpu_is_never_handed_to_a_gpu(tmp_path):
+    # --int8-activations uint8 writes only the CPU file, whose uint8 activations TensorRT rejects
+    manifest = _manifest(tmp_path, {"fp32": True, "int8": True}, targets={"int8": ("cpu",)})
+    assert choose_precision(manifest, None, target="cpu") == "int8"
+    assert choose_precision(manifest, None, target="gpu") == "fp32"
+    with pytest.raises(ConfigError, match="int8 has no gpu file"):
+        choose_precision(manifest, "int8", target="gpu")
+    with pytest.raises(ArtifactError, match="int8 has no file for the gpu"):
+        manifest.engine_path("int8")
 
 
 def test_int8_file_follows_the_device(tiny_artifacts):
-    manifest = load_manifest(tiny_artifacts)
-    assert precision_file(manifest, "int8", target="cpu") == "ensemble.int8-cpu.onnx"
-    assert precision_file(manifest, "int8", target="gpu") == "ensemble.int8.onnx"
-    assert precision_file(manifest, "fp32", target="cpu") == "ensemble.fp32.onnx"
+    manifest = Manifest.load(tiny_artifacts)
+    assert manifest.file_for("int8", "cpu") == "ensemble.int8-cpu.onnx"
+    assert manifest.file_for("int8", "gpu") == "ensemble.int8.onnx"
+    assert manifest.file_for("fp32", "cpu") == manifest.file_for("fp32", "gpu") == "ensemble.fp32.onnx"
+    assert manifest.engine_path("int8").name == "ensemble.int8.engine"
 
 
 def test_auto_falls_back_to_onnxruntime_and_tensorrt_alone_is_an_error_when_absent(tiny_artifacts, monkeypatch):
-    monkeypatch.setattr(backends, "_tensorrt_present", lambda: False)
-    manifest = load_manifest(tiny_artifacts)
-    runner, choice = open_backend(tiny_artifacts, manifest)
+    monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
+    manifest = Manifest.load(tiny_artifacts)
+    runner, choice = open_backend(manifest)
     with runner:
         assert (choice.backend, choice.precision, choice.file) == ("onnxruntime", "int8", "ensemble.int8-cpu.onnx")
         assert "CPUExecutionProvider" in choice.reason
         options = runner.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    runner, _ = open_backend(tiny_artifacts, manifest, spinning=False)  # seg-run's default, beside its threads
+    runner, _ = open_backend(manifest, spinning=False)  # seg-run's default, beside its threads
     with runner:
         options = runner.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ArtifactError, match="--backend tensorrt: TensorRT is not installed"):
-        open_backend(tiny_artifacts, manifest, backend="tensorrt")
+        open_backend(manifest, backend="tensorrt")
     with pytest.raises(ConfigError, match="unknown backend"):
-        open_backend(tiny_artifacts, manifest, backend="cuda")
+        open_backend(manifest, backend="cuda")
+
+
+def test_a_manifest_from_another_format_is_refused_with_how_to_fix(tiny_artifacts, tmp_path):
+    raw = json.loads((tiny_artifacts / "manifest.json").read_text())
+    old = copy.deepcopy(raw)
+    old["format"] = "brainseg-artifacts/1"
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(ArtifactError, match="export the run again"):
+        Manifest.load(tmp_path, verify=False)

@@ -167,13 +167,16 @@ def test_binary_probability_volume_is_3d_and_only_written_when_asked(tmp_path):
     assert _load_npy(tmp_path / "b/volumes/v_probability.nii.gz").shape == (2, 6, 6)
 
 
-def test_dicom_without_header_writes_png_slices(tmp_path):
+def test_a_dicom_series_gets_a_volume_and_one_without_geometry_is_refused(tmp_path):
     mask = _square((3, 8, 8), 2, 2, 3)
-    data = _data("series1", np.zeros((3, 8, 8, 1), np.float32), kind="dicom", names=["IM1", "IM2", "IM3"])
+    data = _data("series1", np.zeros((3, 8, 8, 1), np.float32), kind="dicom", names=["IM1", "IM2", "IM3"],
+                 nifti={"affine": np.eye(4), "header": None})
     outputs.write_scan(tmp_path, data, _pred(mask), volume_writer=_file_writer)
-    assert sorted(p.name for p in (tmp_path / "masks/series1").iterdir()) == ["IM1.png", "IM2.png", "IM3.png"]
-    assert not (tmp_path / "volumes").exists()
-    assert (tmp_path / "overlays/series1.png").is_file()
+    assert _load_npy(tmp_path / "volumes/series1.nii.gz").shape == (3, 8, 8)
+    assert not (tmp_path / "masks").exists() and (tmp_path / "overlays/series1.png").is_file()
+    bare = _data("series2", np.zeros((3, 8, 8, 1), np.float32), kind="dicom")
+    with pytest.raises(ValueError, match="without its geometry"):
+        outputs.write_scan(tmp_path, bare, _pred(mask), volume_writer=_file_writer)
 
 
 def test_overlay_slice_is_the_largest_or_the_middle():

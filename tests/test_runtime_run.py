@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from brainseg.artifacts.manifest import Manifest
+from brainseg.artifacts.sessions import ort_session, run
 from brainseg.cli import app
-from brainseg.export import onnx_io
 from brainseg.runtime import pipeline
 from brainseg.runtime.pipeline import RunOptions, segment
 
@@ -88,10 +91,9 @@ def test_good_scans_are_written_and_bad_ones_skipped_with_reasons(result):
 
 def test_masks_equal_the_ensemble_graphs_own_output(result, scans, tiny_artifacts):
     out, summary = result
-    manifest = json.loads((tiny_artifacts / "manifest.json").read_text())
-    session = onnx_io.ort_session(tiny_artifacts / manifest["precisions"]["int8"]["files"]["cpu"])
+    session = ort_session(Manifest.load(tiny_artifacts).path_for("int8", "cpu"))
     image = cv2.cvtColor(cv2.imread(str(scans / "slices" / "a.png")), cv2.COLOR_BGR2RGB)[None]
-    expected = onnx_io.run(session, {"image": image})["mask"][0, 0]
+    expected = run(session, {"image": image})["mask"][0, 0]
     written = cv2.imread(str(out / "masks" / "slices" / "a.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(written > 0, expected > 0)
     patient_masks = sorted((out / "masks" / "patient").glob("*.png"))
@@ -176,3 +178,83 @@ def test_memory_stays_flat_over_thousands_of_slices(tiny_sample, tiny_artifacts,
         shutil.copy(path, few / path.name)
     small, large = peak([few]), peak([root])
     assert large < 1.5 * small + 2_000_000, f"peak {large / 1e6:.1f} MB over 2,000 slices vs {small / 1e6:.1f} MB"
+
+
+def test_a_dicom_series_is_segmented_into_a_nifti_on_the_scanners_grid(tiny_sample, tiny_artifacts, tmp_path):
+    from scan_files import write_dicom
+
+    slices = _sample_slices(tiny_sample)
+    for index in range(3):  # stored values; the series' slope 2 and intercept -10 are applied on reading
+        write_dicom(tmp_path / "dcm" / f"im{index}.dcm", slices[index][..., 1].astype(np.uint16) * 4, 5.0 * index,
+                    "1.2.826.0.1.3680043.1", 9)
+    summary = segment([tmp_path / "dcm"], tiny_artifacts, tmp_path / "out", RunOptions(batch_size=2))
+    assert summary.exit_code == 0 and summary.done == 1
+    written = nib.load(str(tmp_path / "out" / "volumes" / "dcm.nii.gz"))
+    assert written.shape == (64, 64, 3) and written.get_data_dtype() == np.uint8  # (columns, rows, slices)
+    # LPS position, orientation and spacing tags as RAS: columns 0.7 mm to the patient's left, rows 0.5 mm
+    # posterior, slices 5 mm superior, first voxel at the origin
+    np.testing.assert_allclose(written.affine, np.diag([-0.7, -0.5, 5.0, 1.0]), atol=1e-6)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
+    row = next(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+    assert row["kind"] == "dicom" and float(row["tumour_volume_ml"] or 0) >= 0
+    assert int(row["tumour_pixels"]) == int(np.asarray(written.dataobj).sum())
+
+
+class _ReaderCrash(BaseException):
+    """Not an Exception: what no reader may turn into a skipped scan."""
+
+
+def test_a_reader_dying_while_the_queue_is_full_stops_the_run_instead_of_hanging(
+        scans, tiny_artifacts, tmp_path, monkeypatch):
+    real_load, real_open = pipeline.loading.load, pipeline.open_backend
+
+    def load(scan, spec):
+        if scan.key == "c":  # keys are relative to the root given, scans/slices
+            raise _ReaderCrash(f"reader crashed on {scan.key}")
+        return real_load(scan, spec)
+
+    def slow_backend(*args, **kwargs):  # inference slower than reading keeps the queue full
+        runner, choice = real_open(*args, **kwargs)
+        infer = runner.infer
+        runner.infer = lambda batch: (time.sleep(0.5), infer(batch))[1]
+        return runner, choice
+
+    monkeypatch.setattr(pipeline.loading, "load", load)
+    monkeypatch.setattr(pipeline, "open_backend", slow_backend)
+    outcome = []
+
+    def run_segment():
+        try:
+            segment([scans / "slices"], tiny_artifacts, tmp_path / "o",
+                    RunOptions(batch_size=1, readers=1, queue_scans=1))
+        except BaseException as err:  # noqa: BLE001 - the test inspects whatever ended the run
+            outcome.append(err)
+
+    thread = threading.Thread(target=run_segment, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "seg-run waited forever for a dead reader's end marker"
+    assert len(outcome) == 1 and isinstance(outcome[0], _ReaderCrash)
+
+
+def test_a_second_run_on_the_same_output_folder_is_refused_naming_the_first(scans, tiny_artifacts, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from brainseg.runtime.out_lock import OutputLock\n"
+         f"with OutputLock({str(tmp_path / 'o')!r}):\n"
+         "    print('locked', flush=True)\n"
+         "    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = CliRunner().invoke(app, ["run", str(scans / "slices"), "--artifacts", str(tiny_artifacts),
+                                          "--out", str(tmp_path / "o"), "--no-progress"])
+        assert result.exit_code == 2
+        assert "being written by another seg-run" in result.output and f"pid {holder.pid}" in result.output
+        assert not (tmp_path / "o" / "results.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    again = CliRunner().invoke(app, ["run", str(scans / "slices"), "--artifacts", str(tiny_artifacts),
+                                     "--out", str(tmp_path / "o"), "--no-progress"])
+    assert again.exit_code == 0, again.output  # the kernel dropped the killed holder's lock

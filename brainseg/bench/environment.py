@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from brainseg.artifacts.cuda import import_cudart
+
 COMMAND_TIMEOUT_S = 10.0
 
 # Distribution names that provide each library, first match wins (GPU builds, headless builds).
@@ -52,6 +54,19 @@ def describe_environment() -> dict:
     info["onnxruntime_providers"] = _probe(_onnxruntime_providers) if info["onnxruntime"] else None
     info["jetson_power_mode"] = _probe(_jetson_power_mode)
     return info
+
+
+def machine_name() -> str:
+    """A folder name for this machine's results: "gpu-<first GPU's name>", else "cpu-<cores>core"."""
+    gpus = _probe(_nvidia_gpus) or []
+    if gpus:
+        return "gpu-" + "-".join(gpus[0]["name"].lower().replace("nvidia", "").split())
+    return f"cpu-{os.cpu_count()}core"
+
+
+def cpu_description() -> str:
+    """"<CPU model>, <N> cores", for benchmark results."""
+    return f"{_probe(_cpu_model) or platform.machine()}, {os.cpu_count()} cores"
 
 
 def _probe(fn: Callable[[], Any]) -> Any:
@@ -94,10 +109,11 @@ def _nvidia_gpus() -> list[dict]:
 
 
 def _cuda_runtime_version() -> str | None:
-    try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart as runtime  # older cuda-python; ImportError here means "none"
+    """The CUDA runtime's version where a CUDA device answers (cuda-python alone says nothing)."""
+    runtime = import_cudart()  # raises without cuda-python: "unknown"
+    error, count = runtime.cudaGetDeviceCount()
+    if int(error) != 0 or not count:
+        return None
     error, version = runtime.cudaRuntimeGetVersion()
     if int(error) != 0:
         return None

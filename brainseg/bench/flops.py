@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from brainseg.errors import ConfigError, DataError
-from brainseg.export.onnx_io import import_onnx
+from brainseg.errors import ConfigError, DataError, require
 
 if TYPE_CHECKING:
     import onnx
@@ -39,7 +38,7 @@ def graph_flops(path_or_model: str | Path | onnx.ModelProto, *, batch: int = 1) 
     """
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}")
-    onnx = import_onnx()
+    onnx = require("onnx", "export")
     model = _with_batch(_load(path_or_model), batch)
     # data_prop carries Shape -> Reshape arithmetic through: exported GroupNorm (the FPN decoder) needs it
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)
@@ -69,7 +68,7 @@ def flops_per_slice(path: str | Path) -> int:
 
 
 def _load(path_or_model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    onnx = import_onnx()
+    onnx = require("onnx", "export")
     if isinstance(path_or_model, onnx.ModelProto):
         copy = onnx.ModelProto()
         copy.CopyFrom(path_or_model)  # the batch axis is fixed below; leave the caller's model alone

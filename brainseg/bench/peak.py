@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from brainseg.artifacts.sessions import MAX_IR_VERSION, ort_session
 from brainseg.bench.stats import time_calls
-from brainseg.errors import ConfigError
-from brainseg.export.onnx_io import MAX_IR_VERSION, import_onnx, ort_session
+from brainseg.errors import ConfigError, require
 
 if TYPE_CHECKING:
     import onnx
@@ -72,7 +72,7 @@ def matmul_model(kind: str, size: int) -> onnx.ModelProto:
     """
     _check_kind(kind)
     op_type, left_dtype, right_dtype, _ = KINDS[kind]
-    onnx = import_onnx()
+    onnx = require("onnx", "export")
     helper = onnx.helper
     out_dtype = np.int32 if op_type == "MatMulInteger" else left_dtype
     graph = helper.make_graph(
@@ -93,7 +93,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _session(model: onnx.ModelProto, threads: int | None) -> onnxruntime.InferenceSession:
-    onnx = import_onnx()
+    onnx = require("onnx", "export")
     onnx.checker.check_model(model)
     # through a file so the session gets exactly ort_session's options; it reads the file once
     with tempfile.TemporaryDirectory(prefix="brainseg-peak-") as folder:

@@ -25,8 +25,9 @@ STAT_KEYS = ("count", "min_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms
 CONVENTIONS = (
     "Latency per call in ms after warm-up; percentiles by linear interpolation; std with ddof=1; "
     f"CV = std/mean, flagged above {CV_WARNING:.1%}. Throughput = batch x 1000 / mean ms, in slices/s. "
-    "compute: inference on slices in memory in the graph's input form; end-to-end: read the slice files, "
-    "resize, infer, resize back, threshold, write mask PNGs; idle: compute at batch 1 with an idle gap "
+    "compute: inference on slices in memory in the graph's input form; end-to-end: seg-run's own steps per "
+    "batch (read the slice files, resize, infer, resize back, threshold, write mask PNGs and row records); "
+    "idle: compute at batch 1 with an idle gap "
     "before each call. Dice: mean per-patient foreground Dice on the export's validation patients, from "
     "the manifest (PyTorch FP32 row = the reference the gate compares against). GFLOP/slice counts 2 x "
     "multiply-adds of Conv/ConvTranspose/MatMul/Gemm; share of peak = achieved / this machine's measured "

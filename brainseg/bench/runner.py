@@ -2,15 +2,16 @@
 
 A row is one (backend, precision, model, mode, batch) combination:
 - compute: the backend's inference call on slices already in memory, in the graph's input form;
-- end-to-end: file to mask, i.e. decode the slice files, resize to the graph, infer, resize the
-  probabilities back, threshold, encode and write the mask PNGs (what `seg-run` does per batch);
+- end-to-end: file to mask through seg-run's own per-scan steps: read the slice files with the
+  runtime's readers, resize to the graph, infer, resize the probabilities back, threshold, and
+  write the masks and row records with the runtime's writer (what `seg-run` does per batch);
 - idle: compute at batch 1 with an idle gap before each request (threads asleep, caches cold),
   which is what a scanner sending one slice at a time sees.
 
 Backends: PyTorch eager FP32 (the same ensemble module seg-export traced, from the source run;
 needs the `train` extra), ONNX Runtime with every exported precision that passed the gate, and
-TensorRT engines where TensorRT and an engine are present. What cannot run here is listed with
-the reason instead of a row.
+TensorRT engines where TensorRT and an engine are present, each opened through the runtime's own
+backend choice. What cannot run here is listed with the reason instead of a row.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from brainseg.artifacts.layout import PRECISIONS, REFERENCE, ensemble_file
+from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.bench import flops, stats
-from brainseg.data.preprocess import resize_back, resize_slices
-from brainseg.errors import BrainsegError, ConfigError
-from brainseg.export.manifest import load_manifest, usable_precisions
+from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.fileio import write_atomic
-from brainseg.runtime.backends import precision_file
+from brainseg.runtime import discovery, outputs
+from brainseg.runtime.backends import CPU_PROVIDER, open_backend
+from brainseg.runtime.pipeline import prediction_at_scan_size, read_for_graph
+from brainseg.runtime.scans import Scan
 
 log = logging.getLogger("brainseg.bench")
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
@@ -51,7 +55,7 @@ class BenchOptions:
 
     def check(self) -> None:
         for name, values, allowed in (("backend", self.backends, BACKENDS), ("mode", self.modes, MODES),
-                                      ("precision", self.precisions, ("fp32", "fp16", "int8"))):
+                                      ("precision", self.precisions, PRECISIONS)):
             unknown = sorted(set(values) - set(allowed))
             if unknown:
                 raise ConfigError(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(allowed)}")
@@ -86,20 +90,17 @@ def row_id(row: dict) -> str:
     return f"{row['backend']}/{row['precision']}/{row['model']}/{row['mode']}/b{row['batch']}"
 
 
-def run_bench(artifacts: str | Path, options: BenchOptions, *, peaks: dict,
+def run_bench(manifest: Manifest, options: BenchOptions, *, peaks: dict,
               progress: Callable[[str], None] = log.info) -> BenchResult:
-    """Time every candidate in `artifacts` as `options` asks; `peaks` maps "fp32"/"int8" to GFLOP/s."""
+    """Time every candidate of an artifacts folder as `options` asks; `peaks` maps "fp32"/"int8" to GFLOP/s."""
     options.check()
-    artifacts = Path(artifacts)
-    manifest = load_manifest(artifacts)
     result = BenchResult()
-    spec = manifest["input"]
     with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
-        files = _slice_files(Path(tmp) / "slices", spec, max(options.batch_sizes))
-        for candidate in _candidates(artifacts, manifest, options, result.skipped):
+        scans = _slice_scans(Path(tmp) / "slices", manifest.input, max(options.batch_sizes))
+        for candidate in _candidates(manifest, options, result.skipped):
             try:
                 progress(f"timing {candidate.backend} {candidate.precision} {candidate.model}")
-                _time_candidate(candidate, spec, manifest["threshold"], options, files, Path(tmp) / "masks",
+                _time_candidate(candidate, manifest.input, manifest.threshold, options, scans, Path(tmp) / "out",
                                 peaks, result)
             finally:
                 close = getattr(candidate.runner, "close", None)
@@ -108,16 +109,16 @@ def run_bench(artifacts: str | Path, options: BenchOptions, *, peaks: dict,
     return result
 
 
-def _time_candidate(candidate: Candidate, spec: dict, threshold: float, options: BenchOptions,
-                    files: list[Path], mask_dir: Path, peaks: dict, result: BenchResult) -> None:
-    images = _graph_batch(files, spec, max(options.batch_sizes))
+def _time_candidate(candidate: Candidate, spec: InputSpec, threshold: float, options: BenchOptions,
+                    scans: list[Scan], out: Path, peaks: dict, result: BenchResult) -> None:
+    images = np.concatenate([read_for_graph(scan, spec)[1] for scan in scans[:max(options.batch_sizes)]])
     for mode in options.modes:
         for batch in ((1,) if mode == "idle" else options.batch_sizes):
             if mode == "compute" or mode == "idle":
                 inputs = images[:batch]
                 call = lambda inputs=inputs: candidate.runner.infer(inputs)  # noqa: E731
             else:
-                call = _end_to_end(candidate.runner, files[:batch], spec, threshold, mask_dir)
+                call = _end_to_end(candidate.runner, scans[:batch], spec, threshold, out)
             samples = stats.time_calls(call, warmup=options.warmup, iterations=options.iterations,
                                        seconds=options.seconds, gap_s=options.idle_gap_s if mode == "idle" else 0.0)
             summary = stats.summarize(samples, batch=batch)
@@ -139,7 +140,7 @@ def _row(candidate: Candidate, mode: str, batch: int, summary: stats.LatencyStat
     if candidate.flops_per_slice:
         achieved = candidate.flops_per_slice * summary.throughput_per_s / 1e9
         peak_kind = "int8" if candidate.precision == "int8" else "fp32"
-        peak = peaks.get(peak_kind) if candidate.provider == "CPUExecutionProvider" or \
+        peak = peaks.get(peak_kind) if candidate.provider == CPU_PROVIDER or \
             candidate.backend == "pytorch" else None
         share = achieved / peak if peak else None
     return {
@@ -152,16 +153,15 @@ def _row(candidate: Candidate, mode: str, batch: int, summary: stats.LatencyStat
     }
 
 
-def _candidates(artifacts: Path, manifest: dict, options: BenchOptions, skipped: list) -> Iterator[Candidate]:
-    usable = usable_precisions(manifest)
-    dice = {name: row["dice_mean"] for name, row in manifest["accuracy"]["table"].items()}
-    ensemble_flops = _flops(artifacts / "ensemble.fp32.onnx")
+def _candidates(manifest: Manifest, options: BenchOptions, skipped: list) -> Iterator[Candidate]:
+    ensemble_flops = _flops(manifest.folder / ensemble_file("fp32"))
     if "pytorch" in options.backends and "fp32" in options.precisions:
-        yield from _pytorch(manifest, options, dice.get("pytorch-fp32"), ensemble_flops, skipped)
-    if "onnxruntime" in options.backends:
-        yield from _onnxruntime(artifacts, manifest, options, usable, dice, ensemble_flops, skipped)
-    if "tensorrt" in options.backends:
-        yield from _tensorrt(artifacts, manifest, options, usable, dice, ensemble_flops, skipped)
+        yield from _pytorch(manifest, options, ensemble_flops, skipped)
+    for backend in ("onnxruntime", "tensorrt"):
+        if backend in options.backends:
+            yield from _runtime_backends(manifest, backend, options, ensemble_flops, skipped)
+    if "onnxruntime" in options.backends and options.members and "fp32" in options.precisions:
+        yield from _members(manifest, options)
 
 
 def _flops(path: Path) -> int | None:
@@ -172,7 +172,7 @@ def _flops(path: Path) -> int | None:
         return None
 
 
-def _pytorch(manifest, options, dice, ensemble_flops, skipped) -> Iterator[Candidate]:
+def _pytorch(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped) -> Iterator[Candidate]:
     try:
         from brainseg.bench.torch_eager import EagerEnsemble
     except ImportError as err:
@@ -180,102 +180,75 @@ def _pytorch(manifest, options, dice, ensemble_flops, skipped) -> Iterator[Candi
         skipped.append({"backend": "pytorch", "reason": reason})
         return
     try:
-        runner = EagerEnsemble(Path(manifest["source_run"]["path"]), manifest, threads=options.threads)
+        runner = EagerEnsemble(manifest, threads=options.threads)
     except BrainsegError as err:
         skipped.append({"backend": "pytorch", "reason": str(err)})
         return
+    dice = manifest.accuracy_table.get(REFERENCE, {}).get("dice_mean")
     yield Candidate("pytorch", "eager", "fp32", "ensemble", "(source run checkpoints)", runner, dice, ensemble_flops)
 
 
-def _onnxruntime(artifacts, manifest, options, usable, dice, ensemble_flops, skipped) -> Iterator[Candidate]:
-    from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend, available_providers
-
-    provider = available_providers()[0]
-    target = "cpu" if provider == "CPUExecutionProvider" else "gpu"
+def _runtime_backends(manifest: Manifest, backend: str, options: BenchOptions, ensemble_flops,
+                      skipped: list) -> Iterator[Candidate]:
+    """The ensemble in each asked precision, opened by seg-run's own backend choice; what cannot
+    be opened is listed with the reason."""
     for precision in options.precisions:
-        if precision not in usable:
-            why = "failed the export's accuracy gate" if precision in manifest["precisions"] else "was not exported"
-            skipped.append({"backend": "onnxruntime", "precision": precision, "reason": f"{precision} {why}"})
-            continue
-        name = precision_file(manifest, precision, target=target)
-        runner = OnnxRuntimeBackend(artifacts / name, precision, provider=provider, threads=options.threads)
-        row_dice = manifest["precisions"][precision].get(target, {}).get("dice_mean", dice.get(precision))
-        yield Candidate("onnxruntime", provider, precision, "ensemble", name, runner, row_dice, ensemble_flops)
-    if options.members and "fp32" in options.precisions:
-        for name, entry in manifest["files"].items():
-            if entry.get("kind") == "member":
-                runner = OnnxRuntimeBackend(artifacts / name, "fp32", provider=provider, threads=options.threads)
-                yield Candidate("onnxruntime", provider, "fp32", entry["model"], name, runner, None,
-                                _flops(artifacts / name))
-
-
-def _tensorrt(artifacts, manifest, options, usable, dice, ensemble_flops, skipped) -> Iterator[Candidate]:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        skipped.append({"backend": "tensorrt", "reason": "TensorRT is not installed on this machine"})
-        return
-    from brainseg.runtime.tensorrt_backend import TensorRTBackend
-
-    for precision in options.precisions:
-        onnx_name = precision_file(manifest, precision, target="gpu") if precision in usable else None
-        engine = artifacts / (Path(onnx_name).stem + ".engine") if onnx_name else None
-        if engine is None or not engine.is_file():
-            skipped.append({"backend": "tensorrt", "precision": precision,
-                            "reason": f"no {precision} engine (seg-export engine {artifacts} --precision {precision})"})
-            continue
         try:
-            runner = TensorRTBackend(engine, artifacts / onnx_name, precision)
+            runner, choice = open_backend(manifest, backend=backend, precision=precision, threads=options.threads)
         except BrainsegError as err:
-            skipped.append({"backend": "tensorrt", "precision": precision, "reason": str(err)})
+            skipped.append({"backend": backend, "precision": precision, "reason": str(err)})
             continue
-        yield Candidate("tensorrt", runner.describe().get("device", "gpu"), precision, "ensemble", engine.name,
-                        runner, dice.get(precision), ensemble_flops)
+        described = runner.describe()
+        provider = described.get("provider") or described.get("device", "gpu")
+        target = "cpu" if provider == CPU_PROVIDER else "gpu"
+        yield Candidate(backend, provider, precision, "ensemble", choice.file, runner,
+                        manifest.dice(precision, target), ensemble_flops)
 
 
-def _slice_files(folder: Path, spec: dict, count: int) -> list[Path]:
-    """`count` brain-like test slices on disk at twice the graph's size (so reading includes a resize):
-    smooth blobs over a dark background, as PNG for 8-bit graphs and NumPy files for float32 ones."""
+def _members(manifest: Manifest, options: BenchOptions) -> Iterator[Candidate]:
+    from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    for model, name in manifest.member_files().items():
+        runner = OnnxRuntimeBackend(manifest.folder / name, "fp32", threads=options.threads)
+        yield Candidate("onnxruntime", runner.provider, "fp32", model, name, runner, None,
+                        _flops(manifest.folder / name))
+
+
+def _slice_scans(folder: Path, spec: InputSpec, count: int) -> list[Scan]:
+    """`count` brain-like test slices on disk at twice the graph's size (so reading includes a resize),
+    one scan each: smooth blobs over a dark background, as PNG for 8-bit graphs and single-slice
+    NIfTI volumes for float32 ones, found by seg-run's own discovery."""
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    height, width, channels = 2 * spec["height"], 2 * spec["width"], spec["channels"]
-    files = []
+    height, width, channels = 2 * spec.height, 2 * spec.width, spec.channels
     for index in range(count):
         noise = rng.normal(0, 1, (height // 8, width // 8, channels)).astype(np.float32)
         smooth = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC).reshape(height, width, channels)
-        if spec["dtype"] == "uint8":
+        name = f"slice-{index:03d}"  # no _<N> suffix: each file is a scan of its own, not one series
+        if spec.dtype == "uint8":
             image = np.clip(110 + 40 * smooth, 0, 255).astype(np.uint8)
-            path = folder / f"slice_{index:03d}.png"
-            write_atomic(path, cv2.imencode(".png", image[..., ::-1] if channels == 3 else image)[1].tobytes())
+            write_atomic(folder / f"{name}.png",
+                         cv2.imencode(".png", image[..., ::-1] if channels == 3 else image)[1].tobytes())
         else:
-            path = folder / f"slice_{index:03d}.npy"
-            np.save(path, smooth)
-        files.append(path)
-    return files
+            nib = require("nibabel", "nifti")
+            volume = (10.0 + smooth).transpose(1, 0, 2)[:, ::-1, None, :]  # (X, Y, 1, C) in RAS+
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(volume), np.eye(4)), str(folder / f"{name}.nii.gz"))
+    scans, skipped = discovery.discover([folder], spec.modalities)
+    if skipped or len(scans) != count:
+        raise RuntimeError(f"the benchmark's own slices were not all found as scans: {skipped}")
+    return scans
 
 
-def _read(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
-        return np.load(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    return image[..., ::-1] if image.ndim == 3 else image[..., None]
-
-
-def _graph_batch(files: Sequence[Path], spec: dict, count: int) -> np.ndarray:
-    images = np.stack([_read(p) for p in files[:count]])
-    return np.ascontiguousarray(resize_slices(images, spec["height"], is_mask=False))
-
-
-def _end_to_end(runner, files: Sequence[Path], spec: dict, threshold: float, mask_dir: Path) -> Callable[[], None]:
-    mask_dir.mkdir(parents=True, exist_ok=True)
+def _end_to_end(runner, scans: Sequence[Scan], spec: InputSpec, threshold: float, out: Path) -> Callable[[], None]:
+    options = outputs.OutputOptions(overwrite=True, overlays=False)
 
     def call() -> None:
-        images = np.stack([_read(p) for p in files])
-        batch = np.ascontiguousarray(resize_slices(images, spec["height"], is_mask=False))
-        probability = runner.infer(batch)["probability"].transpose(0, 2, 3, 1)
-        probability = resize_back(np.ascontiguousarray(probability), images.shape[1], images.shape[2])
-        for path, slice_probability in zip(files, probability, strict=True):
-            mask = ((slice_probability[..., 0] >= threshold) * 255).astype(np.uint8)
-            write_atomic(mask_dir / f"{path.stem}.png", cv2.imencode(".png", mask)[1].tobytes())
+        read = [read_for_graph(scan, spec) for scan in scans]
+        result = runner.infer(np.concatenate([image for _, image in read]))
+        offset = 0
+        for data, image in read:
+            arrays = {name: array[offset:offset + len(image)] for name, array in result.items()}
+            outputs.write_scan(out, data, prediction_at_scan_size(data, arrays, threshold), options)
+            offset += len(image)
 
     return call

@@ -12,24 +12,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS
+from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import DataError
 from brainseg.export.graphs import EnsembleGraph
-from brainseg.export.source import load_run
-
-_OUTPUTS = ("probability", "mask", "disagreement")
+from brainseg.export.trained_run import load_run
 
 
 class EagerEnsemble:
     """`infer(batch)` with the exported ensemble's weights, threshold and test-time augmentation."""
 
-    def __init__(self, run_dir: Path, manifest: dict, *, threads: int | None = None) -> None:
+    def __init__(self, manifest: Manifest, *, threads: int | None = None) -> None:
+        run_dir = manifest.source_run
         if not Path(run_dir).is_dir():
             raise DataError(f"the source run {run_dir} is not on this machine; PyTorch eager needs its checkpoints")
         run = load_run(run_dir)
-        ensemble = manifest["ensemble"]
-        self.graph = EnsembleGraph([m.model for m in run.members], weights=ensemble["weights"], norm=run.norm,
-                                   input_dtype=run.input_dtype, threshold=manifest["threshold"],
-                                   tta_flip=ensemble.get("tta") == "flip").eval()
+        self.graph = EnsembleGraph([m.model for m in run.members], weights=manifest.ensemble["weights"], norm=run.norm,
+                                   input_dtype=run.input_dtype, threshold=manifest.threshold,
+                                   tta_flip=manifest.tta_flip).eval()
         self.threads = threads
         self.precision = "fp32"
 
@@ -38,7 +38,7 @@ class EagerEnsemble:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
             outputs = self.graph(torch.from_numpy(batch))
-        return {name: tensor.numpy() for name, tensor in zip(_OUTPUTS, outputs, strict=True)}
+        return {name: tensor.numpy() for name, tensor in zip(ENSEMBLE_OUTPUTS, outputs, strict=True)}
 
     def close(self) -> None:
         self.graph = None

@@ -19,7 +19,8 @@ class Normalisation:
     """How raw slices become network input; the same constants go into the exported graph.
 
     kind "uint8": x / 255, then (x - mean) / std per channel. kind "float": (x - mean) / std on
-    values the reader already z-scored (mean 0, std 1 unless fitted otherwise).
+    values the reader already z-scored (mean 0, std 1 unless fitted otherwise). The torch
+    arithmetic is `brainseg.train.network_input`.
     """
 
     kind: str
@@ -33,8 +34,10 @@ class Normalisation:
     def from_dict(cls, raw: dict) -> Normalisation:
         return cls(kind=raw["kind"], mean=tuple(raw["mean"]), std=tuple(raw["std"]))
 
-    def scale(self) -> float:
-        return 1.0 / 255.0 if self.kind == "uint8" else 1.0
+    @property
+    def divisor(self) -> float:
+        """What raw values are divided by before the mean and std apply: 255 for 8-bit sources."""
+        return 255.0 if self.kind == "uint8" else 1.0
 
 
 def fit_normalisation(volumes: list[Volume]) -> Normalisation:

@@ -1,4 +1,4 @@
-"""Torch modules that become the exported ONNX graphs, pre- and post-processing included (DESIGN 5).
+"""Torch modules that become the exported ONNX graphs, pre- and post-processing included.
 
 Raw slices go in as the reader produces them, (B, H, W, C) uint8 or float32; cast, scaling,
 per-channel normalisation and the layout change happen inside the graph, and so do sigmoid,
@@ -19,43 +19,9 @@ from torch import nn
 
 from brainseg.data.preprocess import Normalisation
 from brainseg.errors import ConfigError
+from brainseg.train.network_input import Preprocess
 
-INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
-INPUT_NAME = "image"
-MEMBER_OUTPUTS = ("probability", "mask")
-ENSEMBLE_OUTPUTS = ("probability", "mask", "disagreement")
 COMPUTE_DTYPES = (torch.float32, torch.float16)
-
-
-class Preprocess(nn.Module):
-    """Raw slices (B, H, W, C) uint8 or float32 -> network input (B, C, H, W) float32.
-
-    The same arithmetic as training: x * norm.scale(), then (x - mean) / std per channel.
-    """
-
-    def __init__(self, norm: Normalisation, input_dtype: str) -> None:
-        super().__init__()
-        if input_dtype not in INPUT_DTYPES:
-            raise ConfigError(f"input_dtype {input_dtype!r} is not supported; choose from: {', '.join(INPUT_DTYPES)}")
-        if input_dtype == "uint8" and norm.kind != "uint8":
-            raise ConfigError(
-                f"uint8 input needs a uint8 normalisation, got kind {norm.kind!r}; "
-                "export float32 input for sources the reader z-scores (NIfTI)"
-            )
-        if len(norm.mean) != len(norm.std):
-            raise ConfigError(f"normalisation has {len(norm.mean)} means but {len(norm.std)} stds")
-        self.input_dtype = input_dtype
-        self.scale = norm.scale()
-        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32))  # (C,)
-        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32))  # (C,)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # cast first: TensorRT accepts uint8 tensors only at the network edge and in Cast
-        x = image.to(torch.float32)  # (B, H, W, C)
-        if self.scale != 1.0:
-            x = x * self.scale
-        x = (x - self.mean) / self.std  # per channel, broadcast over the last axis
-        return x.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
 
 class _SegmentationGraph(nn.Module):

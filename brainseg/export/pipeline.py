@@ -17,28 +17,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainseg.artifacts.layout import (
+    ACCURACY_REPORT,
+    DISAGREEMENT,
+    ENSEMBLE_OUTPUTS,
+    INPUT_NAME,
+    INT8_ACTIVATIONS,
+    MASK,
+    MEMBER_OUTPUTS,
+    PROBABILITY,
+    REFERENCE,
+    accuracy_row,
+    ensemble_file,
+    member_file,
+)
+from brainseg.artifacts.manifest import FORMAT, file_entry, write_manifest
+from brainseg.artifacts.sessions import ort_session, run
 from brainseg.data.volume import Volume
 from brainseg.errors import ConfigError
 from brainseg.export import accuracy, onnx_io, precision
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
-from brainseg.export.manifest import FORMAT, file_entry, write_manifest
-from brainseg.export.source import TrainedRun, load_run, validation_volumes
-from brainseg.export.trt_support import check_qdq_for_tensorrt, unsupported_ops
+from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
+from brainseg.export.trained_run import TrainedRun, load_run, validation_volumes
 from brainseg.fileio import write_atomic
 
 log = logging.getLogger("brainseg.export")
-REFERENCE = "pytorch-fp32"
 
-
-# The int8 files written for each --int8-activations choice: (accuracy-table row, file, activation type).
-# TensorRT needs symmetric int8 activations; ONNX Runtime's CPU kernels are fast only with uint8
-# activations (u8 x s8 products), and 2-3x slower with int8 ones. "both" writes a file for each target.
-INT8_FILES = {
-    "int8_symmetric": (("int8", "ensemble.int8.onnx", "int8_symmetric"),),
-    "uint8": (("int8", "ensemble.int8.onnx", "uint8"),),
-    "both": (("int8", "ensemble.int8.onnx", "int8_symmetric"), ("int8-cpu", "ensemble.int8-cpu.onnx", "uint8")),
-}
+# The targets --int8-activations writes an int8 file for. Each file serves only its own target:
+# TensorRT refuses uint8 activations, and ONNX Runtime's CPU kernels run symmetric int8
+# activations no faster than fp32 (see INT8_ACTIVATIONS).
+INT8_TARGETS = {"both": ("gpu", "cpu"), "int8_symmetric": ("gpu",), "uint8": ("cpu",)}
 
 
 @dataclass(frozen=True)
@@ -48,11 +57,16 @@ class ExportOptions:
     max_dice_drop: float = 0.005
     calib_slices: int = 256
     calib_method: str = "minmax"
-    int8_activations: str = "both"  # both | int8_symmetric | uint8; see INT8_FILES
+    int8_activations: str = "both"  # both | int8_symmetric | uint8; see INT8_TARGETS
     tta_flip: bool = False
     weights: str = "auto"  # auto | equal | "a,b,c"
     simplify: bool = True
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.int8_activations not in INT8_TARGETS:
+            raise ConfigError(f"--int8-activations must be one of {', '.join(INT8_TARGETS)}; "
+                              f"got {self.int8_activations!r}")
 
 
 @dataclass
@@ -71,8 +85,8 @@ def _torch_predict(graph: torch.nn.Module) -> accuracy.Predict:
 
 
 def _onnx_predict(path: Path) -> accuracy.Predict:
-    session = onnx_io.ort_session(path)
-    return lambda images: onnx_io.run(session, {"image": images})["probability"]
+    session = ort_session(path)
+    return lambda images: run(session, {INPUT_NAME: images})[PROBABILITY]
 
 
 def _choose_weights(run: TrainedRun, member_probs: list[list[np.ndarray]], volumes, spec: str) -> tuple[list, str]:
@@ -96,7 +110,7 @@ def _choose_weights(run: TrainedRun, member_probs: list[list[np.ndarray]], volum
 def _calibration(run: TrainedRun, volumes: list[Volume], options: ExportOptions) -> Iterator[dict]:
     slices = calibration_slices(volumes, img_size=run.img_size, count=options.calib_slices, seed=run.config.seed)
     for start in range(0, len(slices), 8):
-        yield {"image": slices[start : start + 8]}
+        yield {INPUT_NAME: slices[start : start + 8]}
 
 
 @dataclass
@@ -121,8 +135,8 @@ def _export_members(run: TrainedRun, writer: _Writer, volumes: list[Volume], opt
     member_probs, parity = [], {}
     for member in run.members:
         graph = MemberGraph(member.model, norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
-        path = writer.add(f"{member.name}.fp32.onnx", kind="member", model=member.name, precision="fp32")
-        onnx_io.export_onnx(graph, path, example=example, input_names=["image"], output_names=["probability", "mask"])
+        path = writer.add(member_file(member.name), kind="member", model=member.name, precision="fp32")
+        onnx_io.export_onnx(graph, path, example=example, input_names=[INPUT_NAME], output_names=list(MEMBER_OUTPUTS))
         if options.simplify:
             writer.notes[path.name] = onnx_io.simplify(path)
         torch_probs = accuracy.predict_volumes(_torch_predict(graph), volumes, img_size=run.img_size)
@@ -143,31 +157,28 @@ def _export_ensemble(run, writer, volumes, weights, options: ExportOptions, pari
     graph = EnsembleGraph([m.model for m in run.members], weights=weights, norm=run.norm,
                           input_dtype=run.input_dtype, threshold=run.threshold, tta_flip=options.tta_flip)
     example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
-    names = dict(input_names=["image"], output_names=["probability", "mask", "disagreement"])
+    names = dict(input_names=[INPUT_NAME], output_names=list(ENSEMBLE_OUTPUTS))
     table: dict[str, dict] = {}
     reference = _score(table, REFERENCE, _torch_predict(graph), run, volumes)
-    fp32 = writer.add("ensemble.fp32.onnx", kind="ensemble", precision="fp32")
+    fp32 = writer.add(ensemble_file("fp32"), kind="ensemble", precision="fp32")
     onnx_io.export_onnx(graph, fp32, example=example, **names)
     if options.simplify:
         writer.notes[fp32.name] = onnx_io.simplify(fp32)
     onnx_fp32 = _score(table, "fp32", _onnx_predict(fp32), run, volumes)
     parity["ensemble"] = accuracy.max_abs_difference(reference, onnx_fp32)
     if options.fp16:
-        fp16 = writer.add("ensemble.fp16.onnx", kind="ensemble", precision="fp16")
+        fp16 = writer.add(ensemble_file("fp16"), kind="ensemble", precision="fp16")
         writer.notes[fp16.name] = precision.export_fp16(graph, fp16, example=example, **names)
         _score(table, "fp16", _onnx_predict(fp16), run, volumes)
     if options.int8:
-        if options.int8_activations not in INT8_FILES:
-            raise ConfigError(f"--int8-activations must be one of {', '.join(INT8_FILES)}; "
-                              f"got {options.int8_activations!r}")
-        for row, name, activations in INT8_FILES[options.int8_activations]:
-            target = {"int8_symmetric": "tensorrt", "uint8": "onnxruntime-cpu"}[activations]
-            int8 = writer.add(name, kind="ensemble", precision="int8", target=target)
+        for target in INT8_TARGETS[options.int8_activations]:
+            activations = INT8_ACTIVATIONS[target]
+            int8 = writer.add(ensemble_file("int8", target), kind="ensemble", precision="int8", target=target)
             writer.notes[int8.name] = precision.quantize_int8(
                 fp32, int8, calibration=_calibration(run, volumes, options), method=options.calib_method,
                 activation_type=activations,
             )
-            _score(table, row, _onnx_predict(int8), run, volumes)
+            _score(table, accuracy_row("int8", target), _onnx_predict(int8), run, volumes)
     return accuracy.apply_gate(table, reference=REFERENCE, max_drop=options.max_dice_drop)
 
 
@@ -178,7 +189,7 @@ def _tensorrt_checks(writer: _Writer) -> dict[str, dict]:
         path = writer.folder / name
         checks[name] = {"unsupported_ops": unsupported_ops(path),
                         "qdq_problems": check_qdq_for_tensorrt(path)
-                        if writer.files[name].get("target") == "tensorrt" else []}
+                        if writer.files[name].get("target") == "gpu" else []}
     return checks
 
 
@@ -194,36 +205,34 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _precisions(table: dict) -> dict:
-    """Manifest `precisions`: one entry per precision; int8 with a CPU file has `files` per target
-    and passes only when both files pass the gate."""
-    precisions = {
-        name: {"file": f"ensemble.{name}.onnx", "passed": row["passed"], "dice_mean": row["dice_mean"],
-               "dice_drop": row["dice_drop"]}
-        for name, row in table.items() if name in ("fp32", "fp16", "int8")
-    }
-    if "int8-cpu" in table:
-        cpu = table["int8-cpu"]
-        precisions["int8"]["files"] = {"gpu": "ensemble.int8.onnx", "cpu": "ensemble.int8-cpu.onnx"}
-        precisions["int8"]["cpu"] = {"dice_mean": cpu["dice_mean"], "dice_drop": cpu["dice_drop"],
-                                     "passed": cpu["passed"]}
-        precisions["int8"]["passed"] = precisions["int8"]["passed"] and cpu["passed"]
+def _precisions(table: dict, int8_targets: tuple[str, ...]) -> dict:
+    """Manifest `precisions`: for each exported precision, the file and accuracy row of each target
+    it serves, and whether it passed the gate (every one of its files must pass)."""
+    precisions = {}
+    for name in ("fp32", "fp16", "int8"):
+        targets = int8_targets if name == "int8" else ("gpu", "cpu")
+        rows = {target: accuracy_row(name, target) for target in targets if accuracy_row(name, target) in table}
+        if rows:
+            precisions[name] = {
+                "passed": all(table[row]["passed"] for row in rows.values()),
+                "targets": {target: {"file": ensemble_file(name, target), "row": row} for target, row in rows.items()},
+            }
     return precisions
 
 
 def _manifest(run: TrainedRun, writer: _Writer, table, parity, weights, weights_source, options) -> dict:
-    precisions = _precisions(table)
+    precisions = _precisions(table, INT8_TARGETS[options.int8_activations])
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": {"name": "image", "dtype": run.input_dtype, "layout": "NHWC", "channels": run.in_channels,
+        "input": {"name": INPUT_NAME, "dtype": run.input_dtype, "layout": "NHWC", "channels": run.in_channels,
                   "height": run.img_size, "width": run.img_size, "normalisation": run.norm.to_dict(),
                   "modalities": list(run.config.modalities) if run.input_dtype == "float32" else None,
                   "resize": "area to shrink, linear to grow; probabilities resized back linearly"},
         "outputs": {
-            "probability": {"dtype": "float32", "layout": "NCHW", "classes": run.classes},
-            "mask": {"dtype": "uint8", "layout": "NCHW", "values": [0, 1]},
-            "disagreement": {"dtype": "float32", "layout": "NCHW", "meaning": "max minus min member probability"},
+            PROBABILITY: {"dtype": "float32", "layout": "NCHW", "classes": run.classes},
+            MASK: {"dtype": "uint8", "layout": "NCHW", "values": [0, 1]},
+            DISAGREEMENT: {"dtype": "float32", "layout": "NCHW", "meaning": "max minus min member probability"},
         },
         "threshold": float(run.threshold),
         "ensemble": {"members": [m.name for m in run.members], "weights": weights, "weights_source": weights_source,
@@ -278,7 +287,7 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         progress("exporting the ensemble graph and the precisions asked for")
         table = _export_ensemble(run, writer, volumes, weights, options, parity)
         manifest = _manifest(run, writer, table, parity, weights, weights_source, options)
-        write_atomic(staging / "accuracy.md",
+        write_atomic(staging / ACCURACY_REPORT,
                      accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity))
         write_manifest(staging, manifest)
         _move_into_place(staging, out)

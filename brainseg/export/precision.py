@@ -1,4 +1,4 @@
-"""Precision lives in the ONNX file (DESIGN 4): a float16 and an INT8 Q/DQ graph next to the fp32 one.
+"""Precision lives in the ONNX file: a float16 and an INT8 Q/DQ graph next to the fp32 one.
 
 FP16 is written at export time: the graph's members are converted to float16 in torch and
 traced, so weights and convolution math are float16 while the pre- and post-processing
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from brainseg.errors import BrainsegError, ConfigError, missing_extra
+from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.export.onnx_io import export_onnx, import_onnx, save_model
 
 if TYPE_CHECKING:
@@ -361,12 +361,9 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 def _import_quantization() -> Any:
-    try:
-        from onnxruntime import quantization
-        from onnxruntime.quantization import shape_inference  # noqa: F401 - quant_pre_process lives here
-    except ImportError as err:
-        raise missing_extra("onnxruntime", "export") from err
-    return quantization
+    # shape_inference is a submodule that `import onnxruntime.quantization` does not load
+    require("onnxruntime.quantization.shape_inference", "export", package="onnxruntime")
+    return require("onnxruntime.quantization", "export", package="onnxruntime")
 
 
 def _check_choice(option: str, value: str, choices: Sequence[str]) -> None:

@@ -1,10 +1,10 @@
-"""Compile one precision's ONNX file into a TensorRT engine on the target, and refuse engines built elsewhere.
+"""Compile one precision's ONNX file into a TensorRT engine on the target, with its provenance record.
 
-Precision lives in the ONNX file (DESIGN 4): the fp16 graph carries float16 weights and math, the
-int8 graph explicit Q/DQ nodes. The builder only compiles, with a strongly typed network and no
-precision flags, so the same code builds on TensorRT 10 (JetPack 6) and 11 (which has no such
-flags). Each engine gets `<engine>.provenance.json`, which `load_engine_checked` reads before
-anything deserialises the engine (DESIGN 7).
+Precision lives in the ONNX file: the fp16 graph carries float16 weights and math, the int8 graph
+explicit Q/DQ nodes. The builder only compiles, with a strongly typed network and no precision
+flags, so the same code builds on TensorRT 10 (JetPack 6) and 11 (which has no such flags). Each
+engine gets `<engine>.provenance.json` (`brainseg.artifacts.provenance`), which is checked
+before anything deserialises the engine.
 
 TensorRT and cuda-python are imported inside the functions that use them, so this module imports
 on a machine without either.
@@ -12,89 +12,18 @@ on a machine without either.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
-from brainseg.errors import ArtifactError, BrainsegError, ConfigError, DataError, missing_extra
-from brainseg.fileio import sha256_file, write_atomic
-
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_BATCH = (1, 8, 32)
-TIMING_CACHE_NAME = "tensorrt.timing-cache"
-_MATCHED = ("onnx_sha256", "precision", "tensorrt_version", "gpu_name", "compute_capability", "strongly_typed")
-
-
-@dataclass(frozen=True)
-class EngineProvenance:
-    """What an engine was built from and for; `stored.mismatches(current)` says why it cannot run here."""
-
-    onnx_sha256: str
-    precision: str
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "major.minor", e.g. "8.7" for Jetson Orin
-    profile: tuple[int, int, int]  # (min, opt, max) batch of the optimisation profile
-    strongly_typed: bool
-    built_at: str  # ISO 8601, UTC
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> EngineProvenance:
-        """Parse `to_json` output; raises DataError when a field is missing or malformed."""
-        try:
-            data = json.loads(text)
-            missing = [f.name for f in fields(cls) if f.name not in data]
-            if missing:
-                raise DataError(f"engine provenance lacks {', '.join(missing)}")
-            profile = tuple(int(b) for b in data["profile"])
-            if len(profile) != 3:
-                raise DataError(f"engine provenance profile {data['profile']} is not (min, opt, max)")
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"engine provenance is not valid: {exc}") from exc
-        return cls(**{**{f.name: data[f.name] for f in fields(cls)}, "profile": profile})
-
-    def mismatches(self, current: EngineProvenance) -> list[str]:
-        """Each reason this (stored) engine cannot serve `current`, naming both sides.
-
-        `built_at` never counts. The profile counts only when the requested batch range
-        (`current.profile` min..max) is not inside the engine's: another opt batch changes which
-        batch runs fastest, not which batches run, so it is no reason to rebuild.
-        """
-        found = [
-            f"{name}: engine {getattr(self, name)}, this machine {getattr(current, name)}"
-            for name in _MATCHED
-            if getattr(self, name) != getattr(current, name)
-        ]
-        (low, _, high), (want_low, _, want_high) = self.profile, current.profile
-        if want_low < low or want_high > high:
-            found.append(f"profile: engine serves batch {low}-{high}, requested {want_low}-{want_high}")
-        return found
-
-
-def provenance_path(engine_path: Path) -> Path:
-    """Where the provenance of `engine_path` lives: `<engine>.provenance.json` beside it."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + ".provenance.json")
-
-
-def current_provenance(onnx_path: Path, precision: str, profile: tuple[int, ...] = DEFAULT_BATCH) -> EngineProvenance:
-    """The provenance an engine built now, on this machine's current CUDA device, would have."""
-    trt = _import_tensorrt()
-    gpu_name, compute_capability = gpu_identity()
-    return EngineProvenance(
-        onnx_sha256=_onnx_sha256(onnx_path),
-        precision=precision,
-        tensorrt_version=trt.__version__,
-        gpu_name=gpu_name,
-        compute_capability=compute_capability,
-        profile=tuple(profile),
-        strongly_typed=True,  # build_engine builds nothing else
-        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+from brainseg.artifacts.layout import PRECISIONS, TIMING_CACHE, provenance_file
+from brainseg.artifacts.provenance import (
+    DEFAULT_BATCH,
+    EngineProvenance,
+    current_provenance,
+    engine_problems,
+    import_tensorrt,
+)
+from brainseg.errors import ArtifactError, BrainsegError, ConfigError, DataError
+from brainseg.fileio import write_atomic
 
 
 def build_engine(
@@ -117,7 +46,7 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     _check_request(onnx_path, precision, batch, aux_streams)
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     provenance = current_provenance(onnx_path, precision, batch)  # before the build: no GPU fails in seconds
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -138,13 +67,13 @@ def build_engine(
     if timing_cache is not None:
         write_atomic(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
     # A stale provenance must never describe the new engine, even if we die between the two writes.
-    provenance_path(engine_path).unlink(missing_ok=True)
+    provenance_file(engine_path).unlink(missing_ok=True)
     write_atomic(engine_path, memoryview(plan))
-    write_atomic(provenance_path(engine_path), provenance.to_json().encode())
+    write_atomic(provenance_file(engine_path), provenance.to_json().encode())
     return provenance
 
 
-def load_engine_checked(
+def ensure_engine(
     engine_path: Path,
     onnx_path: Path,
     precision: str,
@@ -154,13 +83,12 @@ def load_engine_checked(
 ) -> Path:
     """Return `engine_path` once its provenance matches this machine and request; never deserialises.
 
-    The provenance JSON is compared with `current_provenance(onnx_path, precision, batch)`. On any
-    mismatch (or a missing engine or provenance) the engine is rebuilt when `rebuild` is True,
+    The provenance record is compared with `current_provenance(onnx_path, precision, batch)`. On
+    any mismatch (or a missing engine or record) the engine is rebuilt when `rebuild` is True,
     reusing the timing cache beside it; otherwise an ArtifactError names both sides of each mismatch.
     """
     engine_path = Path(engine_path)
-    current = current_provenance(onnx_path, precision, batch)
-    problems = _provenance_problems(engine_path, current)
+    problems = engine_problems(engine_path, current_provenance(onnx_path, precision, batch))
     if not problems:
         return engine_path
     if not rebuild:
@@ -168,47 +96,9 @@ def load_engine_checked(
             f"{engine_path} was not built for this machine and request: {'; '.join(problems)}. "
             "Rebuild it here (seg-export engine) or allow a rebuild."
         )
-    cache = engine_path.parent / TIMING_CACHE_NAME
-    build_engine(onnx_path, engine_path, precision=precision, batch=batch, timing_cache=cache)
+    build_engine(onnx_path, engine_path, precision=precision, batch=batch,
+                 timing_cache=engine_path.parent / TIMING_CACHE)
     return engine_path
-
-
-def gpu_identity(device: int | None = None) -> tuple[str, str]:
-    """(name, "major.minor" compute capability) of a CUDA device, the current one by default."""
-    cudart = _import_cudart()
-    if device is None:
-        device = cuda_call("cudaGetDevice", cudart.cudaGetDevice())
-    props = cuda_call("cudaGetDeviceProperties", cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}"
-
-
-def cuda_call(name: str, result: tuple):
-    """Unpack a cuda-python result `(error, *values)`; a non-zero error raises a BrainsegError naming `name`."""
-    error, *values = result
-    if int(error) != 0:  # cudaSuccess and CUDA_SUCCESS are both 0
-        raise BrainsegError(f"CUDA call {name} failed: {getattr(error, 'name', error)} ({int(error)})")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def _onnx_sha256(path: Path) -> str:
-    """The ONNX file's hash (external-data files, if any, are not included)."""
-    if not Path(path).is_file():
-        raise DataError(f"{path}: ONNX file not found")
-    return sha256_file(path)
-
-
-def _provenance_problems(engine_path: Path, current: EngineProvenance) -> list[str]:
-    record = provenance_path(engine_path)
-    if not engine_path.is_file():
-        return [f"no engine at {engine_path}"]
-    if not record.is_file():
-        return [f"no provenance file {record.name} beside the engine"]
-    try:
-        stored = EngineProvenance.from_json(record.read_text(encoding="utf-8"))
-    except DataError as exc:
-        return [f"{record.name}: {exc}"]
-    return stored.mismatches(current)
 
 
 def _check_request(onnx_path: Path, precision: str, batch: tuple[int, int, int], aux_streams: int | None) -> None:
@@ -259,25 +149,3 @@ def _load_timing_cache(config, path: Path) -> None:
     blob = path.read_bytes() if path.is_file() else b""
     if not config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-
-
-def _import_tensorrt():
-    try:
-        import tensorrt
-    except (ImportError, OSError) as exc:
-        raise BrainsegError(
-            f"{missing_extra('tensorrt', 'gpu')}; TensorRT itself comes from NVIDIA "
-            "(NVIDIA's wheels on a workstation, JetPack on a Jetson)"
-        ) from exc
-    return tensorrt
-
-
-def _import_cudart():
-    try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
-    except ImportError:
-        try:
-            from cuda import cudart as runtime  # older cuda-python
-        except ImportError as exc:
-            raise missing_extra("cuda-python", "gpu") from exc
-    return runtime

@@ -23,7 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from brainseg.errors import DataError, missing_extra
+from brainseg.errors import DataError
+from brainseg.export.onnx_io import import_onnx
 
 OPS_FILE = "tensorrt_onnx_ops.txt"
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -78,7 +79,7 @@ def check_qdq_for_tensorrt(model_or_path: Any) -> list[str]:
     Subgraphs are checked; Q/DQ inside model-local functions are not. An empty list means no
     problem was found.
     """
-    onnx = _import_onnx()
+    onnx = import_onnx()
     model = load_model(model_or_path)
     problems: list[str] = []
     for view in _graph_views(onnx, model.graph, {}, {}):
@@ -90,7 +91,7 @@ def check_qdq_for_tensorrt(model_or_path: Any) -> list[str]:
 
 def load_model(model_or_path: Any):
     """An `onnx.ModelProto` as given, or loaded from a path (external data included)."""
-    onnx = _import_onnx()
+    onnx = import_onnx()
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     from google.protobuf.message import DecodeError
@@ -102,14 +103,6 @@ def load_model(model_or_path: Any):
         return onnx.load(str(path))
     except (DecodeError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable ONNX model ({exc})") from exc
-
-
-def _import_onnx():
-    try:
-        import onnx
-    except ImportError as exc:
-        raise missing_extra("onnx", "export") from exc
-    return onnx
 
 
 def _all_nodes(model):

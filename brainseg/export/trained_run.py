@@ -1,4 +1,4 @@
-"""What export starts from: a seg-train run folder, its checkpoints, split and validation data."""
+"""What export starts from: a finished seg-train run, its checkpoints, split and validation data."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from pathlib import Path
 from torch import nn
 
 from brainseg.data.preprocess import Normalisation
-from brainseg.data.readers import read_dataset
 from brainseg.data.split import Split, load_split
 from brainseg.data.volume import Volume
 from brainseg.errors import CheckpointError, DataError
-from brainseg.train.checkpoint import load_checkpoint
+from brainseg.train.checkpoint import load_model
 from brainseg.train.config import TrainConfig
-from brainseg.train.models import MODELS, build_model
+from brainseg.train.dataset import read_run_dataset, resolve_data
+from brainseg.train.models.registry import MODELS
 
 # the facts every member must share for them to be one ensemble graph
 _SHARED = ("img_size", "in_channels", "classes", "normalisation")
@@ -51,17 +51,8 @@ class TrainedRun:
 
 
 def _member(run_dir: Path, name: str) -> tuple[TrainedMember, dict]:
-    path = run_dir / name / "best.pt"
-    payload = load_checkpoint(path, expect_model=name)
-    model = build_model(name, in_channels=payload["in_channels"], classes=payload["classes"],
-                        options=payload["model_options"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit a {name} model with its saved options ({first})") from err
-    member = TrainedMember(name, model.eval(), payload["best_epoch"], payload["best_dice"])
-    return member, payload
+    model, payload = load_model(run_dir / name / "best.pt", name)
+    return TrainedMember(name, model, payload["best_epoch"], payload["best_dice"]), payload
 
 
 def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun:
@@ -96,21 +87,14 @@ def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun
 
 def validation_volumes(run: TrainedRun) -> list[Volume]:
     """The run's validation patients, read again from the data the run was trained on."""
-    data = run.data
-    if data == "sample":
-        from brainseg.data.sample import SampleSpec, cached_sample_dataset
-
-        cfg = run.config
-        data = str(cached_sample_dataset(SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices,
-                                                    seed=cfg.seed)))
-    if not Path(data).exists():
-        raise DataError(f"{data}: the run's data folder is gone; validation patients are needed for calibration "
+    root = resolve_data(run.data, run.config)
+    if not root.exists():
+        raise DataError(f"{root}: the run's data folder is gone; validation patients are needed for calibration "
                         "and the accuracy check")
-    dataset = read_dataset(data, layout=run.config.layout, modalities=run.config.modalities,
-                           target=run.config.target, patient_regex=run.config.patient_regex)
+    dataset = read_run_dataset(run.data, run.config)
     wanted = set(run.split.val)
     volumes = [v for v in dataset.volumes if v.patient_id in wanted]
     if len(volumes) != len(wanted):
         missing = sorted(wanted - {v.patient_id for v in volumes})
-        raise DataError(f"{data}: validation patients missing from the data: {', '.join(missing[:5])}")
+        raise DataError(f"{root}: validation patients missing from the data: {', '.join(missing[:5])}")
     return volumes

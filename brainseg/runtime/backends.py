@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from brainseg.errors import ArtifactError, BrainsegError, ConfigError
-from brainseg.export.manifest import usable_precisions
+from brainseg.artifacts.layout import ORT_TENSORRT_CACHE
+from brainseg.artifacts.manifest import Manifest
+from brainseg.errors import ArtifactError, BrainsegError, ConfigError, is_installed
 
 log = logging.getLogger("brainseg.runtime")
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
@@ -43,43 +43,36 @@ class Choice:
     reason: str
 
 
-def precision_file(manifest: dict, precision: str, *, target: str) -> str:
-    """The ONNX file of `precision` made for `target` ("cpu" or "gpu")."""
-    entry = manifest["precisions"][precision]
-    return entry.get("files", {}).get(target, entry["file"])
+def choose_precision(manifest: Manifest, asked: str | None, *, target: str) -> str:
+    """The precision to run on `target` ("gpu" or "cpu"): `asked` if it is usable there, else the
+    target's preferred one (fp16 on a GPU, int8 on a CPU), else fp32, else any that passed the gate.
 
-
-def choose_precision(manifest: dict, asked: str | None, *, on_gpu: bool) -> str:
-    usable = usable_precisions(manifest)
+    Raises ConfigError when `asked` was not exported, failed the gate or has no file for `target`,
+    and ArtifactError when nothing is usable at all.
+    """
+    usable = manifest.usable_precisions(target)
     if not usable:
-        raise ArtifactError("no precision in this artifacts folder passed the export's accuracy gate")
+        raise ArtifactError(f"{manifest.folder}: no precision with a {target} file passed the export's accuracy gate")
     if asked is not None:
-        if asked not in manifest["precisions"]:
+        if asked not in manifest.exported_precisions:
             raise ConfigError(f"precision {asked} was not exported; this folder has {', '.join(usable)}")
-        if asked not in usable:
+        if not manifest.passed(asked):
             raise ConfigError(f"precision {asked} failed the export's accuracy gate; usable: {', '.join(usable)}")
+        if asked not in usable:
+            raise ConfigError(f"precision {asked} has no {target} file in {manifest.folder}; usable here: "
+                              f"{', '.join(usable)}")
         return asked
-    for preferred in ("fp16", "fp32") if on_gpu else ("int8", "fp32"):
+    for preferred in ("fp16", "fp32") if target == "gpu" else ("int8", "fp32"):
         if preferred in usable:
             return preferred
     return usable[0]
 
 
-def _engine_for(folder: Path, manifest: dict, precision: str) -> Path | None:
-    onnx_name = precision_file(manifest, precision, target="gpu")
-    engine = folder / (Path(onnx_name).stem + ".engine")
-    return engine if engine.is_file() else None
+def tensorrt_present() -> bool:
+    return is_installed("tensorrt")
 
 
-def _tensorrt_present() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def open_backend(folder: Path, manifest: dict, *, backend: str = "auto", precision: str | None = None,
+def open_backend(manifest: Manifest, *, backend: str = "auto", precision: str | None = None,
                  device: int = 0, threads: int | None = None, cuda_graph_batch: int | None = None,
                  spinning: bool = True) -> tuple[Backend, Choice]:
     """The backend to run with, and a Choice saying what was picked and why.
@@ -90,31 +83,30 @@ def open_backend(folder: Path, manifest: dict, *, backend: str = "auto", precisi
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend in ("auto", "tensorrt"):
-        opened = _try_tensorrt(folder, manifest, precision, device, cuda_graph_batch,
-                               required=backend == "tensorrt")
+        opened = _try_tensorrt(manifest, precision, device, cuda_graph_batch, required=backend == "tensorrt")
         if opened is not None:
             return opened
-    return _open_onnxruntime(folder, manifest, precision, device, threads, spinning)
+    return _open_onnxruntime(manifest, precision, device, threads, spinning)
 
 
-def _try_tensorrt(folder, manifest, asked, device, cuda_graph_batch, *, required: bool):
+def _try_tensorrt(manifest: Manifest, asked, device, cuda_graph_batch, *, required: bool):
     from brainseg.runtime.tensorrt_backend import TensorRTBackend
 
-    precision = choose_precision(manifest, asked, on_gpu=True)
-    engine = _engine_for(folder, manifest, precision)
+    precision = choose_precision(manifest, asked, target="gpu")
+    engine = manifest.engine_path(precision)
     why = None
-    if not _tensorrt_present():
+    if not tensorrt_present():
         why = "TensorRT is not installed"
-    elif engine is None:
-        why = f"no {precision} engine in {folder} (build one with: seg-export engine {folder} --precision {precision})"
+    elif not engine.is_file():
+        why = (f"no {precision} engine in {manifest.folder} "
+               f"(build one with: seg-export engine {manifest.folder} --precision {precision})")
     if why is not None:
         if required:
             raise ArtifactError(f"--backend tensorrt: {why}")
         log.info("not using TensorRT: %s", why)
         return None
-    onnx_name = precision_file(manifest, precision, target="gpu")
     try:
-        runner = TensorRTBackend(engine, folder / onnx_name, precision, device=device,
+        runner = TensorRTBackend(engine, manifest.path_for(precision, "gpu"), precision, device=device,
                                  cuda_graph=cuda_graph_batch is not None, graph_batch=cuda_graph_batch)
     except BrainsegError as err:
         if required:
@@ -124,13 +116,13 @@ def _try_tensorrt(folder, manifest, asked, device, cuda_graph_batch, *, required
     return runner, Choice("tensorrt", precision, engine.name, "a TensorRT engine built for this GPU")
 
 
-def _open_onnxruntime(folder, manifest, asked, device, threads, spinning):
+def _open_onnxruntime(manifest: Manifest, asked, device, threads, spinning):
     from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend, available_providers
 
     provider = available_providers()[0]
-    on_gpu = provider != CPU_PROVIDER
-    precision = choose_precision(manifest, asked, on_gpu=on_gpu)
-    name = precision_file(manifest, precision, target="gpu" if on_gpu else "cpu")
-    runner = OnnxRuntimeBackend(folder / name, precision, provider=provider, device=device, threads=threads,
-                                spinning=spinning, cache_dir=folder / ".ort-tensorrt-cache")
-    return runner, Choice("onnxruntime", precision, name, f"ONNX Runtime with {provider}")
+    target = "cpu" if provider == CPU_PROVIDER else "gpu"
+    precision = choose_precision(manifest, asked, target=target)
+    path = manifest.path_for(precision, target)
+    runner = OnnxRuntimeBackend(path, precision, provider=provider, device=device, threads=threads,
+                                spinning=spinning, cache_dir=manifest.folder / ORT_TENSORRT_CACHE)
+    return runner, Choice("onnxruntime", precision, path.name, f"ONNX Runtime with {provider}")

@@ -1,9 +1,9 @@
 """ONNX Runtime backend: the ensemble graph on the TensorRT, CUDA or CPU execution provider.
 
 Session options follow the device: on the CPU one intra-op thread per physical core (or
-`threads`), threads that spin between ops (one session called back to back; see
-`onnx_io.ort_session`), every graph optimisation; on CUDA, outputs are bound to device memory with I/O binding
-and copied back once per batch.
+`threads`), threads that spin between ops or sleep (see `brainseg.artifacts.sessions.ort_session`),
+every graph optimisation; on CUDA, outputs are bound to device memory with I/O binding and copied
+back once per batch.
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.artifacts.sessions import import_onnxruntime, numpy_dtype, ort_session
 from brainseg.errors import ArtifactError
-from brainseg.export import onnx_io
 
-# In the order DESIGN 6 prefers them; the first one present is used.
+# Best first; the first one present is used.
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def available_providers() -> list[str]:
     """The execution providers of the installed ONNX Runtime that this backend can use, best first."""
-    ort = onnx_io.import_onnxruntime()
+    ort = import_onnxruntime()
     present = set(ort.get_available_providers())
     return [p for p in PROVIDER_ORDER if p in present]
 
@@ -54,10 +54,10 @@ class OnnxRuntimeBackend:
         providers = [(self.provider, self._provider_options(cache_dir)), "CPUExecutionProvider"]
         if self.provider == "CPUExecutionProvider":
             providers = ["CPUExecutionProvider"]
-        self.session = onnx_io.ort_session(self.onnx_path, threads=threads, providers=providers, spinning=spinning)
+        self.session = ort_session(self.onnx_path, threads=threads, providers=providers, spinning=spinning)
         image = self.session.get_inputs()[0]
         self.input_name = image.name
-        self.input_dtype = onnx_io.numpy_dtype(image.type)
+        self.input_dtype = numpy_dtype(image.type)
         self.input_shape = tuple(image.shape[1:])
         self.outputs = [node.name for node in self.session.get_outputs()]  # member graphs lack disagreement
         self.max_batch = None  # any batch size; the caller picks
@@ -94,7 +94,7 @@ class OnnxRuntimeBackend:
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu(), strict=True))
 
     def describe(self) -> dict:
-        ort = onnx_io.import_onnxruntime()
+        ort = import_onnxruntime()
         return {"backend": self.name, "provider": self.provider, "precision": self.precision,
                 "file": self.onnx_path.name, "onnxruntime": ort.__version__,
                 "threads": self.session.get_session_options().intra_op_num_threads or "per core"}

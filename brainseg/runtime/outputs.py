@@ -4,12 +4,11 @@ Layout, with `<key>` the scan's '/'-separated key:
 
 - `kind == "slice"`: `masks/<key>.png` and `overlays/<key>.png`.
 - `kaggle_3m`: `masks/<key>/<slice_name>.png` and `overlays/<key>/<slice_name>.png`, one per slice.
-- Volumes with a NIfTI header (`nifti`, `brats`): `volumes/<key>.nii.gz` (uint8 labels in the input's
-  own voxel grid, affine and header), `volumes/<key>_probability.nii.gz` (float32) when asked, and
-  one overlay `overlays/<key>.png` of the slice with the largest tumour area (the middle slice when
-  there is none).
-- Volumes without one (`dicom`, whose orientation is not carried): rather than a NIfTI with a
-  guessed affine, `masks/<key>/<slice_name>.png`, one PNG per source slice, and the one overlay.
+- Volumes (`nifti`, `brats`, `dicom`): `volumes/<key>.nii.gz` (uint8 labels on the input's own
+  voxel grid, with its affine, and for NIfTI inputs a copy of its header; a DICOM series gets the
+  affine built from its position, orientation and spacing tags), `volumes/<key>_probability.nii.gz`
+  (float32) when asked, and one overlay `overlays/<key>.png` of the slice with the largest tumour
+  area (the middle slice when there is none).
 - `.rows/<key>.json`: the scan's results.csv row, written last; its presence means "done".
 - `results.csv` and `summary.json`, written by the caller with `write_results_csv`, `write_summary`.
 
@@ -31,6 +30,7 @@ from pathlib import Path, PureWindowsPath
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from brainseg.errors import DataError
 from brainseg.fileio import write_atomic
@@ -168,7 +168,7 @@ def scan_row(data: ScanData, pred: Prediction, qc_threshold: float = 0.25) -> di
         volume_ml = round(pixels * pixel_mm2 * data.slice_step / 1000.0, 6)
     considered = mask | (probability > PROBABILITY_FLOOR)
     mean_disagreement = float(disagreement[considered].mean()) if considered.any() else 0.0
-    largest = _largest_component_3d(mask) if scan.kind in VOLUME_KINDS else _largest_component_2d(mask)
+    largest = _largest_component(mask, across_slices=scan.kind in VOLUME_KINDS)
     return {
         "key": scan.key,
         "kind": scan.kind,
@@ -200,60 +200,14 @@ def _check_prediction(data: ScanData, pred: Prediction) -> None:
             raise ValueError(f"scan {data.scan.key!r}: {name} is {array.shape}, expected {expected} + (K,)")
 
 
-def _largest_component_2d(mask: np.ndarray) -> int:
-    """Largest 8-connected component of any slice of a (S, H, W) bool mask, in pixels."""
-    largest = 0
-    for plane in mask:
-        _, _, stats, _ = cv2.connectedComponentsWithStats(plane.astype(np.uint8), connectivity=8)
-        largest = max(largest, int(stats[1:, cv2.CC_STAT_AREA].max(initial=0)))
-    return largest
-
-
-def _largest_component_3d(mask: np.ndarray) -> int:
-    """Largest 26-connected component of a (S, H, W) bool mask, in voxels.
-
-    Each slice is labelled in 2-D (8-connected) with OpenCV, then components of neighbouring
-    slices that touch (including diagonally) are merged with a union-find; no scipy needed.
-    """
-    planes, sizes, offset = [], [0], 0
-    for plane in mask:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(plane.astype(np.uint8), connectivity=8)
-        planes.append(np.where(labels > 0, labels + offset, 0))
-        sizes.extend(int(a) for a in stats[1:, cv2.CC_STAT_AREA])
-        offset += count - 1
-    if offset == 0:
-        return 0
-    parent = list(range(offset + 1))
-
-    def find(label: int) -> int:
-        while parent[label] != label:
-            parent[label] = parent[parent[label]]
-            label = parent[label]
-        return label
-
-    for below, above in zip(planes, planes[1:], strict=False):
-        for a, b in _touching_labels(below, above):
-            parent[find(int(a))] = find(int(b))
-    totals: dict[int, int] = {}
-    for label in range(1, offset + 1):
-        root = find(label)
-        totals[root] = totals.get(root, 0) + sizes[label]
-    return max(totals.values())
-
-
-def _touching_labels(below: np.ndarray, above: np.ndarray) -> np.ndarray:
-    """(N, 2) unique label pairs of two adjacent labelled slices that touch in 26-connectivity."""
-    height, width = below.shape
-    pairs = []
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            shifted = np.zeros_like(below)
-            shifted[max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = below[
-                max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
-            ]
-            both = (shifted > 0) & (above > 0)
-            pairs.append(np.stack([shifted[both], above[both]], axis=1))
-    return np.unique(np.concatenate(pairs), axis=0)
+def _largest_component(mask: np.ndarray, *, across_slices: bool) -> int:
+    """Largest connected component of a (S, H, W) bool mask, in voxels: 26-connected in 3-D when
+    `across_slices`, else 8-connected within each slice (a slice's neighbours are not joined)."""
+    structure = np.ones((3, 3, 3), dtype=bool)
+    if not across_slices:
+        structure[[0, 2]] = False  # neighbours in the slice itself only
+    labels, count = ndimage.label(mask, structure=structure)
+    return int(np.bincount(labels.ravel())[1:].max()) if count else 0
 
 
 def mask_png_values(mask: np.ndarray) -> np.ndarray:
@@ -307,7 +261,7 @@ def _encode_png(array: np.ndarray) -> bytes:
 
 def nifti_like(axial: np.ndarray, data: ScanData) -> bytes:
     """Default VolumeWriter: (S, H, W[, K]) axial slices -> .nii.gz bytes in the input's grid and header."""
-    from brainseg.runtime.nifti import nifti_bytes, to_original
+    from brainseg.runtime.nifti_io import nifti_bytes, to_original
 
     return nifti_bytes(to_original(axial, data.nifti), data.nifti, dtype=axial.dtype)
 
@@ -320,7 +274,9 @@ def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputO
     if len(set(names)) != len(names):
         raise ScanOutputError(f"scan {key!r} has repeated slice names; their outputs would overwrite each other")
     plan = []
-    if kind in VOLUME_KINDS and data.nifti is not None:
+    if kind in VOLUME_KINDS:
+        if data.nifti is None:
+            raise ValueError(f"volume scan {key!r} was read without its geometry (ScanData.nifti)")
         labels = (pred.mask > 0).sum(axis=-1).astype(np.uint8)  # (S, H, W)
         plan.append((f"volumes/{key}.nii.gz", partial(writer, labels, data)))
         if options.save_probability:

@@ -7,7 +7,11 @@ stages are bounded, so memory depends on the batch and queue sizes, never on the
 
 A scan that cannot be read or written is skipped with a one-line reason and the run goes on; a
 scan whose outputs are complete from an earlier run is kept (unless `overwrite`), so an
-interrupted run continues where it stopped.
+interrupted run continues where it stopped. A bug in a reader or the writer stops every stage
+and is raised to the caller, never left waiting. One run at a time may write an output folder.
+
+`read_for_graph` and `prediction_at_scan_size` are the per-scan steps around inference, shared
+with seg-bench's end-to-end timing.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.artifacts.layout import DISAGREEMENT, MASK, PROBABILITY
+from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.data.volume import SkippedInput
-from brainseg.errors import ConfigError, DataError
-from brainseg.export.manifest import MANIFEST, load_manifest
-from brainseg.fileio import sha256_file
-from brainseg.runtime import inputs, outputs
+from brainseg.errors import ConfigError, DataError, InputSkipped
+from brainseg.runtime import discovery, loading, outputs
 from brainseg.runtime.backends import Backend, open_backend
-from brainseg.runtime.scans import Prediction, ScanData
+from brainseg.runtime.out_lock import OutputLock
+from brainseg.runtime.scans import Prediction, Scan, ScanData
 
 log = logging.getLogger("brainseg.runtime")
 _DONE = object()  # end-of-stream marker between stages
@@ -100,43 +105,65 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
     """Segment every scan found under `paths` with the ensemble in `artifacts`; write under `out`.
 
     `on_scan(key, slices)` is called after each scan is written (the CLI's progress bar).
-    Raises ArtifactError/ConfigError (usage problems) before any scan is read.
+    Raises ArtifactError/ConfigError (usage problems, another run writing `out`) before any scan is read.
     """
     if options.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
-    artifacts, out = Path(artifacts), Path(out)
-    manifest = load_manifest(artifacts)
-    spec = manifest["input"]
-    scans, skipped = inputs.discover([Path(p) for p in paths], spec)
+    out = Path(out)
+    manifest = Manifest.load(artifacts)
+    scans, skipped = discovery.discover([Path(p) for p in paths], manifest.input.modalities)
     if not scans and not skipped:
         raise DataError(f"no scans found under {', '.join(map(str, paths))}")
-    backend, choice = open_backend(artifacts, manifest, backend=options.backend, precision=options.precision,
-                                   device=options.device, threads=options.threads,
-                                   cuda_graph_batch=options.batch_size if options.cuda_graph else None,
-                                   spinning=options.spinning)
-    log.info("backend: %s, precision %s, %s (%s)", choice.backend, choice.precision, choice.file, choice.reason)
-    summary = RunSummary(out=str(out), backend={**backend.describe(), "reason": choice.reason},
-                         precision=choice.precision, manifest_sha256=sha256_file(artifacts / MANIFEST),
-                         scans=len(scans))
-    out_options = outputs.OutputOptions(overwrite=options.overwrite, save_probability=options.save_probability,
-                                        overlays=options.overlays, qc_threshold=options.qc_threshold)
-    todo = scans if options.overwrite else [s for s in scans if not outputs.is_done(out, s)]
-    summary.resumed = len(scans) - len(todo)
-    started = time.perf_counter()
-    try:
-        stats = _run_stages(todo, spec, manifest, backend, out, out_options, options, skipped, summary, on_scan)
-    finally:
-        backend.close()
-    summary.skipped = [{"path": s.path, "reason": s.reason} for s in skipped]
-    wall = time.perf_counter() - started
-    summary.timings_s = {**{k: round(v, 3) for k, v in stats.seconds.items()}, "wall": round(wall, 3)}
-    summary.slices_per_s = round(summary.slices / wall, 2) if wall > 0 and summary.slices else 0.0
-    outputs.write_results_csv(out, outputs.collect_rows(out, scans))
-    outputs.write_summary(out, {**asdict(summary), "exit_code": summary.exit_code})
+    with OutputLock(out):
+        backend, choice = open_backend(manifest, backend=options.backend, precision=options.precision,
+                                       device=options.device, threads=options.threads,
+                                       cuda_graph_batch=options.batch_size if options.cuda_graph else None,
+                                       spinning=options.spinning)
+        log.info("backend: %s, precision %s, %s (%s)", choice.backend, choice.precision, choice.file, choice.reason)
+        summary = RunSummary(out=str(out), backend={**backend.describe(), "reason": choice.reason},
+                             precision=choice.precision, manifest_sha256=manifest.sha256, scans=len(scans))
+        out_options = outputs.OutputOptions(overwrite=options.overwrite, save_probability=options.save_probability,
+                                            overlays=options.overlays, qc_threshold=options.qc_threshold)
+        todo = scans if options.overwrite else [s for s in scans if not outputs.is_done(out, s)]
+        summary.resumed = len(scans) - len(todo)
+        started = time.perf_counter()
+        try:
+            stats = _run_stages(todo, manifest, backend, out, out_options, options, skipped, summary, on_scan)
+        finally:
+            backend.close()
+        summary.skipped = [{"path": s.path, "reason": s.reason} for s in skipped]
+        wall = time.perf_counter() - started
+        summary.timings_s = {**{k: round(v, 3) for k, v in stats.seconds.items()}, "wall": round(wall, 3)}
+        summary.slices_per_s = round(summary.slices / wall, 2) if wall > 0 and summary.slices else 0.0
+        outputs.write_results_csv(out, outputs.collect_rows(out, scans))
+        outputs.write_summary(out, {**asdict(summary), "exit_code": summary.exit_code})
     return summary
 
 
-def _run_stages(todo, spec, manifest, backend: Backend, out, out_options, options: RunOptions,
+def read_for_graph(scan: Scan, spec: InputSpec) -> tuple[ScanData, np.ndarray]:
+    """Read `scan` and bring its slices to the graph's input size: (data, (S, h, w, C) array)."""
+    data = loading.load(scan, spec)
+    return data, _to_graph_size(data.image, spec.size)
+
+
+def prediction_at_scan_size(data: ScanData, arrays: dict[str, np.ndarray], threshold: float) -> Prediction:
+    """Graph outputs for one scan, each (S, K, h, w) -> a Prediction (S, H, W, K) at the scan's own size.
+
+    The mask is thresholded again after resizing; a member graph, which has no disagreement
+    output, gets a zero one.
+    """
+    arrays = {name: np.ascontiguousarray(array.transpose(0, 2, 3, 1)) for name, array in arrays.items()}
+    probability = arrays[PROBABILITY]
+    disagreement = arrays.get(DISAGREEMENT, np.zeros_like(probability))
+    height, width = data.image.shape[1:3]
+    if probability.shape[1:3] == (height, width):
+        return Prediction(probability, arrays[MASK].astype(np.uint8), disagreement)
+    probability = resize_back(probability, height, width)
+    disagreement = resize_back(disagreement, height, width)
+    return Prediction(probability, (probability >= threshold).astype(np.uint8), disagreement)
+
+
+def _run_stages(todo, manifest: Manifest, backend: Backend, out, out_options, options: RunOptions,
                 skipped: list[SkippedInput], summary: RunSummary, on_scan) -> _Stats:
     stats = _Stats()
     lock = threading.Lock()
@@ -153,15 +180,15 @@ def _run_stages(todo, spec, manifest, backend: Backend, out, out_options, option
             skipped.append(SkippedInput(path, reason))
         log.warning("skipped %s: %s", path, reason)
 
-    readers = [threading.Thread(target=_reader, args=(work, prepared, spec, stats, skip, stop, failures), daemon=True,
-                                name=f"brainseg-reader-{i}") for i in range(max(1, options.readers))]
+    readers = [threading.Thread(target=_reader, args=(work, prepared, manifest.input, stats, skip, stop, failures),
+                                daemon=True, name=f"brainseg-reader-{i}") for i in range(max(1, options.readers))]
     writer = threading.Thread(target=_writer, daemon=True, name="brainseg-writer",
-                              args=(finished, out, out_options, manifest["threshold"], stats, skip, summary, on_scan,
-                                    failures))
+                              args=(finished, out, out_options, manifest.threshold, stats, skip, summary, on_scan,
+                                    failures, stop))
     for thread in (*readers, writer):
         thread.start()
     try:
-        _infer_loop(prepared, finished, backend, options.batch_size, len(readers), stats)
+        _infer_loop(prepared, finished, backend, options.batch_size, len(readers), stats, stop)
     except BaseException:
         stop.set()
         raise
@@ -183,8 +210,7 @@ def _reader(work, prepared, spec, stats: _Stats, skip, stop: threading.Event, fa
         _put(prepared, _DONE, stop)
 
 
-def _read_scans(work, prepared, spec, stats: _Stats, skip, stop: threading.Event) -> None:
-    size = (spec["height"], spec["width"])
+def _read_scans(work, prepared, spec: InputSpec, stats: _Stats, skip, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             scan = work.get_nowait()
@@ -192,10 +218,12 @@ def _read_scans(work, prepared, spec, stats: _Stats, skip, stop: threading.Event
             break
         started = time.perf_counter()
         try:
-            data = inputs.load(scan, spec)
-            image = _to_graph_size(data.image, size)
+            data, image = read_for_graph(scan, spec)
+        except InputSkipped as err:
+            skip(err.path, err.reason)
+            continue
         except DataError as err:
-            skip(getattr(err, "path", str(scan.paths[0])), getattr(err, "reason", str(err)))
+            skip(str(scan.paths[0]), str(err))
             continue
         except Exception as err:  # a reader library choking on a file it should have refused: skip, keep going
             log.debug("reading %s failed", scan.paths[0], exc_info=True)
@@ -228,15 +256,25 @@ def _to_graph_size(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resize_slices(image, size[0], is_mask=False)
 
 
-def _infer_loop(prepared, finished, backend: Backend, batch_size: int, readers: int, stats: _Stats) -> None:
-    """Pack slices of consecutive scans into batches; hand each scan on once all its slices are back."""
+def _infer_loop(prepared, finished, backend: Backend, batch_size: int, readers: int, stats: _Stats,
+                stop: threading.Event) -> None:
+    """Pack slices of consecutive scans into batches; hand each scan on once all its slices are back.
+
+    Returns early once `stop` is set (a reader or the writer failed; the caller raises its error):
+    a reader that dies may not manage to send its end marker, so it is never waited for alone.
+    """
     if backend.max_batch is not None:
         batch_size = min(batch_size, backend.max_batch)
     pending: list[tuple[_Prepared, int, int]] = []  # (scan, first slice, end) making up the next batch
     queued = 0
     open_readers = readers
     while open_readers:
-        item = prepared.get()
+        try:
+            item = prepared.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return
+            continue
         if item is _DONE:
             open_readers -= 1
             continue
@@ -270,8 +308,9 @@ def _run_batch(pending, finished, backend: Backend, stats: _Stats) -> None:
 
 
 def _writer(finished, out, out_options, threshold: float, stats: _Stats, skip, summary: RunSummary, on_scan,
-            failures: list) -> None:
-    """Write each finished scan; after an unexpected error keep draining so the inference loop never blocks."""
+            failures: list, stop: threading.Event) -> None:
+    """Write each finished scan; after an unexpected error stop the run, and keep draining so that
+    the inference loop never blocks on a full queue."""
     while True:
         item = finished.get()
         if item is _DONE:
@@ -282,12 +321,14 @@ def _writer(finished, out, out_options, threshold: float, stats: _Stats, skip, s
             _write_one(item, out, out_options, threshold, stats, skip, summary, on_scan)
         except BaseException as err:
             failures.append(err)
+            stop.set()
 
 
 def _write_one(item: _Prepared, out, out_options, threshold: float, stats: _Stats, skip, summary, on_scan) -> None:
     started = time.perf_counter()
     try:
-        prediction = _prediction(item, threshold)
+        arrays = {name: np.concatenate(parts) for name, parts in item.outputs.items()}
+        prediction = prediction_at_scan_size(item.data, arrays, threshold)
         outputs.write_scan(out, item.data, prediction, out_options)
     except DataError as err:
         skip(str(item.data.scan.paths[0]), getattr(err, "reason", str(err)))
@@ -298,14 +339,3 @@ def _write_one(item: _Prepared, out, out_options, threshold: float, stats: _Stat
     summary.slices += item.data.num_slices
     if on_scan is not None:
         on_scan(item.data.scan.key, item.data.num_slices)
-
-
-def _prediction(item: _Prepared, threshold: float) -> Prediction:
-    """Graph outputs (S, K, h, w) -> (S, H, W, K) at the scan's size; the mask is re-thresholded after resizing."""
-    arrays = {name: np.concatenate(parts).transpose(0, 2, 3, 1) for name, parts in item.outputs.items()}
-    height, width = item.data.image.shape[1:3]
-    if arrays["probability"].shape[1:3] == (height, width):
-        return Prediction(arrays["probability"], arrays["mask"].astype(np.uint8), arrays["disagreement"])
-    probability = resize_back(np.ascontiguousarray(arrays["probability"]), height, width)
-    disagreement = resize_back(np.ascontiguousarray(arrays["disagreement"]), height, width)
-    return Prediction(probability, (probability >= threshold).astype(np.uint8), disagreement)

@@ -5,10 +5,9 @@ optimisation profile and gives every output with the batch first ("probability",
 "disagreement", each (N, K, H, W)). Buffers are allocated once, for the profile's largest batch;
 a call copies its n slices in, runs, and copies n rows of each output back, all on one stream.
 
-The engine's provenance is checked before it is deserialised (DESIGN 7); a mismatch is an
-ArtifactError naming both sides, so a caller that wants a rebuild calls
-`load_engine_checked(..., rebuild=True)` before creating the backend. TensorRT and cuda-python
-are imported when a backend is created, never at import time, and torch not at all (DESIGN 6).
+The engine's provenance is checked before it is deserialised; a mismatch is an ArtifactError
+naming both sides (rebuild with `seg-export engine`). TensorRT and cuda-python are imported when
+a backend is created, never at import time, and torch not at all.
 """
 
 from __future__ import annotations
@@ -20,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.artifacts import cuda
+from brainseg.artifacts.cuda import cuda_call
+from brainseg.artifacts.provenance import check_engine, import_tensorrt
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError, DataError
-from brainseg.export import tensorrt_build as build
-from brainseg.export.tensorrt_build import EngineProvenance, cuda_call, gpu_identity, load_engine_checked
 
 
 @dataclass
@@ -76,11 +76,11 @@ class TensorRTBackend:
     # --- setup ---------------------------------------------------------------------------------
 
     def _open(self, onnx_path: Path, cuda_graph: bool, graph_batch: int | None) -> None:
-        self._trt, self._cudart = build._import_tensorrt(), build._import_cudart()
+        self._trt, self._cudart = import_tensorrt(), cuda.import_cudart()
         cuda_call("cudaSetDevice", self._cudart.cudaSetDevice(self.device))
         # CUDA trouble surfaces here rather than inside the provenance check.
-        self.device_name, self.compute_capability = gpu_identity(self.device)
-        _check_provenance(self.engine_path, onnx_path, self.precision)
+        self.device_name, self.compute_capability = cuda.gpu_identity(self.device)
+        check_engine(self.engine_path, onnx_path, self.precision)
         self._load_engine()
         self._context = self._new_context()
         self._input, self._outputs = self._allocate_buffers()
@@ -316,12 +316,3 @@ class TensorRTBackend:
         self._contexts = self._context = None
         self._engine = self._runtime = None
 
-
-def _check_provenance(engine_path: Path, onnx_path: Path, precision: str) -> None:
-    """Refuse an engine built for another ONNX file, precision, TensorRT or GPU, without deserialising it."""
-    record = build.provenance_path(engine_path)
-    try:
-        profile = EngineProvenance.from_json(record.read_text(encoding="utf-8")).profile
-    except (OSError, DataError):
-        profile = build.DEFAULT_BATCH  # load_engine_checked reports the missing or broken record
-    load_engine_checked(engine_path, onnx_path, precision, rebuild=False, batch=profile)

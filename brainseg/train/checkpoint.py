@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from brainseg.errors import CheckpointError
 from brainseg.fileio import write_atomic
@@ -40,3 +41,22 @@ def load_checkpoint(path: Path, *, expect_model: str | None = None) -> dict:
             f"{path}: holds a {payload.get('model')!r} model, expected {expect_model!r}"
         )
     return payload
+
+
+def load_model(path: Path, name: str) -> tuple[nn.Module, dict]:
+    """The registered model `name` with the weights of the checkpoint at `path`, in eval mode on the CPU.
+
+    Returns (model, payload). Raises CheckpointError naming the file when the checkpoint cannot
+    be loaded or its weights do not fit the architecture its options describe.
+    """
+    from brainseg.train.models.registry import build_model
+
+    payload = load_checkpoint(path, expect_model=name)
+    model = build_model(name, in_channels=payload["in_channels"], classes=payload["classes"],
+                        options=payload["model_options"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit a {name} model with its saved options ({first})") from err
+    return model.eval(), payload

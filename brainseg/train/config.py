@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from brainseg.data.names import BRATS_MODALITIES
 from brainseg.errors import ConfigError
 
 DEFAULT_MODELS = ("unet", "fpn", "resunet")
@@ -41,7 +42,7 @@ class TrainConfig:
     encoder: str = "resnet34"
     encoder_weights: str | None = None
     layout: str = "auto"
-    modalities: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+    modalities: tuple[str, ...] = BRATS_MODALITIES
     target: str = "wt"
     patient_regex: str | None = None
     sample_patients: int = 32
@@ -61,12 +62,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.oversample < 1.0:
             raise ConfigError(f"oversample is the share of tumour slices per batch, in [0, 1), got {self.oversample}")
-
-    def model_options(self, name: str) -> dict:
-        """Per-architecture build options for the registry."""
-        if name == "unet":
-            return {"base_channels": self.unet_base_channels}
-        return {"encoder": self.encoder, "encoder_weights": self.encoder_weights}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -10,12 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainseg.data.preprocess import resize_back
+from brainseg.data.preprocess import Normalisation, resize_back, resize_slices
 from brainseg.data.volume import Volume
-from brainseg.metrics import headline_dice, score_volumes
-from brainseg.train.slices import Normalisation, normalise, resize_slices
-
-__all__ = ["headline_dice", "predict_volume", "score_volumes"]
+from brainseg.train.network_input import standardise, to_unit
 
 
 @torch.no_grad()
@@ -37,10 +34,9 @@ def predict_volume(
     images = resize_slices(volume.image, img_size, is_mask=False)  # (S, s, s, C)
     chunks = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-        batch = batch.permute(0, 3, 1, 2).float() * norm.scale()  # (B, C, s, s)
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device).permute(0, 3, 1, 2)  # (B, C, s, s)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(normalise(batch, norm))
+            logits = model(standardise(to_unit(batch, norm), norm))
         probs = torch.sigmoid(logits.float())  # (B, K, s, s)
         chunks.append(probs.permute(0, 2, 3, 1).cpu().numpy())
     probs = np.concatenate(chunks)  # (S, s, s, K)

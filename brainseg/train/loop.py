@@ -11,16 +11,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from brainseg.data.preprocess import Normalisation
 from brainseg.data.volume import Volume
+from brainseg.metrics import headline_dice, score_volumes
 from brainseg.train import reports
 from brainseg.train.augment import augment_batch
 from brainseg.train.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.train.config import TrainConfig
 from brainseg.train.distributed import DistContext, broadcast
-from brainseg.train.evaluate import headline_dice, predict_volume, score_volumes
+from brainseg.train.evaluate import predict_volume
 from brainseg.train.losses import dice_bce_loss
-from brainseg.train.models import build_model
-from brainseg.train.slices import Normalisation, SliceTable, epoch_batches, normalise, to_tensors
+from brainseg.train.models.registry import build_model, model_options
+from brainseg.train.network_input import standardise
+from brainseg.train.slices import SliceTable, epoch_batches, to_tensors
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Trainer:
         self.job, self.cfg, self.ctx = job, cfg, ctx
         torch.manual_seed(cfg.seed + 1000 * job.index)
         self.model = build_model(
-            job.name, in_channels=job.in_channels, classes=job.classes, options=cfg.model_options(job.name)
+            job.name, in_channels=job.in_channels, classes=job.classes, options=model_options(job.name, cfg)
         ).to(ctx.device)
         self.net = self.model
         if ctx.distributed:
@@ -97,7 +100,7 @@ class Trainer:
     def _payload(self, *, with_training_state: bool) -> dict:
         job = self.job
         payload = {
-            "model": job.name, "model_options": self.cfg.model_options(job.name),
+            "model": job.name, "model_options": model_options(job.name, self.cfg),
             "in_channels": job.in_channels, "classes": job.classes, "img_size": self.cfg.img_size,
             "normalisation": job.norm.to_dict(), "threshold": self.cfg.threshold,
             "state_dict": self.model.state_dict(), "epoch": self.state.epoch,
@@ -138,11 +141,11 @@ class Trainer:
         total = 0.0
         batches = self._batches(epoch)
         for step, index in enumerate(batches):
-            images, masks = to_tensors(self.job.train, index, self.ctx.device)
+            images, masks = to_tensors(self.job.train, index, self.job.norm, self.ctx.device)
             if self.cfg.augment:
                 images, masks = augment_batch(images, masks, generator, unit_range=unit_range)
             with autocast:
-                logits = self.net(normalise(images, self.job.norm))
+                logits = self.net(standardise(images, self.job.norm))
             loss = dice_bce_loss(logits, masks)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

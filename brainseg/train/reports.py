@@ -10,8 +10,6 @@ from pathlib import Path
 from brainseg.fileio import write_atomic
 from brainseg.metrics import CONVENTIONS
 
-__all__ = ["plot_curves", "summary_table", "write_atomic", "write_json", "write_metrics_csv", "epoch_row"]
-
 METRIC_COLUMNS = ("epoch", "train_loss", "val_dice_mean", "val_dice_median", "val_empty_fp_rate", "lr", "seconds")
 
 

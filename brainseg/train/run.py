@@ -11,19 +11,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainseg.data.readers import read_dataset
+from brainseg.data.preprocess import Normalisation, fit_normalisation
 from brainseg.data.split import Split, load_split, save_split, split_patients
 from brainseg.data.volume import Dataset, Volume
 from brainseg.errors import ConfigError
+from brainseg.fileio import write_atomic
+from brainseg.metrics import headline_dice, score_volumes
 from brainseg.train import reports
-from brainseg.train.checkpoint import load_checkpoint
+from brainseg.train.checkpoint import load_model
 from brainseg.train.config import TrainConfig
+from brainseg.train.dataset import read_run_dataset, resolve_data
 from brainseg.train.distributed import DistContext, barrier, init_distributed, shutdown
-from brainseg.train.evaluate import headline_dice, predict_volume, score_volumes
+from brainseg.train.evaluate import predict_volume
 from brainseg.train.loop import ModelJob, Trainer
-from brainseg.train.models import build_model, check_model_names
+from brainseg.train.models.registry import check_model_names
 from brainseg.train.progress import TrainProgress
-from brainseg.train.slices import Normalisation, SliceTable, fit_normalisation
+from brainseg.train.slices import SliceTable
 
 log = logging.getLogger("brainseg.train")
 
@@ -36,18 +39,6 @@ class RunResult:
     test_dice: dict[str, float]  # model name (and "ensemble") -> mean per-patient Dice on test
     skipped: int
     seconds: float
-
-
-def _resolve_data(data: str, cfg: TrainConfig, ctx: DistContext) -> Path:
-    if data != "sample":
-        return Path(data)
-    from brainseg.data.sample import SampleSpec, cached_sample_dataset
-
-    spec = SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices, seed=cfg.seed)
-    if ctx.is_main:
-        cached_sample_dataset(spec)
-    barrier(ctx)
-    return cached_sample_dataset(spec)
 
 
 def _prepare_run_dir(out: Path, resume: bool, cfg: TrainConfig, data: str) -> tuple[TrainConfig, str]:
@@ -85,14 +76,6 @@ def _select(volumes: list[Volume], ids: list[str]) -> list[Volume]:
     return [v for v in volumes if v.patient_id in wanted]
 
 
-def _load_best(model_dir: Path, name: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    payload = load_checkpoint(model_dir / "best.pt", expect_model=name)
-    model = build_model(name, in_channels=payload["in_channels"], classes=payload["classes"],
-                        options=payload["model_options"])
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload
-
-
 def _predict(model, volumes, cfg: TrainConfig, norm: Normalisation, device) -> list[np.ndarray]:
     return [predict_volume(model, v, img_size=cfg.img_size, norm=norm, device=device) for v in volumes]
 
@@ -102,7 +85,8 @@ def _finish_model(job: ModelJob, cfg: TrainConfig, test: list[Volume], device, h
 
     Returns its probabilities and its reports per split, for the run's report and ensemble.
     """
-    model, payload = _load_best(job.out_dir, job.name, device)
+    model, payload = load_model(job.out_dir / "best.pt", job.name)
+    model = model.to(device)
     probs = {"val": _predict(model, job.val, cfg, job.norm, device),
              "test": _predict(model, test, cfg, job.norm, device)}
     scored = {}
@@ -134,7 +118,7 @@ def _write_run_reports(out: Path, cfg: TrainConfig, val: list[Volume], test: lis
         f"## {split_name}\n\n" + reports.summary_table(rows, split_name)
         for split_name, rows in table_rows.items() if rows
     )
-    reports.write_atomic(out / "report.md", text)
+    write_atomic(out / "report.md", text)
     final = table_rows["test"] or table_rows["val"]
     return {name: headline_dice(report) for name, report in final.items()}
 
@@ -155,11 +139,13 @@ def train_run(
     try:
         cfg, data = _prepare_run_dir(out, resume, cfg, data)
         barrier(ctx)
-        dataset = read_dataset(_resolve_data(data, cfg, ctx), layout=cfg.layout, modalities=cfg.modalities,
-                               target=cfg.target, patient_regex=cfg.patient_regex)
+        if ctx.is_main:
+            resolve_data(data, cfg)  # generates the sample once, before the other processes read it
+        barrier(ctx)
+        dataset = read_run_dataset(data, cfg)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            reports.write_atomic(out / "config.json", cfg.to_json())
+            write_atomic(out / "config.json", cfg.to_json())
         split = _split_for(dataset, out, cfg, resume, ctx)
         train, val, test = (_select(dataset.volumes, ids) for ids in (split.train, split.val, split.test))
         if ctx.is_main:
@@ -175,7 +161,7 @@ def train_run(
                     trainer.resume()
                 state = trainer.fit(bar.for_model(name, trainer.steps_per_epoch, trainer.state.epoch))
                 if ctx.is_main:
-                    reports.write_atomic(job.out_dir / "config.json", cfg.to_json())
+                    write_atomic(job.out_dir / "config.json", cfg.to_json())
                     probs[name], scored[name] = _finish_model(job, cfg, test, ctx.device, state.history)
         test_dice = _write_run_reports(out, cfg, val, test, probs, scored) if ctx.is_main else {}
         return RunResult(out, test_dice, len(dataset.skipped), time.perf_counter() - started)

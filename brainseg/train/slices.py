@@ -1,4 +1,4 @@
-"""Training slices in memory: resizing, normalisation constants and batch sampling.
+"""Training slices in memory: resizing and batch sampling.
 
 Volumes are resized once to the training size and kept as uint8 (8-bit sources) or float32
 (NIfTI sources); batches are gathered with numpy indexing, so no DataLoader workers are needed.
@@ -11,11 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from brainseg.data.preprocess import Normalisation, fit_normalisation, resize_slices
+from brainseg.data.preprocess import Normalisation, resize_slices
 from brainseg.data.volume import Volume
-
-__all__ = ["Normalisation", "SliceTable", "epoch_batches", "fit_normalisation", "normalise", "resize_slices",
-           "to_tensors"]
+from brainseg.train.network_input import to_unit
 
 
 @dataclass
@@ -65,18 +63,9 @@ def epoch_batches(
 
 
 def to_tensors(
-    table: SliceTable, index: np.ndarray, device: torch.device
+    table: SliceTable, index: np.ndarray, norm: Normalisation, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather slices as float tensors: images (B, C, S, S) scaled to [0, 1] for uint8, masks (B, K, S, S)."""
-    images = torch.from_numpy(table.images[index]).to(device).permute(0, 3, 1, 2).float()
-    if table.images.dtype == np.uint8:
-        images = images / 255.0
+    """Gather slices as float tensors: images (B, C, S, S) through `to_unit` (8-bit -> [0, 1]), masks (B, K, S, S)."""
+    images = to_unit(torch.from_numpy(table.images[index]).to(device).permute(0, 3, 1, 2), norm)
     masks = torch.from_numpy(table.masks[index]).to(device).permute(0, 3, 1, 2).float()
     return images.contiguous(), masks.contiguous()
-
-
-def normalise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
-    """(B, C, H, W) already scaled by `norm.scale()` -> network input."""
-    mean = torch.tensor(norm.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(norm.std, device=images.device).view(1, -1, 1, 1)
-    return (images - mean) / std

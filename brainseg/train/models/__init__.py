@@ -1,3 +1,1 @@
-from brainseg.train.models.registry import MODELS, build_model, check_model_names
-
-__all__ = ["MODELS", "build_model", "check_model_names"]
+"""The architectures brainseg trains, behind one registry (`brainseg.train.models.registry`)."""

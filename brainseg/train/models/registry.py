@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from brainseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from brainseg.train.config import TrainConfig
 
 
 class PadToMultiple(nn.Module):
@@ -56,17 +60,29 @@ def _build_smp(architecture: str) -> Callable[[int, int, dict], nn.Module]:
     return build
 
 
+def _unet_options(cfg: TrainConfig) -> dict:
+    return {"base_channels": cfg.unet_base_channels}
+
+
+def _encoder_options(cfg: TrainConfig) -> dict:
+    return {"encoder": cfg.encoder, "encoder_weights": cfg.encoder_weights}
+
+
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered architecture: how to build it, and which training options it takes."""
+
     name: str
     description: str
     build: Callable[[int, int, dict], nn.Module]
+    options: Callable[[TrainConfig], dict]
 
 
 _ENTRIES = [
-    ModelEntry("unet", "classic U-Net (Ronneberger et al.), written in brainseg", _build_unet),
-    ModelEntry("fpn", "Feature Pyramid Network, smp FPN with a ResNet-34 encoder", _build_smp("FPN")),
-    ModelEntry("resunet", "U-Net with a ResNet-34 encoder, smp Unet", _build_smp("Unet")),
+    ModelEntry("unet", "classic U-Net (Ronneberger et al.), written in brainseg", _build_unet, _unet_options),
+    ModelEntry("fpn", "Feature Pyramid Network, smp FPN with a ResNet-34 encoder", _build_smp("FPN"),
+               _encoder_options),
+    ModelEntry("resunet", "U-Net with a ResNet-34 encoder, smp Unet", _build_smp("Unet"), _encoder_options),
 ]
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in _ENTRIES}
 
@@ -79,6 +95,12 @@ def check_model_names(names: list[str]) -> list[str]:
             f"unknown model {', '.join(unknown) or '(none given)'}; choose from: {', '.join(MODELS)}"
         )
     return names
+
+
+def model_options(name: str, cfg: TrainConfig) -> dict:
+    """The build options of model `name` taken from a training config (saved in its checkpoints)."""
+    check_model_names([name])
+    return MODELS[name].options(cfg)
 
 
 def build_model(name: str, *, in_channels: int, classes: int, options: dict | None = None) -> nn.Module:

@@ -1,0 +1,134 @@
+"""DICOM series for the runtime: group files into series and read one as a RAS+ volume with its affine.
+
+A series becomes the same `(data, info)` pair as a NIfTI file (see `brainseg.runtime.nifti_io`),
+with an affine built from ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so its
+mask is written as a NIfTI volume aligned with the scanner's patient coordinates. pydicom is
+imported inside the functions that need it; so is nibabel, which reorients the series and writes
+its mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.errors import InputSkipped, require
+from brainseg.runtime.nifti_io import check_finite, one_line
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def dicom_series(paths: Sequence[Path]) -> tuple[list[tuple[str, list[Path]]], list[tuple[Path, str]]]:
+    """Group DICOM files by SeriesInstanceUID, each series in slice order.
+
+    Returns ([(label, paths)], [(path, reason)] for files whose header cannot be read); a label
+    is "series<SeriesNumber>" (or "series<index>" when the number is absent), ordered by UID.
+    """
+    pydicom = require("pydicom", "dicom")
+    groups: dict[str, list] = {}
+    bad = []
+    for path in paths:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types for a broken file
+            bad.append((path, f"cannot read DICOM header ({one_line(exc)})"))
+            continue
+        groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
+    series = []
+    for index, uid in enumerate(sorted(groups), start=1):
+        members = _slice_order(groups[uid])
+        number = members[0][1].get("SeriesNumber")
+        series.append((f"series{number if number not in (None, '') else index}", [p for p, _ in members]))
+    return series, bad
+
+
+def read_dicom(paths: Sequence[Path]) -> tuple[np.ndarray, dict]:
+    """Read one grayscale series as float32 RAS+ (X, Y, Z, 1) plus `info` (see the module docstring).
+
+    Slices are ordered along the slice normal by ImagePositionPatient (InstanceNumber when a
+    position is missing, and then the orientation is assumed axial); RescaleSlope and
+    RescaleIntercept are applied (MONOCHROME1 is not inverted). Reorientation to RAS+ takes each
+    voxel axis to its nearest patient axis (nibabel's `io_orientation`): exact for axial, coronal
+    and sagittal series, approximate for oblique ones.
+    """
+    pydicom = require("pydicom", "dicom")
+    orientations = require("nibabel", "nifti").orientations
+    members = []
+    for path in paths:
+        try:
+            members.append((Path(path), pydicom.dcmread(path)))
+        except Exception as exc:  # pydicom raises many types for a broken file
+            raise InputSkipped(path, f"cannot read DICOM ({one_line(exc)})") from exc
+    members = _slice_order(members)
+    planes = [_dicom_pixels(path, ds) for path, ds in members]
+    for (path, _), plane in zip(members, planes, strict=True):
+        if plane.shape != planes[0].shape:
+            raise InputSkipped(path, f"is {plane.shape} but {members[0][0].name} is {planes[0].shape}")
+    volume = np.stack([plane.T for plane in planes], axis=-1)  # (columns, rows, slices) = (X, Y, Z)
+    check_finite(members[0][0], volume)
+    affine = _dicom_affine([ds for _, ds in members])
+    ornt = orientations.io_orientation(affine)
+    zooms = np.linalg.norm(affine[:3, :3], axis=0)
+    ras = orientations.apply_orientation(volume, ornt)
+    info = {
+        "affine": affine, "header": None, "shape": tuple(volume.shape), "to_axial": {"ornt": ornt},
+        "zooms": tuple(float(zooms[i]) for i in np.argsort(ornt[:, 0])),
+        "source_dtype": _stored_dtype(members[0][1]),
+    }
+    return np.ascontiguousarray(ras[..., None], dtype=np.float32), info
+
+
+def _slice_order(members: list) -> list:
+    """(path, dataset) pairs sorted by position along the slice normal, else InstanceNumber."""
+    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in members):
+        normal = _normal(members[0][1])
+        return sorted(members, key=lambda m: (float(np.dot(normal, _floats(m[1].ImagePositionPatient))), str(m[0])))
+    return sorted(members, key=lambda m: (int(m[1].get("InstanceNumber") or 0), str(m[0])))
+
+
+def _dicom_pixels(path: Path, ds) -> np.ndarray:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise InputSkipped(path, f"has {ds.SamplesPerPixel} samples per pixel; only grayscale DICOM is supported")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoder errors depend on the installed handlers
+        raise InputSkipped(path, f"cannot decode the pixel data ({one_line(exc)})") from exc
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    return pixels.astype(np.float32) * slope + float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _dicom_affine(datasets: list) -> np.ndarray:
+    """RAS+ affine of the (column, row, slice) voxel array of an ordered series."""
+    first = datasets[0]
+    row_step, column_step = (_floats(first.PixelSpacing) if "PixelSpacing" in first else (1.0, 1.0))
+    orientation = _floats(first.get("ImageOrientationPatient") or (1, 0, 0, 0, 1, 0))
+    along_row, along_column = orientation[:3], orientation[3:]
+    thickness = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+    slice_step = _normal(first) * thickness
+    if len(datasets) > 1 and all("ImagePositionPatient" in ds for ds in datasets):
+        span = _floats(datasets[-1].ImagePositionPatient) - _floats(first.ImagePositionPatient)
+        if np.linalg.norm(span) > 1e-6:  # else all slices share one position; keep the thickness
+            slice_step = span / (len(datasets) - 1)
+    lps = np.eye(4)
+    lps[:3, 0] = along_row * column_step
+    lps[:3, 1] = along_column * row_step
+    lps[:3, 2] = slice_step
+    lps[:3, 3] = _floats(first.get("ImagePositionPatient") or (0, 0, 0))
+    return _LPS_TO_RAS @ lps
+
+
+def _stored_dtype(ds) -> str:
+    """The stored pixel type, e.g. "int16", before RescaleSlope/Intercept."""
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return f"{'int' if signed else 'uint'}{int(ds.get('BitsAllocated', 16) or 16)}"
+
+
+def _normal(ds) -> np.ndarray:
+    orientation = _floats(ds.get("ImageOrientationPatient") or (1, 0, 0, 0, 1, 0))
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([float(v) for v in values])

@@ -1,0 +1,145 @@
+"""Read a discovered scan into the artifacts' input form: (S, H, W, C) slices of the graph's dtype.
+
+Everything else (normalisation, layout, the models) happens inside the exported graph; this
+module only decodes files, orders slices and matches the channel count and dtype the manifest
+names. Sizes are left as they are (the pipeline resizes to the graph's input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.artifacts.manifest import InputSpec
+from brainseg.data.brats import axial_slices, zscore_nonzero
+from brainseg.data.imageio import read_image, to_uint8
+from brainseg.errors import BrainsegError, InputSkipped
+from brainseg.runtime.dicom_io import read_dicom
+from brainseg.runtime.nifti_io import read_nifti
+from brainseg.runtime.scans import Scan, ScanData
+
+
+def load(scan: Scan, spec: InputSpec) -> ScanData:
+    """Read `scan` as (S, H, W, C) slices in the artifacts' input dtype and channel count.
+
+    - 2-D images: uint8 RGB (as `read_image` gives). 16-bit pixels are rescaled to 8-bit with one
+      peak per scan (its maximum -> 255; a series shares it). Float32 artifacts (trained on NIfTI)
+      refuse 2-D images: 8-bit slices lack the volume statistics those models were trained with.
+    - Volumes (NIfTI, BraTS, DICOM): reoriented to RAS+ and cut into ALL axial slices as in
+      training, so outputs align with the input; z-scored per channel for float32 artifacts,
+      0 -> 0 and 99.5th percentile -> 255 for uint8 ones (`volume_to_input`).
+    - Channels: a 1-channel source for 3-channel uint8 artifacts is replicated, a 3-channel one
+      with identical channels for 1-channel artifacts is reduced, both with a note; any other
+      mismatch skips the scan.
+
+    Raises:
+        InputSkipped: a file is empty, truncated, unreadable or has NaN/infinite voxels; the
+            channel count does not fit; the slices of a series or the modalities of a case
+            differ in size; a modality is empty (float32); nibabel or pydicom is missing.
+    """
+    readers = {"slice": _load_images, "kaggle_3m": _load_images, "nifti": _load_volume, "brats": _load_brats,
+               "dicom": _load_volume}
+    try:
+        return readers[scan.kind](scan, spec)
+    except InputSkipped:
+        raise
+    except BrainsegError as exc:  # nibabel or pydicom is not installed
+        raise InputSkipped(scan.paths[0], str(exc)) from exc
+
+
+def _load_images(scan: Scan, spec: InputSpec) -> ScanData:
+    if spec.dtype != "uint8":
+        needed = ", ".join(spec.modalities or ()) or "float32"
+        raise InputSkipped(
+            scan.paths[0],
+            f"is a 2-D image, but these artifacts take volumes ({needed}) z-scored per scan; give NIfTI or DICOM",
+        )
+    images = [read_image(path) for path in scan.paths]  # (H, W, C) each
+    for path, image in zip(scan.paths[1:], images[1:], strict=True):
+        if (image.shape, image.dtype) != (images[0].shape, images[0].dtype):
+            raise InputSkipped(path, f"is {image.shape} {image.dtype} but {scan.paths[0].name} is "
+                                    f"{images[0].shape} {images[0].dtype}; the slices of one scan must match")
+    stack = np.stack(images)  # (S, H, W, C)
+    notes = []
+    if stack.dtype != np.uint8:
+        peak = int(stack.max())
+        stack = to_uint8(stack, peak)
+        notes.append(f"16-bit pixels rescaled to 8-bit by the scan's maximum ({peak} -> 255)")
+    stack = _match_channels(stack, spec.channels, scan.paths[0], notes, replicate=True)
+    return ScanData(scan, stack, [path.stem for path in scan.paths], notes=notes)
+
+
+def _load_volume(scan: Scan, spec: InputSpec) -> ScanData:
+    data, info = read_nifti(scan.paths[0]) if scan.kind == "nifti" else read_dicom(scan.paths)
+    return _volume_data(scan, data, info, spec)
+
+
+def _load_brats(scan: Scan, spec: InputSpec) -> ScanData:
+    volumes, info = [], None
+    for path in scan.paths:
+        data, read_info = read_nifti(path)  # (X, Y, Z, 1) in RAS+
+        if data.shape[3] != 1:
+            raise InputSkipped(path, f"is 4-D {data.shape}; a BraTS modality must be one 3-D volume")
+        if volumes and data.shape != volumes[0].shape:
+            raise InputSkipped(path, f"is {data.shape[:3]} but {scan.paths[0].name} is {volumes[0].shape[:3]}")
+        volumes.append(data)
+        info = info or read_info
+    return _volume_data(scan, np.concatenate(volumes, axis=-1), info, spec)
+
+
+def _volume_data(scan: Scan, data: np.ndarray, info: dict, spec: InputSpec) -> ScanData:
+    """RAS+ (X, Y, Z, C) float32 -> ScanData of all its axial slices in the artifacts' form."""
+    notes: list[str] = []
+    data = _match_channels(data, spec.channels, scan.paths[0], notes, replicate=spec.dtype == "uint8")
+    sources = scan.paths if len(scan.paths) == data.shape[-1] else [scan.paths[0]] * data.shape[-1]
+    image = volume_to_input(data, info, spec.dtype, sources, notes)  # (Z, H, W, C)
+    zx, zy, zz = info["zooms"]
+    return ScanData(scan, image, [f"z{z}" for z in range(image.shape[0])], spacing=(zy, zx), slice_step=zz,
+                    nifti=info, notes=notes)
+
+
+def _match_channels(image: np.ndarray, channels: int, path: Path, notes: list[str], *, replicate: bool) -> np.ndarray:
+    """(..., C) -> (..., channels): replicate grayscale to 3 (uint8 only), reduce identical RGB, else skip."""
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    if have == 1 and channels == 3 and replicate:
+        notes.append("grayscale replicated to 3 channels")
+        return np.repeat(image, 3, axis=-1)
+    if have == 3 and channels == 1 and (image == image[..., :1]).all():
+        notes.append("3 identical channels taken as grayscale")
+        return np.ascontiguousarray(image[..., :1])
+    raise InputSkipped(path, f"has {have} channel{'s' if have != 1 else ''}; the artifacts expect {channels}")
+
+
+def volume_to_input(
+    data: np.ndarray, info: dict, dtype: str, sources: Sequence[Path], notes: list[str]
+) -> np.ndarray:
+    """RAS+ (X, Y, Z, C) float32 -> (Z, H, W, C) axial slices, all of them, in `dtype`.
+
+    float32: each channel z-scored over its non-zero voxels, zeros kept at 0 (training's
+    `zscore_nonzero`; an all-zero or constant channel raises `InputSkipped` naming
+    `sources[c]`). uint8: a volume stored as 8-bit passes unchanged; otherwise each channel is
+    rescaled so that 0 -> 0 and the 99.5th percentile of its non-zero voxels -> 255, clipped (a
+    channel with negative values maps the 0.5th percentile of its non-zero voxels to 0 instead),
+    and a note says so.
+    """
+    if dtype == "float32":
+        data = np.stack([zscore_nonzero(sources[c], data[..., c]) for c in range(data.shape[-1])], axis=-1)
+    elif not (info["source_dtype"] == "uint8" and data.min() >= 0 and data.max() <= 255
+              and np.array_equal(data, np.rint(data))):
+        data = np.stack([_stretch(data[..., c]) for c in range(data.shape[-1])], axis=-1)
+        notes.append("rescaled to 8-bit per channel (99.5th percentile of non-zero voxels -> 255)")
+    return axial_slices(data.astype(dtype, copy=False))
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    nonzero = values[values != 0]
+    if nonzero.size == 0:
+        return np.zeros(values.shape, np.uint8)
+    low = min(0.0, float(np.percentile(nonzero, 0.5)))
+    high = float(np.percentile(nonzero, 99.5))
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.clip(np.rint((values - low) * scale), 0, 255).astype(np.uint8)
