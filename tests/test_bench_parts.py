@@ -1,6 +1,7 @@
 """seg-bench building blocks: latency statistics, timing loop, environment probe, peak rates, graph FLOPs."""
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,22 @@ def test_time_calls_rejects_bad_options(options):
 # ---------------------------------------------------------------- environment
 
 VERSION_KEYS = ("tensorrt", "onnxruntime", "torch", "numpy", "opencv")
+
+
+@pytest.mark.parametrize(("flags", "isa"), [("fpu avx2 avx512f avx512_vnni", "avx512-vnni"),
+                                            ("avx2 avx512f", "avx512"), ("sse4_2 avx avx2", "avx2"), ("neon", None)])
+def test_the_vector_isa_names_the_widest_set_the_cpu_has(tmp_path, flags, isa):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    assert environment._vector_isa(cpuinfo) == isa
+
+
+def test_cpu_results_folders_are_named_by_cores_and_vector_isa(monkeypatch):
+    monkeypatch.setattr(environment, "_nvidia_gpus", lambda: [])
+    monkeypatch.setattr(environment, "_vector_isa", lambda: "avx2")
+    assert environment.machine_name() == f"cpu-{os.cpu_count()}core-avx2"
+    monkeypatch.setattr(environment, "_nvidia_gpus", lambda: [{"name": "NVIDIA H100 80GB HBM3"}])
+    assert environment.machine_name() == "gpu-h100-80gb-hbm3"
 
 
 def test_describe_environment_keys_and_types():

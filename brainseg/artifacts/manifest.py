@@ -248,7 +248,8 @@ def _precision_problems(raw: dict, precision: str, entry: dict) -> list[str]:
         if target not in TARGETS:
             problems.append(f"precision {precision}: unknown target {target!r}")
         elif use.get("file") not in raw["files"]:
-            problems.append(f"precision {precision} names {use.get('file')!r} for the {target}, which is not in 'files'")
+            problems.append(
+                f"precision {precision} names {use.get('file')!r} for the {target}, which is not in 'files'")
     return problems
 
 

@@ -34,14 +34,16 @@ DISTRIBUTIONS = {
 def describe_environment() -> dict:
     """The machine and software a benchmark ran on, as plain JSON-ready values.
 
-    Keys: cpu_model, cpu_cores_logical, cpu_cores_usable (cores this process may run on),
-    os, python, gpu (list of {"name", "driver", "memory_mib"} from nvidia-smi; [] without one),
-    cuda (CUDA runtime version such as "12.6", via cuda-python), tensorrt, onnxruntime,
-    onnxruntime_providers, torch, numpy, opencv (installed versions) and jetson_power_mode
-    (first line of `nvpmodel -q`). Anything unknown is None.
+    Keys: cpu_model, cpu_vector_isa (the widest of avx512-vnni, avx512, avx2), cpu_cores_logical,
+    cpu_cores_usable (cores this process may run on), os, python, gpu (list of {"name", "driver",
+    "memory_mib"} from nvidia-smi; [] without one), cuda (CUDA runtime version such as "12.6", via
+    cuda-python, where a CUDA device answers), tensorrt, onnxruntime, onnxruntime_providers, torch,
+    numpy, opencv (installed versions) and jetson_power_mode (first line of `nvpmodel -q`).
+    Anything unknown is None.
     """
     info: dict[str, Any] = {
         "cpu_model": _probe(_cpu_model),
+        "cpu_vector_isa": _probe(_vector_isa),
         "cpu_cores_logical": _probe(os.cpu_count),
         "cpu_cores_usable": _probe(lambda: len(os.sched_getaffinity(0))),
         "os": _probe(platform.platform),
@@ -57,16 +59,34 @@ def describe_environment() -> dict:
 
 
 def machine_name() -> str:
-    """A folder name for this machine's results: "gpu-<first GPU's name>", else "cpu-<cores>core"."""
+    """A folder name for this machine's results: "gpu-<first GPU's name>", else "cpu-<cores>core-<vector ISA>".
+
+    The ISA is part of the name because it decides CPU speed more than the core count: int8
+    kernels on a 2-core VM with AVX-512 VNNI ran several times faster than on one with AVX2 only.
+    """
     gpus = _probe(_nvidia_gpus) or []
     if gpus:
         return "gpu-" + "-".join(gpus[0]["name"].lower().replace("nvidia", "").split())
-    return f"cpu-{os.cpu_count()}core"
+    return f"cpu-{os.cpu_count()}core-{_probe(_vector_isa) or platform.machine()}"
+
+
+def _vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """"avx512-vnni", "avx512", "avx2" from the CPU flags (x86 Linux); None elsewhere."""
+    flags: set[str] = set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags = set(value.split())
+            break
+    for isa, needed in (("avx512-vnni", {"avx512f", "avx512_vnni"}), ("avx512", {"avx512f"}), ("avx2", {"avx2"})):
+        if needed <= flags:
+            return isa
+    return None
 
 
 def cpu_description() -> str:
-    """"<CPU model>, <N> cores", for benchmark results."""
-    return f"{_probe(_cpu_model) or platform.machine()}, {os.cpu_count()} cores"
+    """"<CPU model>, <N> cores, <vector ISA>", for benchmark results."""
+    return f"{_probe(_cpu_model) or platform.machine()}, {os.cpu_count()} cores, {_probe(_vector_isa)}"
 
 
 def _probe(fn: Callable[[], Any]) -> Any:

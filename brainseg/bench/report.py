@@ -77,7 +77,8 @@ def markdown(report: dict) -> str:
         "# seg-bench report", "",
         f"Artifacts `{report['artifacts']}` (manifest sha256 `{report['manifest_sha256'][:12]}`), {report['created']}.",
         "", "## Environment", "",
-        f"- CPU: {env.get('cpu_model')} ({env.get('cpu_cores_usable') or env.get('cpu_cores_logical')} cores usable)",
+        f"- CPU: {env.get('cpu_model')} ({env.get('cpu_cores_usable') or env.get('cpu_cores_logical')} cores usable, "
+        f"vector ISA {env.get('cpu_vector_isa')})",
         f"- GPU: {', '.join(g['name'] for g in env.get('gpu') or []) or 'none'}; CUDA {env.get('cuda')}; "
         f"TensorRT {env.get('tensorrt')}; Jetson power mode {env.get('jetson_power_mode')}",
         f"- ONNX Runtime {env.get('onnxruntime')} ({', '.join(env.get('onnxruntime_providers') or [])}); "
