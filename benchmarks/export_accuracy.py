@@ -1,0 +1,49 @@
+"""Benchmark: the accuracy table of an exported ensemble, as seg-export measured and gated it.
+
+Reads an artifacts folder (`seg-export RUN --fp16 --int8`) and keeps its accuracy table: every
+precision's per-patient Dice on the validation patients against PyTorch FP32, the drop and the
+gate, and the FP32 parity. Writes `<name>.json` (the table, the gate, library versions) and
+`<name>.md` (the folder's own accuracy.md) side by side.
+
+    python benchmarks/export_accuracy.py ARTIFACTS --out benchmarks/results/<machine>/export_accuracy_quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from _report import emit
+
+from brainseg.artifacts.layout import ACCURACY_REPORT
+from brainseg.artifacts.manifest import Manifest
+from brainseg.bench.environment import cpu_description
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("artifacts", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="path without suffix; .json and .md are written")
+    args = parser.parse_args()
+    manifest = Manifest.load(args.artifacts)
+    facts = manifest.accuracy_facts
+    keep = ("dice_mean", "dice_median", "dice_worst", "hd95_mean", "empty_slice_fp_rate", "dice_drop", "passed")
+    result = {
+        "machine": cpu_description(),
+        "artifacts": str(args.artifacts),
+        "manifest_sha256": manifest.sha256,
+        "patients": facts["patients"],
+        "max_dice_drop": facts["max_dice_drop"],
+        "table": {name: {k: row[k] for k in keep} for name, row in manifest.accuracy_table.items()},
+        "fp32_parity_max_abs": facts["fp32_parity_max_abs"],
+        "ensemble": manifest.ensemble,
+        "versions": manifest.versions,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(args.artifacts / ACCURACY_REPORT, args.out.with_suffix(".md"))
+    emit(result, args.out.with_suffix(".json"))
+
+
+if __name__ == "__main__":
+    main()
