@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -118,3 +119,10 @@ def test_gpu_runners_get_their_stage_times_in_the_row_and_the_report(tiny_artifa
     report = rp.build_report(result, artifacts=tiny_artifacts, manifest_sha256="0" * 64, environment={},
                              peaks={}, options={})
     assert "| tensorrt/fp16/ensemble/compute/b2 | 0.200 | 2.000 | 0.300 |" in rp.markdown(report)
+
+
+def test_without_torch_the_pytorch_rows_are_listed_as_not_measured_with_the_extra(tiny_artifacts, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    skipped = []
+    assert list(runner._pytorch(Manifest.load(tiny_artifacts), BenchOptions(), None, skipped)) == []
+    assert skipped[0]["backend"] == "pytorch" and "brainseg[train]" in skipped[0]["reason"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from brainseg.bench.runner import BenchResult, row_id
 from brainseg.bench.stats import CV_WARNING
+from brainseg.errors import BrainsegError, require
 from brainseg.fileio import write_atomic
 
 log = logging.getLogger("brainseg.bench")
@@ -153,13 +154,11 @@ def write_report(out: Path, report: dict) -> list[Path]:
 
 def _plots(out: Path, report: dict) -> list[Path]:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed; report plots left out (pip install 'brainseg[bench]')")
+        require("matplotlib", "bench").use("Agg")
+    except BrainsegError as err:
+        log.warning("%s; the report's plots are left out", err)
         return []
+    import matplotlib.pyplot as plt
     written = []
     single = [r for r in report["rows"] if r["batch"] == 1 and r["mode"] != "idle" and r["model"] == "ensemble"]
     if single:

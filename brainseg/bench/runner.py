@@ -174,12 +174,9 @@ def _flops(path: Path) -> int | None:
 
 def _pytorch(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped) -> Iterator[Candidate]:
     try:
+        require("torch", "train")
         from brainseg.bench.torch_eager import EagerEnsemble
-    except ImportError as err:
-        reason = f"torch is not installed ({err}); pip install 'brainseg[train]'"
-        skipped.append({"backend": "pytorch", "reason": reason})
-        return
-    try:
+
         runner = EagerEnsemble(manifest, threads=options.threads)
     except BrainsegError as err:
         skipped.append({"backend": "pytorch", "reason": str(err)})

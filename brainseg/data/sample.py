@@ -218,13 +218,10 @@ def _imwrite(path: Path, pixels: np.ndarray) -> None:
 
 
 def _maybe_track(items: Iterable[T], total: int, *, enabled: bool) -> Iterator[T]:
-    """`items`, under a rich progress bar when asked for and rich is installed."""
+    """`items`, under a rich progress bar when asked for."""
     if enabled:
-        try:
-            from rich.progress import track
-        except ImportError:
-            pass
-        else:
-            yield from track(items, total=total, description="Writing sample patients")
-            return
+        from rich.progress import track
+
+        yield from track(items, total=total, description="Writing sample patients")
+        return
     yield from items
