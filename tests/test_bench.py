@@ -18,6 +18,7 @@ from brainseg.bench.suite import bench_artifacts
 from brainseg.cli import app
 from brainseg.errors import ConfigError
 from brainseg.runtime.backends import open_backend
+from brainseg.runtime.pipeline import read_for_graph
 
 pytest.importorskip("onnxruntime")
 
@@ -114,7 +115,8 @@ def test_gpu_runners_get_their_stage_times_in_the_row_and_the_report(tiny_artifa
     candidate = Candidate("tensorrt", "Fake GPU", "fp16", "ensemble", "ensemble.fp16.engine", StagedRunner(), 0.9, 10)
     result = BenchResult()
     options = BenchOptions(iterations=2, seconds=None, batch_sizes=(2,), modes=("compute",))
-    _time_candidate(candidate, spec, 0.5, options, scans, tiny_artifacts.parent / "staged-out", {}, result)
+    images = np.concatenate([read_for_graph(scan, spec)[1] for scan in scans])
+    _time_candidate(candidate, spec, 0.5, options, scans, images, tiny_artifacts.parent / "staged-out", {}, result)
     assert result.rows[0]["gpu_stages_ms"] == {"h2d_ms": 0.2, "compute_ms": 2.0, "d2h_ms": 0.3}
     report = rp.build_report(result, artifacts=tiny_artifacts, manifest_sha256="0" * 64, environment={},
                              peaks={}, options={})

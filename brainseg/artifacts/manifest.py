@@ -103,10 +103,6 @@ class Manifest:
         return int(self._raw["outputs"][PROBABILITY]["classes"])
 
     @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(self._raw["outputs"])
-
-    @property
     def ensemble(self) -> dict:
         """{"members": [names], "weights": [floats], "weights_source": str, "tta": "none" | "flip"}."""
         return dict(self._raw["ensemble"])
@@ -199,10 +195,6 @@ class Manifest:
     def reference_dice(self) -> float | None:
         row = self._raw["accuracy"]["table"].get(self._raw["accuracy"].get("reference", ""), {})
         return row.get("dice_mean")
-
-    def to_dict(self) -> dict:
-        """A deep copy of the parsed manifest, for reports that embed it."""
-        return json.loads(json.dumps(self._raw))
 
 
 def _check_target(target: str) -> None:

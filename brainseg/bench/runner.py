@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from brainseg.artifacts.layout import PRECISIONS, REFERENCE, ensemble_file
+from brainseg.artifacts.layout import PRECISIONS, ensemble_file
 from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.bench import flops, stats
 from brainseg.errors import BrainsegError, ConfigError, require
@@ -97,11 +97,12 @@ def run_bench(manifest: Manifest, options: BenchOptions, *, peaks: dict,
     result = BenchResult()
     with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
         scans = _slice_scans(Path(tmp) / "slices", manifest.input, max(options.batch_sizes))
+        images = np.concatenate([read_for_graph(scan, manifest.input)[1] for scan in scans])  # compute mode's input
         for candidate in _candidates(manifest, options, result.skipped):
             try:
                 progress(f"timing {candidate.backend} {candidate.precision} {candidate.model}")
-                _time_candidate(candidate, manifest.input, manifest.threshold, options, scans, Path(tmp) / "out",
-                                peaks, result)
+                _time_candidate(candidate, manifest.input, manifest.threshold, options, scans, images,
+                                Path(tmp) / "out", peaks, result)
             finally:
                 close = getattr(candidate.runner, "close", None)
                 if close is not None:
@@ -110,8 +111,8 @@ def run_bench(manifest: Manifest, options: BenchOptions, *, peaks: dict,
 
 
 def _time_candidate(candidate: Candidate, spec: InputSpec, threshold: float, options: BenchOptions,
-                    scans: list[Scan], out: Path, peaks: dict, result: BenchResult) -> None:
-    images = np.concatenate([read_for_graph(scan, spec)[1] for scan in scans[:max(options.batch_sizes)]])
+                    scans: list[Scan], images: np.ndarray, out: Path, peaks: dict, result: BenchResult) -> None:
+    """Time `candidate` in every mode and batch size; `images` are `scans` read into the graph's input form."""
     for mode in options.modes:
         for batch in ((1,) if mode == "idle" else options.batch_sizes):
             if mode == "compute" or mode == "idle":
@@ -181,8 +182,8 @@ def _pytorch(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped)
     except BrainsegError as err:
         skipped.append({"backend": "pytorch", "reason": str(err)})
         return
-    dice = manifest.accuracy_table.get(REFERENCE, {}).get("dice_mean")
-    yield Candidate("pytorch", "eager", "fp32", "ensemble", "(source run checkpoints)", runner, dice, ensemble_flops)
+    yield Candidate("pytorch", "eager", "fp32", "ensemble", "(source run checkpoints)", runner,
+                    manifest.reference_dice, ensemble_flops)
 
 
 def _runtime_backends(manifest: Manifest, backend: str, options: BenchOptions, ensemble_flops,

@@ -152,14 +152,14 @@ def prediction_at_scan_size(data: ScanData, arrays: dict[str, np.ndarray], thres
     The mask is thresholded again after resizing; a member graph, which has no disagreement
     output, gets a zero one.
     """
-    arrays = {name: np.ascontiguousarray(array.transpose(0, 2, 3, 1)) for name, array in arrays.items()}
+    arrays = {name: array.transpose(0, 2, 3, 1) for name, array in arrays.items()}  # views, no copy
     probability = arrays[PROBABILITY]
     disagreement = arrays.get(DISAGREEMENT, np.zeros_like(probability))
     height, width = data.image.shape[1:3]
     if probability.shape[1:3] == (height, width):
         return Prediction(probability, arrays[MASK].astype(np.uint8), disagreement)
-    probability = resize_back(probability, height, width)
-    disagreement = resize_back(disagreement, height, width)
+    probability = resize_back(np.ascontiguousarray(probability), height, width)
+    disagreement = resize_back(np.ascontiguousarray(disagreement), height, width)
     return Prediction(probability, (probability >= threshold).astype(np.uint8), disagreement)
 
 
