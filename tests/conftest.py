@@ -11,12 +11,15 @@ def tiny_sample(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_sample, tmp_path_factory):
-    """A finished one-epoch seg-train run of all three models at 64x64 on the tiny sample."""
+    """A finished seg-train run of all three models at 64x64 on the tiny sample: 12 short epochs, so
+    that the models find the tumours (the intensity-invariance and TTA checks need a model that reads
+    the image, and one epoch under full augmentation learns nothing)."""
     from brainseg.train.config import make_config
     from brainseg.train.run import train_run
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    cfg = make_config("quick", epochs=1, img_size=64, batch_size=4, encoder="resnet18", unet_base_channels=8)
+    cfg = make_config("quick", epochs=12, patience=12, img_size=64, batch_size=4, encoder="resnet18",
+                      unet_base_channels=8)
     train_run(data=str(tiny_sample), out=out, cfg=cfg, progress=False)
     return out
 

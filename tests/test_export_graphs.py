@@ -34,7 +34,7 @@ from brainseg.train.models.registry import build_model  # noqa: E402
 TINY = {"unet": {"base_channels": 8, "depth": 3}, "fpn": {"encoder": "resnet18"}, "resunet": {"encoder": "resnet18"}}
 NAMES = ("unet", "fpn", "resunet")
 SIZE = 64
-NORM = Normalisation("uint8", (0.20, 0.25, 0.30), (0.15, 0.20, 0.25))
+NORM = Normalisation("uint8", (0.20, 0.25, 0.30), (0.15, 0.20, 0.25), scheme="fixed")
 WEIGHTS = (1.0, 2.0, 1.0)
 FP32_TOL = 1e-4
 FP16_TOL = 1e-2
@@ -139,22 +139,18 @@ def test_ensemble_graph_holds_pre_and_post_processing(ensemble_onnx):
     assert model.ir_version <= 10
 
 
-def test_tta_flip_is_the_mean_of_both_passes_and_exports(members, tmp_path):
-    graph = MemberGraph(members[2], norm=NORM, input_dtype="uint8", tta_flip=True)
-    images = _images(2, seed=5)
-    probability, _ = _torch_outputs(graph, images)
-    plain = _manual_member_probabilities([members[2]], images)[0]
-    mirrored = _manual_member_probabilities([members[2]], torch.flip(images, dims=[2]))[0]
-    np.testing.assert_allclose(probability, (plain + mirrored[..., ::-1]) / 2, rtol=0, atol=1e-5)
-    assert np.abs(probability - plain).max() > 1e-3, "TTA changed nothing: the check cannot fail"
-
-    symmetric = torch.cat([images[:, :, : SIZE // 2], torch.flip(images[:, :, : SIZE // 2], dims=[2])], dim=2)
-    sym_probability, _ = _torch_outputs(graph, symmetric)
-    np.testing.assert_allclose(sym_probability, sym_probability[..., ::-1], rtol=0, atol=1e-6)
-
-    path = export_onnx(graph, tmp_path / "tta.onnx", example=_images(1), input_names=["image"], output_names=["p", "m"])
-    out = run(ort_session(path), {"image": images.numpy()})
-    np.testing.assert_allclose(out["p"], probability, rtol=0, atol=FP32_TOL)
+def test_slice_foreground_graph_ignores_the_scale_of_a_scan(members, tmp_path):
+    graph = MemberGraph(members[2], norm=Normalisation("uint8"), input_dtype="uint8")
+    assert graph.preprocess.norm.scheme == "slice_foreground"
+    images = (_images(2, seed=5) // 2) * 2  # even values: halving them is exact in uint8
+    path = export_onnx(graph, tmp_path / "s.onnx", example=_images(1), input_names=["image"], output_names=["p", "m"])
+    session = ort_session(path)
+    full = run(session, {"image": images.numpy()})["p"]
+    half = run(session, {"image": (images // 2).numpy()})["p"]
+    np.testing.assert_allclose(half, full, rtol=0, atol=FP32_TOL)
+    np.testing.assert_allclose(full, _torch_outputs(graph, images)[0], rtol=0, atol=FP32_TOL)
+    fixed = MemberGraph(members[2], norm=NORM, input_dtype="uint8")  # the old scheme: scale-dependent
+    assert np.abs(_torch_outputs(fixed, images)[0] - _torch_outputs(fixed, images // 2)[0]).max() > 1e-3
 
 
 def test_run_says_what_the_graph_expects(ensemble_onnx):

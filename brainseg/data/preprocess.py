@@ -1,7 +1,7 @@
 """Host-side preprocessing shared by training, export and the runtime (numpy and OpenCV only).
 
-The normalisation constants fitted here are the ones the exported graph applies, and the
-resizing is the one every consumer uses to bring slices to the model's size and back.
+The normalisation described here is the one the exported graph applies, and the resizing is the
+one every consumer uses to bring slices to the model's size and back.
 """
 
 from __future__ import annotations
@@ -12,49 +12,81 @@ import cv2
 import numpy as np
 
 from brainseg.data.volume import Volume
+from brainseg.errors import ConfigError
+
+SCHEMES = ("slice_foreground", "volume_nonzero", "fixed")
+# slice_foreground constants: the share of a slice's range below which pixels count as background
+# (noise of an MRI background stays under it), the floor of the std (a slice with almost no
+# foreground would otherwise blow up) and the clip of the result
+FOREGROUND_FRACTION = 0.05
+STD_FLOOR = 0.01
+Z_CLIP = 10.0
 
 
 @dataclass(frozen=True)
 class Normalisation:
-    """How raw slices become network input; the same constants go into the exported graph.
+    """How raw slices become network input; the graph exported with a model applies the same.
 
-    kind "uint8": x / 255, then (x - mean) / std per channel. kind "float": (x - mean) / std on
-    values the reader already z-scored (mean 0, std 1 unless fitted otherwise). The torch
-    arithmetic is `brainseg.train.network_input`.
+    `scheme` says what decides the scale, so that a brighter or darker scan gives the same input:
+    - "slice_foreground" (8-bit sources, kind "uint8"): each slice and channel is z-scored over
+      its own foreground, the pixels above min + FOREGROUND_FRACTION x (max - min) of that slice
+      and channel; a uniform change of scale leaves the network input as it was. The unit is the
+      slice because 8-bit sources arrive as slices (a kaggle_3m patient is a folder of files, and
+      a folder of single slices has no volume at all), and because the graph computes it, every
+      backend and every batch (slices of different patients mixed) sees the same thing.
+    - "volume_nonzero" (NIfTI sources, kind "float"): the reader z-scores each volume over its
+      non-zero (brain) voxels before slicing (nnU-Net's MRI rule); the graph passes values on.
+    - "fixed": one mean and std per channel fitted on the training slices, applied after /255.
+      Runs trained before scale-free normalisation existed use it; new runs never do.
+    The torch arithmetic is `brainseg.train.network_input`.
     """
 
     kind: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    scheme: str = ""  # "" = the kind's own: slice_foreground (fixed when constants are given) or volume_nonzero
+
+    def __post_init__(self) -> None:
+        if not self.scheme:
+            own = "volume_nonzero" if self.kind == "float" else "fixed" if self.mean else "slice_foreground"
+            object.__setattr__(self, "scheme", own)
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"unknown normalisation scheme {self.scheme!r}; known: {', '.join(SCHEMES)}")
+        if len(self.mean) != len(self.std):
+            raise ConfigError(f"normalisation has {len(self.mean)} means but {len(self.std)} stds")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "rule": self.rule}
 
     @classmethod
     def from_dict(cls, raw: dict) -> Normalisation:
-        return cls(kind=raw["kind"], mean=tuple(raw["mean"]), std=tuple(raw["std"]))
+        # files written before `scheme` existed normalised with fitted constants (or the reader's z-score)
+        scheme = raw.get("scheme", "fixed" if raw["kind"] == "uint8" else "volume_nonzero")
+        return cls(kind=raw["kind"], mean=tuple(raw.get("mean", ())), std=tuple(raw.get("std", ())), scheme=scheme)
 
     @property
     def divisor(self) -> float:
         """What raw values are divided by before the mean and std apply: 255 for 8-bit sources."""
         return 255.0 if self.kind == "uint8" else 1.0
 
+    @property
+    def rule(self) -> str:
+        """One line for manifests and reports."""
+        if self.scheme == "slice_foreground":
+            return (f"per slice and channel: z-score over pixels above min + {FOREGROUND_FRACTION} x (max - min), "
+                    f"std floored at {STD_FLOOR} x (max - min), clipped to +-{Z_CLIP}")
+        if self.scheme == "volume_nonzero":
+            return "per volume and channel: z-score over non-zero voxels, by the reader"
+        return "x / 255, then (x - mean) / std per channel with constants fitted on the training slices"
+
 
 def fit_normalisation(volumes: list[Volume]) -> Normalisation:
-    """Per-channel mean and std of the training slices (after /255 for 8-bit sources)."""
-    kind = "uint8" if volumes[0].image.dtype == np.uint8 else "float"
-    if kind == "float":
-        channels = volumes[0].image.shape[-1]
-        return Normalisation("float", (0.0,) * channels, (1.0,) * channels)
-    total = sum_sq = count = 0.0
-    for volume in volumes:
-        pixels = volume.image.reshape(-1, volume.image.shape[-1]).astype(np.float64) / 255.0
-        total = total + pixels.sum(axis=0)
-        sum_sq = sum_sq + (pixels**2).sum(axis=0)
-        count += len(pixels)
-    mean = total / count
-    std = np.sqrt(np.maximum(sum_sq / count - mean**2, 1e-12))
-    return Normalisation("uint8", tuple(mean.round(6).tolist()), tuple(std.round(6).tolist()))
+    """The normalisation of new runs: per-slice foreground z-score for 8-bit sources, the reader's
+    per-volume z-score for NIfTI. Nothing is fitted: neither depends on the training scans' scale."""
+    channels = volumes[0].image.shape[-1]
+    if volumes[0].image.dtype == np.uint8:
+        return Normalisation("uint8", scheme="slice_foreground")
+    return Normalisation("float", (0.0,) * channels, (1.0,) * channels, scheme="volume_nonzero")
 
 
 def resize_slices(array: np.ndarray, size: int, *, is_mask: bool) -> np.ndarray:

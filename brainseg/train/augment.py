@@ -1,4 +1,4 @@
-"""Batch augmentation on tensors: flips, small rotation and scale, intensity and gamma jitter.
+"""Batch augmentation on tensors: flips, small rotation and scale, and the intensities of other scanners.
 
 Everything is drawn from one torch.Generator, so a resumed epoch sees the same augmentation.
 """
@@ -14,13 +14,23 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentSettings:
+    """What training varies. Intensity ranges follow what scanners produce (nnU-Net's are similar):
+    a per-channel scale of 0.5-1.5 (then clipped, as an over-exposed 8-bit export would be), a gamma
+    of 0.6-1.6, noise, blur and, for 8-bit sources, the rounding of a darker export to 8 bits."""
+
     flip: float = 0.5  # left-right flip probability (axial slices are near-symmetric)
     max_rotation_deg: float = 10.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     affine: float = 0.5  # probability of a rotation/scale
-    brightness: float = 0.1
+    intensity_scale: tuple[float, float] = (0.5, 1.5)  # per channel, 8-bit sources: clipped to [0, 1] after
+    gamma_range: tuple[float, float] = (0.6, 1.6)  # per channel, log-uniform; 8-bit sources only
+    gamma: float = 0.5  # probability of a gamma change per slice
+    noise_std: tuple[float, float] = (0.0, 0.03)  # Gaussian, in units of the 8-bit range (or of z for NIfTI)
+    noise: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)  # pixels
+    blur: float = 0.2
+    brightness: float = 0.1  # z-scored (NIfTI) sources: per-channel shift and contrast instead of scale and gamma
     contrast: float = 0.15
-    gamma_range: tuple[float, float] = (0.8, 1.25)  # only for [0, 1] images from 8-bit sources
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
@@ -42,6 +52,46 @@ def _affine(images, masks, s: AugmentSettings, g: torch.Generator):
     return images, masks
 
 
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each (C, H, W) image of the batch with its own Gaussian `sigma` (B,), separably."""
+    n, channels = images.shape[:2]
+    radius = 2
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernels = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)  # (B, 2r+1)
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B*C, 2r+1)
+    flat = images.reshape(1, n * channels, *images.shape[2:])
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernels.view(-1, 1, 1, 2 * radius + 1),
+                    groups=n * channels)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernels.view(-1, 1, 2 * radius + 1, 1),
+                    groups=n * channels)
+    return flat.view_as(images)
+
+
+def _chosen(n: int, probability: float, g: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(n, generator=g) < probability).to(device).view(n, 1, 1, 1)
+
+
+def _scanner_intensities(images: torch.Tensor, s: AugmentSettings, g: torch.Generator) -> torch.Tensor:
+    """8-bit sources in [0, 1]: per-channel scale then clip, gamma, and the rounding to 8 bits."""
+    n, channels, device = images.shape[0], images.shape[1], images.device
+    per_channel = (n, channels, 1, 1)
+    scale = _uniform(n * channels, *s.intensity_scale, g, device).view(per_channel)
+    images = (images * scale).clamp(0, 1)
+    low, high = math.log(s.gamma_range[0]), math.log(s.gamma_range[1])
+    gamma = torch.exp(_uniform(n * channels, low, high, g, device)).view(per_channel)
+    images = torch.where(_chosen(n, s.gamma, g, device), images ** gamma, images)
+    return images
+
+
+def _z_intensities(images: torch.Tensor, s: AugmentSettings, g: torch.Generator) -> torch.Tensor:
+    """Z-scored sources: per-channel contrast and shift (scale is already gone after the reader)."""
+    n, channels, device = images.shape[0], images.shape[1], images.device
+    per_channel = (n, channels, 1, 1)
+    contrast = _uniform(n * channels, 1 - s.contrast, 1 + s.contrast, g, device).view(per_channel)
+    brightness = _uniform(n * channels, -s.brightness, s.brightness, g, device).view(per_channel)
+    return images * contrast + brightness
+
+
 def augment_batch(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -50,22 +100,25 @@ def augment_batch(
     unit_range: bool,
     settings: AugmentSettings = AugmentSettings(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment (B, C, H, W) images and (B, K, H, W) masks consistently.
+    """Augment (B, C, H, W) images and (B, K, H, W) masks consistently, before normalisation.
 
-    `unit_range` says images are in [0, 1] (8-bit sources), which enables gamma jitter;
-    z-scored images get only brightness and contrast jitter.
+    `unit_range` says images are 8-bit sources divided by 255: they get scale, clip, gamma and
+    8-bit rounding; z-scored images get contrast and shift. Both get noise and blur.
     """
     n, device = images.shape[0], images.device
-    flip = (torch.rand(n, generator=generator) < settings.flip).to(device).view(n, 1, 1, 1)
+    flip = _chosen(n, settings.flip, generator, device)
     images = torch.where(flip, images.flip(-1), images)
     masks = torch.where(flip, masks.flip(-1), masks)
     images, masks = _affine(images, masks, settings, generator)
     if unit_range:
-        gamma = _uniform(n, *settings.gamma_range, generator, device).view(n, 1, 1, 1)
-        images = images.clamp(0, 1) ** gamma
-    # per channel: scanners and sequences shift each contrast on its own
-    shape = (n, images.shape[1], 1, 1)
-    contrast = _uniform(n * shape[1], 1 - settings.contrast, 1 + settings.contrast, generator, device)
-    brightness = _uniform(n * shape[1], -settings.brightness, settings.brightness, generator, device)
-    images = images * contrast.view(shape) + brightness.view(shape)
+        images = _scanner_intensities(images, settings, generator)
+    else:
+        images = _z_intensities(images, settings, generator)
+    noise_std = _uniform(n, *settings.noise_std, generator, device).view(n, 1, 1, 1)
+    noise = torch.randn(images.shape, generator=generator).to(device) * noise_std
+    images = torch.where(_chosen(n, settings.noise, generator, device), images + noise, images)
+    sigma = _uniform(n, *settings.blur_sigma, generator, device)
+    images = torch.where(_chosen(n, settings.blur, generator, device), _gaussian_blur(images, sigma), images)
+    if unit_range:  # what an 8-bit file can hold
+        images = torch.round(images.clamp(0, 1) * 255) / 255
     return images, masks

@@ -1,9 +1,9 @@
 """Raw slices -> network input, in torch: the one arithmetic of training, evaluation and the exported graphs.
 
 Two steps, kept apart because training augments between them: `to_unit` casts to float32 and
-divides 8-bit values by 255 (float sources pass unchanged), `standardise` subtracts the
-per-channel mean and divides by the per-channel std that training fitted. `Preprocess` chains
-both for a graph whose input is the reader's raw (B, H, W, C) slices.
+divides 8-bit values by 255 (float sources pass unchanged), `standardise` applies the run's
+normalisation scheme (see `brainseg.data.preprocess.Normalisation`). `Preprocess` chains both
+for a graph whose input is the reader's raw (B, H, W, C) slices.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from brainseg.data.preprocess import Normalisation
+from brainseg.data.preprocess import FOREGROUND_FRACTION, STD_FLOOR, Z_CLIP, Normalisation
 from brainseg.errors import ConfigError
 
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+_PLANE = (2, 3)
 
 
 def to_unit(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
@@ -23,8 +24,28 @@ def to_unit(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
     return images / norm.divisor if norm.divisor != 1.0 else images
 
 
+def slice_foreground_zscore(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) float32 -> each slice and channel z-scored over its own foreground.
+
+    Foreground: pixels above min + FOREGROUND_FRACTION x (max - min) of that slice and channel.
+    Multiplying a slice by any positive factor (or adding an offset) gives the same result; a
+    uniform slice gives zeros.
+    """
+    low = images.amin(dim=_PLANE, keepdim=True)
+    span = images.amax(dim=_PLANE, keepdim=True) - low  # (B, C, 1, 1)
+    foreground = (images > low + FOREGROUND_FRACTION * span).to(images.dtype)
+    count = foreground.sum(dim=_PLANE, keepdim=True).clamp_min(1.0)
+    mean = (images * foreground).sum(dim=_PLANE, keepdim=True) / count
+    centred = images - mean
+    std = torch.sqrt((centred * centred * foreground).sum(dim=_PLANE, keepdim=True) / count)
+    std = torch.maximum(std, STD_FLOOR * span + 1e-6)
+    return torch.clamp(centred / std, -Z_CLIP, Z_CLIP)
+
+
 def standardise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
-    """(B, C, H, W) float32 from `to_unit` -> network input: (x - mean) / std per channel."""
+    """(B, C, H, W) float32 from `to_unit` -> network input, by `norm.scheme`."""
+    if norm.scheme == "slice_foreground":
+        return slice_foreground_zscore(images)
     mean = torch.tensor(norm.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(norm.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images - mean) / std
@@ -42,8 +63,6 @@ class Preprocess(nn.Module):
                 f"uint8 input needs a uint8 normalisation, got kind {norm.kind!r}; "
                 "export float32 input for sources the reader z-scores (NIfTI)"
             )
-        if len(norm.mean) != len(norm.std):
-            raise ConfigError(f"normalisation has {len(norm.mean)} means but {len(norm.std)} stds")
         self.norm = norm
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

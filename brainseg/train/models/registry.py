@@ -49,11 +49,13 @@ def _build_smp(architecture: str) -> Callable[[int, int, dict], nn.Module]:
     def build(in_channels: int, classes: int, options: dict) -> nn.Module:
         import segmentation_models_pytorch as smp
 
+        extra = {"decoder_channels": tuple(options["decoder_channels"])} if options.get("decoder_channels") else {}
         net = getattr(smp, architecture)(
             encoder_name=options.get("encoder", "resnet34"),
             encoder_weights=options.get("encoder_weights"),
             in_channels=in_channels,
             classes=classes,
+            **extra,
         )
         return PadToMultiple(net, 32)
 
@@ -66,6 +68,13 @@ def _unet_options(cfg: TrainConfig) -> dict:
 
 def _encoder_options(cfg: TrainConfig) -> dict:
     return {"encoder": cfg.encoder, "encoder_weights": cfg.encoder_weights}
+
+
+def _resunet_options(cfg: TrainConfig) -> dict:
+    options = _encoder_options(cfg)
+    if cfg.decoder_channels:
+        options["decoder_channels"] = list(cfg.decoder_channels)
+    return options
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ _ENTRIES = [
     ModelEntry("unet", "classic U-Net (Ronneberger et al.), written in brainseg", _build_unet, _unet_options),
     ModelEntry("fpn", "Feature Pyramid Network, smp FPN with a ResNet-34 encoder", _build_smp("FPN"),
                _encoder_options),
-    ModelEntry("resunet", "U-Net with a ResNet-34 encoder, smp Unet", _build_smp("Unet"), _encoder_options),
+    ModelEntry("resunet", "U-Net with a ResNet-34 encoder, smp Unet", _build_smp("Unet"), _resunet_options),
 ]
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in _ENTRIES}
 
@@ -107,7 +116,8 @@ def build_model(name: str, *, in_channels: int, classes: int, options: dict | No
     """Build a registered model that maps (B, in_channels, H, W) to (B, classes, H, W) logits.
 
     `options` are per-architecture: `base_channels`/`depth` for unet, `encoder` and
-    `encoder_weights` for fpn/resunet (None by default: nothing is downloaded).
+    `encoder_weights` for fpn/resunet (None by default: nothing is downloaded), and
+    `decoder_channels` (five widths, smp's default when absent) for resunet.
     """
     check_model_names([name])
     return MODELS[name].build(in_channels, classes, dict(options or {}))
