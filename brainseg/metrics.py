@@ -17,6 +17,7 @@ Conventions, stated once and repeated in every report that uses them:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -191,9 +192,18 @@ def summarize(scores: list[PatientScore]) -> dict:
 
 
 def score_volumes(
-    volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float = 0.5, with_hd95: bool = True
+    volumes: list[Volume],
+    probabilities: list[np.ndarray],
+    *,
+    threshold: float = 0.5,
+    with_hd95: bool = True,
+    refine: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
-    """The metrics report (see brainseg.metrics) per target region, from probabilities."""
+    """The metrics report (see brainseg.metrics) per target region, from probabilities.
+
+    `refine`, when given, turns each thresholded (S, H, W) mask into the one scored (a
+    post-processing rule such as `PostProcessing.refine`).
+    """
     classes = volumes[0].mask.shape[-1]
     names = REGION_NAMES.get(classes, tuple(f"class_{k}" for k in range(classes)))
     report = {"threshold": threshold, "regions": {}}
@@ -201,7 +211,7 @@ def score_volumes(
         scores = [
             score_patient(
                 volume.patient_id,
-                probs[..., k] >= threshold,
+                refine(probs[..., k] >= threshold) if refine is not None else probs[..., k] >= threshold,
                 volume.mask[..., k].astype(bool),
                 spacing=volume.spacing,
                 slice_step=volume.slice_step,

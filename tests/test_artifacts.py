@@ -13,7 +13,8 @@ def _artifacts(tmp_path) -> dict:
     for name in ("ensemble.fp32.onnx", "ensemble.int8.onnx", "ensemble.int8-cpu.onnx", "unet.fp32.onnx"):
         (tmp_path / name).write_bytes(name.encode())
     raw = {
-        "format": FORMAT, "threshold": 0.4, "ensemble": {"members": ["unet"], "weights": [1.0], "tta": "flip"},
+        "format": FORMAT, "threshold": 0.4, "ensemble": {"members": ["unet"], "weights": [1.0]},
+        "postprocessing": {"chosen": {"tta": "flip", "components": "largest", "min_voxels": 64}},
         "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": 3, "height": 64, "width": 48,
                   "normalisation": {"kind": "uint8", "mean": [0.1] * 3, "std": [0.2] * 3}, "modalities": None},
         "outputs": {"probability": {"dtype": "float32", "classes": 1}, "mask": {}, "disagreement": {}},
@@ -42,7 +43,8 @@ def test_every_answer_comes_from_the_manifest(tmp_path):
     _artifacts(tmp_path)
     manifest = Manifest.load(tmp_path)
     assert (manifest.input.size, manifest.input.channels, manifest.input.dtype) == ((64, 48), 3, "uint8")
-    assert manifest.threshold == 0.4 and manifest.classes == 1 and manifest.tta_flip
+    assert manifest.threshold == 0.4 and manifest.classes == 1
+    assert manifest.postprocessing.tta == "flip" and manifest.postprocessing.components == "largest"
     assert manifest.exported_precisions == ["fp32", "int8"]
     assert manifest.usable_precisions() == manifest.usable_precisions("cpu") == ["fp32"]
     assert manifest.dice("int8", "cpu") == 0.85 and manifest.dice("int8", "gpu") == 0.8

@@ -47,6 +47,36 @@ def test_accuracy_table_and_fp32_parity(artifacts):
     assert result.table["fp32"]["dice_drop"] == pytest.approx(0.0, abs=1e-3)
 
 
+def test_the_shipped_files_are_scored_on_the_test_patients_too(artifacts, tiny_run):
+    out, result = artifacts
+    manifest = Manifest.load(out)
+    run_ = load_run(tiny_run)
+    assert run_.split.test and not set(run_.split.test) & set(run_.split.val)
+    assert set(manifest.test_table) == set(manifest.accuracy_table) == set(result.test_table)
+    assert all("passed" not in row for row in manifest.test_table.values()), "the gate belongs to validation"
+    assert manifest.accuracy_facts["test_patients"] == len(run_.split.test)
+    report = (out / "accuracy.md").read_text()
+    assert "## Validation patients" in report and "## Held-out test patients" in report
+    # the test row of the file seg-run uses on a CPU is that file run as seg-run runs it
+    from brainseg.metrics import headline_dice, score_volumes
+    from brainseg.runtime.backends import open_backend
+    from brainseg.runtime.pipeline import predict_image
+    from brainseg.runtime.tta import with_tta
+
+    post = manifest.postprocessing
+    backend, choice = open_backend(manifest, threads=1)
+    assert choice.file == "ensemble.int8-cpu.onnx"
+    backend = with_tta(backend, post.tta, manifest.threshold)
+    try:
+        volumes = pipeline.split_volumes(run_, "test")
+        masks = [predict_image(backend, v.image, manifest.input, manifest.threshold, post).mask for v in volumes]
+    finally:
+        backend.close()
+    expected = headline_dice(score_volumes(volumes, [m.astype(np.float32) for m in masks], threshold=0.5))
+    assert manifest.dice("int8", "cpu", split="test") == pytest.approx(expected, abs=1e-3)
+    assert manifest.postprocessing_choice["decided_on"].startswith("validation Dice")
+
+
 def test_int8_has_a_tensorrt_file_and_a_cpu_file_gated_together(artifacts):
     out, result = artifacts
     manifest = Manifest.load(out)

@@ -89,11 +89,18 @@ def test_good_scans_are_written_and_bad_ones_skipped_with_reasons(result):
     assert cv2.imread(str(out / "masks" / "slices" / "big.png"), cv2.IMREAD_UNCHANGED).shape == (80, 80)
 
 
-def test_masks_equal_the_ensemble_graphs_own_output(result, scans, tiny_artifacts):
+def test_masks_equal_the_ensemble_graphs_own_output_with_the_folders_post_processing(result, scans, tiny_artifacts):
     out, summary = result
-    session = ort_session(Manifest.load(tiny_artifacts).path_for("int8", "cpu"))
+    manifest = Manifest.load(tiny_artifacts)
+    post = manifest.postprocessing
+    assert summary.postprocessing["tta"] == post.tta and summary.postprocessing["components"] == post.components
+    session = ort_session(manifest.path_for("int8", "cpu"))
     image = cv2.cvtColor(cv2.imread(str(scans / "slices" / "a.png")), cv2.COLOR_BGR2RGB)[None]
-    expected = run(session, {"image": image})["mask"][0, 0]
+    probability = run(session, {"image": image})["probability"][0, 0]
+    if post.tta == "flip":
+        mirrored = run(session, {"image": np.ascontiguousarray(image[:, :, ::-1])})["probability"][0, 0]
+        probability = 0.5 * (probability + mirrored[:, ::-1])
+    expected = post.refine((probability >= manifest.threshold)[None])[0]
     written = cv2.imread(str(out / "masks" / "slices" / "a.png"), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(written > 0, expected > 0)
     patient_masks = sorted((out / "masks" / "patient").glob("*.png"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from brainseg.artifacts.layout import MANIFEST, PRECISIONS, PROBABILITY, TARGETS, engine_file
 from brainseg.errors import ArtifactError
 from brainseg.fileio import sha256_file, write_atomic
+from brainseg.postprocess import PostProcessing
 
 FORMAT = "brainseg-artifacts/2"
 INPUT_DTYPES = ("uint8", "float32")
@@ -104,12 +105,18 @@ class Manifest:
 
     @property
     def ensemble(self) -> dict:
-        """{"members": [names], "weights": [floats], "weights_source": str, "tta": "none" | "flip"}."""
+        """{"members": [names], "weights": [floats], "weights_source": str}."""
         return dict(self._raw["ensemble"])
 
     @property
-    def tta_flip(self) -> bool:
-        return self._raw["ensemble"].get("tta") == "flip"
+    def postprocessing(self) -> PostProcessing:
+        """The TTA and component rule this folder runs with by default (none for folders older than the choice)."""
+        return PostProcessing.from_dict(self._raw.get("postprocessing", {}).get("chosen"))
+
+    @property
+    def postprocessing_choice(self) -> dict:
+        """How the default was chosen: {"chosen", "decided_on", "tta": {mode: val Dice}, "components": {...}}."""
+        return dict(self._raw.get("postprocessing", {}))
 
     @property
     def source_run(self) -> Path:
@@ -174,17 +181,26 @@ class Manifest:
         """The export's accuracy rows by name ("pytorch-fp32", "fp32", "int8-cpu", ...)."""
         return dict(self._raw["accuracy"]["table"])
 
-    def dice(self, precision: str, target: str) -> float | None:
-        """The validation Dice of the file `precision` uses on `target` (None when not scored)."""
+    @property
+    def test_table(self) -> dict[str, dict]:
+        """The same rows scored on the run's held-out test patients ({} when it had none, or for older folders)."""
+        return dict(self._raw["accuracy"].get("test_table", {}))
+
+    def dice(self, precision: str, target: str, split: str = "val") -> float | None:
+        """The mean per-patient Dice of the file `precision` uses on `target`, on the "val" or "test"
+        patients (None when not scored)."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be val or test, got {split!r}")
         if not self.has_file(precision, target):
             return None
         row = self._raw["precisions"][precision]["targets"][target]["row"]
-        return self._raw["accuracy"]["table"].get(row, {}).get("dice_mean")
+        table = self._raw["accuracy"].get("table" if split == "val" else "test_table", {})
+        return table.get(row, {}).get("dice_mean")
 
     @property
     def accuracy_facts(self) -> dict:
-        """How the accuracy table was made: {"reference", "max_dice_drop", "patients", "fp32_parity_max_abs"}."""
-        return {k: v for k, v in self._raw["accuracy"].items() if k != "table"}
+        """How the accuracy tables were made: {"reference", "max_dice_drop", "patients", "test_patients", ...}."""
+        return {k: v for k, v in self._raw["accuracy"].items() if k not in ("table", "test_table")}
 
     @property
     def versions(self) -> dict[str, str]:

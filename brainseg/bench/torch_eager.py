@@ -28,8 +28,7 @@ class EagerEnsemble:
             raise DataError(f"the source run {run_dir} is not on this machine; PyTorch eager needs its checkpoints")
         run = load_run(run_dir)
         self.graph = EnsembleGraph([m.model for m in run.members], weights=manifest.ensemble["weights"], norm=run.norm,
-                                   input_dtype=run.input_dtype, threshold=manifest.threshold,
-                                   tta_flip=manifest.tta_flip).eval()
+                                   input_dtype=run.input_dtype, threshold=manifest.threshold).eval()
         self.threads = threads
         self.precision = "fp32"
 

@@ -32,9 +32,10 @@ def predict_volumes(
     return results
 
 
-def accuracy_row(volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float) -> dict:
-    """One row of the accuracy table (first target region; all regions under 'regions')."""
-    report = score_volumes(volumes, probabilities, threshold=threshold)
+def accuracy_row(volumes: list[Volume], probabilities: list[np.ndarray], *, threshold: float,
+                 refine: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """One row of the accuracy table (first target region), masks refined by `refine` when given."""
+    report = score_volumes(volumes, probabilities, threshold=threshold, refine=refine)
     region = next(iter(report["regions"].values()))
     return {
         "dice_mean": region["dice"]["mean"],
@@ -42,6 +43,7 @@ def accuracy_row(volumes: list[Volume], probabilities: list[np.ndarray], *, thre
         "dice_worst": region["dice"]["min"],
         "worst_patient": (region["worst_patient"] or {}).get("id"),
         "hd95_mean": region["hd95"]["mean"],
+        "hd95_undefined": region["hd95_undefined"],
         "empty_slice_fp_rate": region["empty_slice_false_positive_rate"],
         "headline_dice": headline_dice(report),
         "patients": region["patients_with_tumour"],
@@ -86,24 +88,46 @@ def fit_weights(
     return best[2], best[0]
 
 
-def table_markdown(table: dict[str, dict], *, max_drop: float, parity: dict[str, float]) -> str:
-    """accuracy.md: the accuracy table with its conventions."""
-    lines = [
-        "# Accuracy of the exported ensemble",
-        "",
-        f"Validation patients, per-patient foreground Dice; gate: a drop of at most {max_drop} against PyTorch FP32.",
-        "",
-        "| format | Dice mean | median | worst patient | HD95 mean | empty-slice FP rate | drop | gate |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def add_drops(table: dict[str, dict], *, reference: str) -> dict[str, dict]:
+    """Mark each row with its Dice drop against `reference` (the test table: no gate there)."""
+    if reference in table:
+        for row in table.values():
+            row["dice_drop"] = table[reference]["headline_dice"] - row["headline_dice"]
+    return table
+
+
+def _rows(table: dict[str, dict], *, gated: bool) -> list[str]:
+    header = "| format | Dice mean | median | worst patient | HD95 mean (undefined) | empty-slice FP rate | drop |"
+    lines = [header + (" gate |" if gated else ""), "|---" * (8 if gated else 7) + "|"]
     for name, row in table.items():
         hd95 = "n/a" if row["hd95_mean"] is None else f"{row['hd95_mean']:.2f}"
         fp_rate = "n/a" if row["empty_slice_fp_rate"] is None else f"{row['empty_slice_fp_rate']:.4f}"
-        lines.append(
-            f"| {name} | {row['dice_mean']:.4f} | {row['dice_median']:.4f} | {row['dice_worst']:.4f} | {hd95} | "
-            f"{fp_rate} | {row['dice_drop']:+.4f} | {'pass' if row['passed'] else 'FAIL'} |"
-        )
+        line = (f"| {name} | {row['dice_mean']:.4f} | {row['dice_median']:.4f} | {row['dice_worst']:.4f} | "
+                f"{hd95} ({row.get('hd95_undefined', 0)}) | {fp_rate} | {row.get('dice_drop', 0.0):+.4f} |")
+        lines.append(line + (f" {'pass' if row['passed'] else 'FAIL'} |" if gated else ""))
+    return lines
+
+
+def table_markdown(table: dict[str, dict], *, max_drop: float, parity: dict[str, float],
+                   test_table: dict[str, dict] | None = None, postprocessing: dict | None = None) -> str:
+    """accuracy.md: the validation table with its gate, the test table, the post-processing choice."""
+    lines = ["# Accuracy of the exported ensemble", ""]
+    if postprocessing:
+        lines += [f"Every row is scored as it deploys: {postprocessing['description']} "
+                  f"(chosen on {postprocessing['decided_on']}).", ""]
+    lines += [f"## Validation patients (the gate: a drop of at most {max_drop} against PyTorch FP32)", ""]
+    lines += _rows(table, gated=True)
+    if test_table:
+        patients = next(iter(test_table.values()))["patients"]
+        lines += ["", f"## Held-out test patients ({patients} with tumour; nothing was chosen on them)", ""]
+        lines += _rows(test_table, gated=False)
+    if postprocessing:
+        found = postprocessing["validation_dice"]
+        lines += ["", "## Post-processing candidates (validation Dice of the fp32 file)", ""]
+        lines += [f"- TTA {mode}: {dice:.4f}" for mode, dice in found["tta"].items()]
+        lines += [f"- components {rule}: {dice:.4f}" for rule, dice in found["components"].items()]
     lines += ["", "Parity of the FP32 graphs with PyTorch (max abs difference of probabilities on real slices):", ""]
     lines += [f"- {name}: {value:.2e}" for name, value in parity.items()]
-    lines += ["", f"Conventions: {CONVENTIONS}.", ""]
+    lines += ["", "HD95 means are over patients where it is defined; the count in brackets had a tumour "
+              "in only one of truth and prediction.", "", f"Conventions: {CONVENTIONS}.", ""]
     return "\n".join(lines)

@@ -38,7 +38,6 @@ class _SegmentationGraph(nn.Module):
         norm: Normalisation,
         input_dtype: str,
         threshold: float,
-        tta_flip: bool,
         compute_dtype: torch.dtype,
     ) -> None:
         super().__init__()
@@ -53,7 +52,6 @@ class _SegmentationGraph(nn.Module):
         self.preprocess = Preprocess(norm, input_dtype)
         self.members = nn.ModuleList(members)
         self.threshold = float(threshold)
-        self.tta_flip = tta_flip
         self.compute_dtype = compute_dtype
         self.eval()
 
@@ -66,18 +64,10 @@ class _SegmentationGraph(nn.Module):
         other.compute_dtype = dtype
         return other
 
-    def _probability(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) compute dtype -> (B, K, H, W) float32 sigmoid, flip-averaged when `tta_flip`."""
-        probability = torch.sigmoid(member(x).float())
-        if self.tta_flip:
-            flipped = member(torch.flip(x, dims=[3])).float()  # left-right: W is the last axis
-            probability = 0.5 * (probability + torch.sigmoid(torch.flip(flipped, dims=[3])))
-        return probability
-
     def member_probabilities(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Raw slices (B, H, W, C) -> one (B, K, H, W) float32 probability map per member."""
         x = self.preprocess(image).to(self.compute_dtype)  # (B, C, H, W)
-        return [self._probability(member, x) for member in self.members]
+        return [torch.sigmoid(member(x).float()) for member in self.members]
 
     def _mask(self, probability: torch.Tensor) -> torch.Tensor:
         return (probability >= self.threshold).to(torch.uint8)  # (B, K, H, W) {0, 1}
@@ -96,12 +86,10 @@ class MemberGraph(_SegmentationGraph):
         norm: Normalisation,
         input_dtype: str,
         threshold: float = 0.5,
-        tta_flip: bool = False,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(
-            [member], norm=norm, input_dtype=input_dtype, threshold=threshold, tta_flip=tta_flip,
-            compute_dtype=compute_dtype,
+            [member], norm=norm, input_dtype=input_dtype, threshold=threshold, compute_dtype=compute_dtype
         )
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,12 +114,10 @@ class EnsembleGraph(_SegmentationGraph):
         norm: Normalisation,
         input_dtype: str,
         threshold: float = 0.5,
-        tta_flip: bool = False,
         compute_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(
-            members, norm=norm, input_dtype=input_dtype, threshold=threshold, tta_flip=tta_flip,
-            compute_dtype=compute_dtype,
+            members, norm=norm, input_dtype=input_dtype, threshold=threshold, compute_dtype=compute_dtype
         )
         self.register_buffer("weights", normalised_weights(weights, len(members)).view(-1, 1, 1, 1, 1))  # (M,1,1,1,1)
 

@@ -38,9 +38,11 @@ from brainseg.errors import ConfigError
 from brainseg.export import accuracy, onnx_io, precision
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
+from brainseg.export.postprocess_choice import choose_postprocessing, predictor
 from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
-from brainseg.export.trained_run import TrainedRun, load_run, validation_volumes
+from brainseg.export.trained_run import TrainedRun, load_run, split_volumes
 from brainseg.fileio import write_atomic
+from brainseg.postprocess import DEFAULT_MIN_VOXELS, PostProcessing
 
 log = logging.getLogger("brainseg.export")
 
@@ -58,7 +60,9 @@ class ExportOptions:
     calib_slices: int = 256
     calib_method: str = "minmax"
     int8_activations: str = "both"  # both | int8_symmetric | uint8; see INT8_TARGETS
-    tta_flip: bool = False
+    tta: str = "auto"  # auto | none | flip: see brainseg.postprocess
+    components: str = "auto"  # auto | none | largest | min_volume
+    min_voxels: int = DEFAULT_MIN_VOXELS
     weights: str = "auto"  # auto | equal | "a,b,c"
     simplify: bool = True
     overwrite: bool = False
@@ -72,8 +76,10 @@ class ExportOptions:
 @dataclass
 class ExportResult:
     out: Path
-    table: dict[str, dict]
+    table: dict[str, dict]  # validation rows, gated
     failed: list[str] = field(default_factory=list)
+    test_table: dict[str, dict] = field(default_factory=dict)
+    postprocessing: str = ""
 
 
 def _torch_predict(graph: torch.nn.Module) -> accuracy.Predict:
@@ -146,30 +152,57 @@ def _export_members(run: TrainedRun, writer: _Writer, volumes: list[Volume], opt
     return member_probs, parity
 
 
-def _score(table: dict, name: str, predict: accuracy.Predict, run: TrainedRun, volumes: list[Volume]):
-    probs = accuracy.predict_volumes(predict, volumes, img_size=run.img_size)
-    table[name] = accuracy.accuracy_row(volumes, probs, threshold=run.threshold)
-    return probs
+@dataclass
+class _Scorer:
+    """Scores each format as it deploys (the chosen TTA and component rule) on the val and test patients."""
+
+    run: TrainedRun
+    val: list[Volume]
+    test: list[Volume]
+    post: PostProcessing
+    val_table: dict[str, dict] = field(default_factory=dict)
+    test_table: dict[str, dict] = field(default_factory=dict)
+
+    def score(self, name: str, predict: accuracy.Predict) -> list[np.ndarray]:
+        """Fill both tables' row `name`; returns the validation probabilities."""
+        predict = predictor(predict, self.post)
+        refine = self.post.refine if self.post.components != "none" else None
+        found = {}
+        for volumes, table in ((self.val, self.val_table), (self.test, self.test_table)):
+            if volumes:
+                found[id(table)] = accuracy.predict_volumes(predict, volumes, img_size=self.run.img_size)
+                table[name] = accuracy.accuracy_row(volumes, found[id(table)], threshold=self.run.threshold,
+                                                    refine=refine)
+        return found[id(self.val_table)]
 
 
-def _export_ensemble(run, writer, volumes, weights, options: ExportOptions, parity: dict) -> dict[str, dict]:
-    """The fused graph in each asked precision, scored against PyTorch FP32 on `volumes`."""
+def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weights, options: ExportOptions,
+                     parity: dict) -> tuple[_Scorer, dict]:
+    """The fused graph in each asked precision, scored against PyTorch FP32 on the val and test patients.
+
+    The post-processing is chosen on the validation patients with the fp32 file first, so every
+    row, the reference included, is scored as it deploys. Returns (the scorer and its tables,
+    the manifest's "postprocessing" section).
+    """
+    volumes, test = sets
     graph = EnsembleGraph([m.model for m in run.members], weights=weights, norm=run.norm,
-                          input_dtype=run.input_dtype, threshold=run.threshold, tta_flip=options.tta_flip)
+                          input_dtype=run.input_dtype, threshold=run.threshold)
     example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
     names = dict(input_names=[INPUT_NAME], output_names=list(ENSEMBLE_OUTPUTS))
-    table: dict[str, dict] = {}
-    reference = _score(table, REFERENCE, _torch_predict(graph), run, volumes)
     fp32 = writer.add(ensemble_file("fp32"), kind="ensemble", precision="fp32")
     onnx_io.export_onnx(graph, fp32, example=example, **names)
     if options.simplify:
         writer.notes[fp32.name] = onnx_io.simplify(fp32)
-    onnx_fp32 = _score(table, "fp32", _onnx_predict(fp32), run, volumes)
-    parity["ensemble"] = accuracy.max_abs_difference(reference, onnx_fp32)
+    post, section = choose_postprocessing(_onnx_predict(fp32), volumes, img_size=run.img_size,
+                                          threshold=run.threshold, tta=options.tta, components=options.components,
+                                          min_voxels=options.min_voxels)
+    scorer = _Scorer(run, volumes, test, post)
+    reference = scorer.score(REFERENCE, _torch_predict(graph))
+    parity["ensemble"] = accuracy.max_abs_difference(reference, scorer.score("fp32", _onnx_predict(fp32)))
     if options.fp16:
         fp16 = writer.add(ensemble_file("fp16"), kind="ensemble", precision="fp16")
         writer.notes[fp16.name] = precision.export_fp16(graph, fp16, example=example, **names)
-        _score(table, "fp16", _onnx_predict(fp16), run, volumes)
+        scorer.score("fp16", _onnx_predict(fp16))
     if options.int8:
         for target in INT8_TARGETS[options.int8_activations]:
             activations = INT8_ACTIVATIONS[target]
@@ -178,8 +211,10 @@ def _export_ensemble(run, writer, volumes, weights, options: ExportOptions, pari
                 fp32, int8, calibration=_calibration(run, volumes, options), method=options.calib_method,
                 activation_type=activations,
             )
-            _score(table, accuracy_row("int8", target), _onnx_predict(int8), run, volumes)
-    return accuracy.apply_gate(table, reference=REFERENCE, max_drop=options.max_dice_drop)
+            scorer.score(accuracy_row("int8", target), _onnx_predict(int8))
+    accuracy.apply_gate(scorer.val_table, reference=REFERENCE, max_drop=options.max_dice_drop)
+    accuracy.add_drops(scorer.test_table, reference=REFERENCE)
+    return scorer, section
 
 
 def _tensorrt_checks(writer: _Writer) -> dict[str, dict]:
@@ -220,7 +255,9 @@ def _precisions(table: dict, int8_targets: tuple[str, ...]) -> dict:
     return precisions
 
 
-def _manifest(run: TrainedRun, writer: _Writer, table, parity, weights, weights_source, options) -> dict:
+def _manifest(run: TrainedRun, writer: _Writer, scorer: _Scorer, post_section: dict, parity, weights,
+              weights_source, options) -> dict:
+    table = scorer.val_table
     precisions = _precisions(table, INT8_TARGETS[options.int8_activations])
     return {
         "format": FORMAT,
@@ -235,16 +272,19 @@ def _manifest(run: TrainedRun, writer: _Writer, table, parity, weights, weights_
             DISAGREEMENT: {"dtype": "float32", "layout": "NCHW", "meaning": "max minus min member probability"},
         },
         "threshold": float(run.threshold),
-        "ensemble": {"members": [m.name for m in run.members], "weights": weights, "weights_source": weights_source,
-                     "tta": "flip" if options.tta_flip else "none"},
+        "ensemble": {"members": [m.name for m in run.members], "weights": weights, "weights_source": weights_source},
+        "postprocessing": post_section,
         "files": writer.finalise(),
         "precisions": precisions,
         "accuracy": {"reference": REFERENCE, "max_dice_drop": options.max_dice_drop, "table": table,
-                     "fp32_parity_max_abs": parity, "patients": len(run.split.val)},
+                     "test_table": scorer.test_table, "fp32_parity_max_abs": parity,
+                     "patients": len(run.split.val), "test_patients": len(run.split.test),
+                     "scored_as_deployed": post_section["description"]},
         "graph_notes": writer.notes,
         "tensorrt": _tensorrt_checks(writer),
         "versions": _versions(),
         "source_run": {"path": str(run.run_dir.resolve()), "data": run.data, "val_patients": run.split.val,
+                       "test_patients": run.split.test,
                        "members": {m.name: {"best_epoch": m.best_epoch, "val_dice": m.val_dice} for m in run.members}},
     }
 
@@ -273,11 +313,13 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
 
     Precisions whose validation Dice drops more than `options.max_dice_drop` against PyTorch FP32
     are marked failed in the manifest and listed in the result (the CLI turns that into exit 1).
+    Every format is also scored on the run's test patients, which choose nothing.
     """
     out = Path(out)
     run = load_run(run_dir)
-    progress(f"reading the {len(run.split.val)} validation patients")
-    volumes = validation_volumes(run)
+    progress(f"reading the {len(run.split.val)} validation and {len(run.split.test)} test patients")
+    sets = split_volumes(run, "val"), split_volumes(run, "test")
+    volumes = sets[0]
     staging = _staging_folder(out, options.overwrite)
     try:
         writer = _Writer(staging)
@@ -285,14 +327,17 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         member_probs, parity = _export_members(run, writer, volumes, options)
         weights, weights_source = _choose_weights(run, member_probs, volumes, options.weights)
         progress("exporting the ensemble graph and the precisions asked for")
-        table = _export_ensemble(run, writer, volumes, weights, options, parity)
-        manifest = _manifest(run, writer, table, parity, weights, weights_source, options)
+        scorer, post_section = _export_ensemble(run, writer, sets, weights, options, parity)
+        table = scorer.val_table
+        manifest = _manifest(run, writer, scorer, post_section, parity, weights, weights_source, options)
         write_atomic(staging / ACCURACY_REPORT,
-                     accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity))
+                     accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity,
+                                             test_table=scorer.test_table, postprocessing=post_section))
         write_manifest(staging, manifest)
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     failed = [name for name, row in table.items() if not row["passed"]]
-    return ExportResult(out=out, table=table, failed=failed)
+    return ExportResult(out=out, table=table, failed=failed, test_table=scorer.test_table,
+                        postprocessing=post_section["description"])

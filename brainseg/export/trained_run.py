@@ -1,4 +1,4 @@
-"""What export starts from: a finished seg-train run, its checkpoints, split and validation data."""
+"""What export starts from: a finished seg-train run, its checkpoints, split and its val and test data."""
 
 from __future__ import annotations
 
@@ -85,16 +85,23 @@ def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun
     )
 
 
-def validation_volumes(run: TrainedRun) -> list[Volume]:
-    """The run's validation patients, read again from the data the run was trained on."""
+def split_volumes(run: TrainedRun, which: str) -> list[Volume]:
+    """The run's "val" or "test" patients, read again from the data the run was trained on."""
+    wanted = set(getattr(run.split, which))
+    if not wanted:
+        return []
     root = resolve_data(run.data, run.config)
     if not root.exists():
-        raise DataError(f"{root}: the run's data folder is gone; validation patients are needed for calibration "
-                        "and the accuracy check")
+        raise DataError(f"{root}: the run's data folder is gone; its validation and test patients are needed for "
+                        "calibration and the accuracy tables")
     dataset = read_run_dataset(run.data, run.config)
-    wanted = set(run.split.val)
     volumes = [v for v in dataset.volumes if v.patient_id in wanted]
     if len(volumes) != len(wanted):
         missing = sorted(wanted - {v.patient_id for v in volumes})
-        raise DataError(f"{root}: validation patients missing from the data: {', '.join(missing[:5])}")
+        raise DataError(f"{root}: {which} patients missing from the data: {', '.join(missing[:5])}")
     return volumes
+
+
+def validation_volumes(run: TrainedRun) -> list[Volume]:
+    """The run's validation patients (see `split_volumes`)."""
+    return split_volumes(run, "val")

@@ -5,6 +5,9 @@ from consecutive scans into batches of `batch_size` (so a folder of single slice
 full batch), and the writer resizes each scan's outputs back and writes them. Queues between the
 stages are bounded, so memory depends on the batch and queue sizes, never on the folder's size.
 
+The artifacts' post-processing (flip TTA around the backend, a 3-D component rule on each
+scan's mask; see `brainseg.postprocess`) applies unless the options say otherwise.
+
 A scan that cannot be read or written is skipped with a one-line reason and the run goes on; a
 scan whose outputs are complete from an earlier run is kept (unless `overwrite`), so an
 interrupted run continues where it stopped. A bug in a reader or the writer stops every stage
@@ -31,10 +34,12 @@ from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import ConfigError, DataError, InputSkipped
+from brainseg.postprocess import PostProcessing
 from brainseg.runtime import discovery, loading, outputs
 from brainseg.runtime.backends import Backend, open_backend
 from brainseg.runtime.out_lock import OutputLock
 from brainseg.runtime.scans import Prediction, Scan, ScanData
+from brainseg.runtime.tta import with_tta
 
 log = logging.getLogger("brainseg.runtime")
 _DONE = object()  # end-of-stream marker between stages
@@ -54,6 +59,8 @@ class RunOptions:
     overlays: bool = True
     qc_threshold: float = 0.25
     cuda_graph: bool = False  # TensorRT: replay a CUDA graph for full batches
+    tta: str = "auto"  # auto (the artifacts' choice), none or flip
+    components: str = "auto"  # auto (the artifacts' choice), none, largest or min_volume
     # ONNX Runtime CPU threads spinning between ops: 20% lower latency per call at batch 1, but
     # they compete with the reader and writer threads (-10% slices/s at batch 8 on 2 cores)
     spinning: bool = False
@@ -67,6 +74,7 @@ class RunSummary:
     backend: dict
     precision: str
     manifest_sha256: str
+    postprocessing: dict = field(default_factory=dict)
     scans: int = 0
     done: int = 0
     resumed: int = 0
@@ -119,16 +127,20 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
                                        device=options.device, threads=options.threads,
                                        cuda_graph_batch=options.batch_size if options.cuda_graph else None,
                                        spinning=options.spinning)
-        log.info("backend: %s, precision %s, %s (%s)", choice.backend, choice.precision, choice.file, choice.reason)
+        post = manifest.postprocessing.with_overrides(tta=options.tta, components=options.components)
+        backend = with_tta(backend, post.tta, manifest.threshold)
+        log.info("backend: %s, precision %s, %s (%s); %s", choice.backend, choice.precision, choice.file,
+                 choice.reason, post.describe())
         summary = RunSummary(out=str(out), backend={**backend.describe(), "reason": choice.reason},
-                             precision=choice.precision, manifest_sha256=manifest.sha256, scans=len(scans))
+                             precision=choice.precision, manifest_sha256=manifest.sha256,
+                             postprocessing={**post.to_dict(), "description": post.describe()}, scans=len(scans))
         out_options = outputs.OutputOptions(overwrite=options.overwrite, save_probability=options.save_probability,
                                             overlays=options.overlays, qc_threshold=options.qc_threshold)
         todo = scans if options.overwrite else [s for s in scans if not outputs.is_done(out, s)]
         summary.resumed = len(scans) - len(todo)
         started = time.perf_counter()
         try:
-            stats = _run_stages(todo, manifest, backend, out, out_options, options, skipped, summary, on_scan)
+            stats = _run_stages(todo, manifest, backend, post, out, out_options, options, skipped, summary, on_scan)
         finally:
             backend.close()
         summary.skipped = [{"path": s.path, "reason": s.reason} for s in skipped]
@@ -146,25 +158,51 @@ def read_for_graph(scan: Scan, spec: InputSpec) -> tuple[ScanData, np.ndarray]:
     return data, _to_graph_size(data.image, spec.size)
 
 
-def prediction_at_scan_size(data: ScanData, arrays: dict[str, np.ndarray], threshold: float) -> Prediction:
+def predict_image(backend: Backend, image: np.ndarray, spec: InputSpec, threshold: float,
+                  post: PostProcessing | None = None, *, batch_size: int = 8) -> Prediction:
+    """One scan's slices (S, H, W, C), as a reader gives them, -> its Prediction at (H, W).
+
+    The same steps as seg-run (resize to the graph, `backend`, resize back, threshold, `post`'s
+    component rule), one scan at a time; TTA is the backend's (wrap it with `with_tta`).
+    """
+    at_graph = _to_graph_size(image, spec.size)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(at_graph), batch_size):
+        for name, array in backend.infer(at_graph[start:start + batch_size]).items():
+            parts.setdefault(name, []).append(np.array(array, copy=True))  # a backend may reuse its buffers
+    arrays = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return _at_size(arrays, image.shape[1:3], threshold, post)
+
+
+def prediction_at_scan_size(data: ScanData, arrays: dict[str, np.ndarray], threshold: float,
+                            post: PostProcessing | None = None) -> Prediction:
     """Graph outputs for one scan, each (S, K, h, w) -> a Prediction (S, H, W, K) at the scan's own size.
 
-    The mask is thresholded again after resizing; a member graph, which has no disagreement
-    output, gets a zero one.
+    The mask is thresholded again after resizing, then `post`'s component rule is applied to it
+    (in 3-D over the scan's slices); a member graph, which has no disagreement output, gets a zero one.
     """
+    return _at_size(arrays, data.image.shape[1:3], threshold, post)
+
+
+def _at_size(arrays: dict[str, np.ndarray], size: tuple[int, int], threshold: float,
+             post: PostProcessing | None) -> Prediction:
     arrays = {name: array.transpose(0, 2, 3, 1) for name, array in arrays.items()}  # views, no copy
     probability = arrays[PROBABILITY]
     disagreement = arrays.get(DISAGREEMENT, np.zeros_like(probability))
-    height, width = data.image.shape[1:3]
+    height, width = size
     if probability.shape[1:3] == (height, width):
-        return Prediction(probability, arrays[MASK].astype(np.uint8), disagreement)
-    probability = resize_back(np.ascontiguousarray(probability), height, width)
-    disagreement = resize_back(np.ascontiguousarray(disagreement), height, width)
-    return Prediction(probability, (probability >= threshold).astype(np.uint8), disagreement)
+        mask = arrays[MASK].astype(np.uint8)
+    else:
+        probability = resize_back(np.ascontiguousarray(probability), height, width)
+        disagreement = resize_back(np.ascontiguousarray(disagreement), height, width)
+        mask = (probability >= threshold).astype(np.uint8)
+    if post is not None:
+        mask = post.refine_classes(mask)
+    return Prediction(probability, mask, disagreement)
 
 
-def _run_stages(todo, manifest: Manifest, backend: Backend, out, out_options, options: RunOptions,
-                skipped: list[SkippedInput], summary: RunSummary, on_scan) -> _Stats:
+def _run_stages(todo, manifest: Manifest, backend: Backend, post: PostProcessing, out, out_options,
+                options: RunOptions, skipped: list[SkippedInput], summary: RunSummary, on_scan) -> _Stats:
     stats = _Stats()
     lock = threading.Lock()
     work: queue.Queue = queue.Queue()
@@ -183,8 +221,8 @@ def _run_stages(todo, manifest: Manifest, backend: Backend, out, out_options, op
     readers = [threading.Thread(target=_reader, args=(work, prepared, manifest.input, stats, skip, stop, failures),
                                 daemon=True, name=f"brainseg-reader-{i}") for i in range(max(1, options.readers))]
     writer = threading.Thread(target=_writer, daemon=True, name="brainseg-writer",
-                              args=(finished, out, out_options, manifest.threshold, stats, skip, summary, on_scan,
-                                    failures, stop))
+                              args=(finished, out, out_options, (manifest.threshold, post), stats, skip, summary,
+                                    on_scan, failures, stop))
     for thread in (*readers, writer):
         thread.start()
     try:
@@ -307,8 +345,8 @@ def _run_batch(pending, finished, backend: Backend, stats: _Stats) -> None:
             finished.put(item)
 
 
-def _writer(finished, out, out_options, threshold: float, stats: _Stats, skip, summary: RunSummary, on_scan,
-            failures: list, stop: threading.Event) -> None:
+def _writer(finished, out, out_options, finish: tuple[float, PostProcessing], stats: _Stats, skip,
+            summary: RunSummary, on_scan, failures: list, stop: threading.Event) -> None:
     """Write each finished scan; after an unexpected error stop the run, and keep draining so that
     the inference loop never blocks on a full queue."""
     while True:
@@ -318,17 +356,18 @@ def _writer(finished, out, out_options, threshold: float, stats: _Stats, skip, s
         if failures:
             continue
         try:
-            _write_one(item, out, out_options, threshold, stats, skip, summary, on_scan)
+            _write_one(item, out, out_options, finish, stats, skip, summary, on_scan)
         except BaseException as err:
             failures.append(err)
             stop.set()
 
 
-def _write_one(item: _Prepared, out, out_options, threshold: float, stats: _Stats, skip, summary, on_scan) -> None:
+def _write_one(item: _Prepared, out, out_options, finish: tuple[float, PostProcessing], stats: _Stats, skip,
+               summary, on_scan) -> None:
     started = time.perf_counter()
     try:
         arrays = {name: np.concatenate(parts) for name, parts in item.outputs.items()}
-        prediction = prediction_at_scan_size(item.data, arrays, threshold)
+        prediction = prediction_at_scan_size(item.data, arrays, *finish)
         outputs.write_scan(out, item.data, prediction, out_options)
     except DataError as err:
         skip(str(item.data.scan.paths[0]), getattr(err, "reason", str(err)))
