@@ -55,6 +55,8 @@ def test_report_files_are_written_and_the_json_matches_its_schema(bench):
     text = (out / "report.md").read_text()
     assert "| pytorch | fp32 | ensemble | compute | 1 |" in text and "## Conventions" in text
     assert "PyTorch eager FP32 (mean latency)" in text
+    assert "x the latency without TTA" in text  # what flip TTA costs, row against row
+    assert "onnxruntime/int8/ensemble+flip/compute/b1" in {row_id(r) for r in report["rows"]}
 
 
 def test_schema_problems_name_what_is_missing(bench):
@@ -93,7 +95,8 @@ def test_end_to_end_runs_the_runtimes_readers_and_writer(tiny_artifacts, tmp_pat
     scans = runner._slice_scans(tmp_path / "slices", manifest.input, 2)
     backend, _ = open_backend(manifest, backend="onnxruntime", precision="fp32")
     with backend:
-        runner._end_to_end(backend, scans, manifest.input, manifest.threshold, tmp_path / "out")()
+        runner._end_to_end(backend, scans, manifest.input, (manifest.threshold, manifest.postprocessing),
+                           tmp_path / "out")()
     for scan in scans:  # what seg-run writes for a slice: its mask at the slice's own size, and its row
         mask = cv2.imread(str(tmp_path / "out" / "masks" / f"{scan.key}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (2 * manifest.input.height, 2 * manifest.input.width)

@@ -104,6 +104,7 @@ def markdown(report: dict) -> str:
         lines += [f"| {row_id(r)} | {r['gpu_stages_ms']['h2d_ms']:.3f} | {r['gpu_stages_ms']['compute_ms']:.3f} "
                   f"| {r['gpu_stages_ms']['d2h_ms']:.3f} |" for r in staged]
     lines += ["", "## Speed-ups", ""] + _speedups(report["rows"])
+    lines += ["", "## What flip TTA costs", ""] + _tta_costs(report["rows"])
     if report["skipped"]:
         lines += ["", "## Not measured here", ""]
         lines += [f"- {s['backend']}{' ' + s['precision'] if s.get('precision') else ''}: {s['reason']}"
@@ -143,6 +144,21 @@ def _speedups(rows: list[dict]) -> list[str]:
         out.append(f"- {row['backend']} {row['precision']}, {row['mode']}, batch {row['batch']}: "
                    f"{ratio:.2f}x PyTorch eager FP32 (mean latency)")
     return out or ["- (no PyTorch eager FP32 rows to compare against)"]
+
+
+def _tta_costs(rows: list[dict]) -> list[str]:
+    """Each "ensemble+flip" row against the same backend, precision, mode and batch without TTA."""
+    out = []
+    for row in rows:
+        if row["model"] != "ensemble+flip":
+            continue
+        base = next((r for r in rows if r["model"] == "ensemble" and all(
+            r[key] == row[key] for key in ("backend", "provider", "precision", "mode", "batch"))), None)
+        if base is not None:
+            ratio = row["stats"]["mean_ms"] / base["stats"]["mean_ms"]
+            out.append(f"- {row['backend']} {row['precision']}, {row['mode']}, batch {row['batch']}: "
+                       f"{ratio:.2f}x the latency without TTA")
+    return out or ["- (no TTA rows timed)"]
 
 
 def write_report(out: Path, report: dict) -> list[Path]:

@@ -4,18 +4,21 @@ A row is one (backend, precision, model, mode, batch) combination:
 - compute: the backend's inference call on slices already in memory, in the graph's input form;
 - end-to-end: file to mask through seg-run's own per-scan steps: read the slice files with the
   runtime's readers, resize to the graph, infer, resize the probabilities back, threshold, and
-  write the masks and row records with the runtime's writer (what `seg-run` does per batch);
+  apply the folder's component rule and write the masks and row records with the runtime's
+  writer (what `seg-run` does per batch);
 - idle: compute at batch 1 with an idle gap before each request (threads asleep, caches cold),
   which is what a scanner sending one slice at a time sees.
 
 Backends: PyTorch eager FP32 (the same ensemble module seg-export traced, from the source run;
 needs the `train` extra), ONNX Runtime with every exported precision that passed the gate, and
 TensorRT engines where TensorRT and an engine are present, each opened through the runtime's own
-backend choice. What cannot run here is listed with the reason instead of a row.
+backend choice, each with and without flip TTA (rows "ensemble+flip"), so the report shows what
+TTA costs. What cannot run here is listed with the reason instead of a row.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -30,10 +33,12 @@ from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.bench import flops, stats
 from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.fileio import write_atomic
+from brainseg.postprocess import TTA_MODES, PostProcessing
 from brainseg.runtime import discovery, outputs
 from brainseg.runtime.backends import CPU_PROVIDER, open_backend
 from brainseg.runtime.pipeline import prediction_at_scan_size, read_for_graph
 from brainseg.runtime.scans import Scan
+from brainseg.runtime.tta import with_tta
 
 log = logging.getLogger("brainseg.bench")
 BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
@@ -52,6 +57,7 @@ class BenchOptions:
     threads: int | None = None
     idle_gap_s: float = 0.1
     warmup: int = 3
+    tta: tuple[str, ...] = ("none", "flip")  # runtime ensemble rows with and without flip TTA: its cost
 
     def check(self) -> None:
         for name, values, allowed in (("backend", self.backends, BACKENDS), ("mode", self.modes, MODES),
@@ -61,6 +67,9 @@ class BenchOptions:
                 raise ConfigError(f"unknown {name} {', '.join(unknown)}; choose from {', '.join(allowed)}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ConfigError("--batch-sizes must be positive integers, e.g. 1,2,4,8")
+        unknown_tta = sorted(set(self.tta) - set(TTA_MODES))
+        if unknown_tta or not self.tta:
+            raise ConfigError(f"tta modes must be among {', '.join(TTA_MODES)}, got {', '.join(self.tta) or 'none'}")
         if (self.iterations is None) == (self.seconds is None):
             raise ConfigError("give either --iterations or --seconds")
 
@@ -77,6 +86,7 @@ class Candidate:
     runner: object
     dice: float | None
     flops_per_slice: int | None
+    post: PostProcessing = PostProcessing()  # its component rule runs in end-to-end rows
 
 
 @dataclass
@@ -119,7 +129,7 @@ def _time_candidate(candidate: Candidate, spec: InputSpec, threshold: float, opt
                 inputs = images[:batch]
                 call = lambda inputs=inputs: candidate.runner.infer(inputs)  # noqa: E731
             else:
-                call = _end_to_end(candidate.runner, scans[:batch], spec, threshold, out)
+                call = _end_to_end(candidate.runner, scans[:batch], spec, (threshold, candidate.post), out)
             samples = stats.time_calls(call, warmup=options.warmup, iterations=options.iterations,
                                        seconds=options.seconds, gap_s=options.idle_gap_s if mode == "idle" else 0.0)
             summary = stats.summarize(samples, batch=batch)
@@ -188,19 +198,23 @@ def _pytorch(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped)
 
 def _runtime_backends(manifest: Manifest, backend: str, options: BenchOptions, ensemble_flops,
                       skipped: list) -> Iterator[Candidate]:
-    """The ensemble in each asked precision, opened by seg-run's own backend choice; what cannot
-    be opened is listed with the reason."""
-    for precision in options.precisions:
+    """The ensemble in each asked precision, opened by seg-run's own backend choice, with the
+    folder's component rule and each asked TTA mode ("ensemble+flip" rows: what TTA costs); what
+    cannot be opened is listed with the reason. Dice is the export's, which used the folder's TTA."""
+    for precision, tta in itertools.product(options.precisions, options.tta):
         try:
             runner, choice = open_backend(manifest, backend=backend, precision=precision, threads=options.threads)
         except BrainsegError as err:
-            skipped.append({"backend": backend, "precision": precision, "reason": str(err)})
+            if tta == options.tta[0]:
+                skipped.append({"backend": backend, "precision": precision, "reason": str(err)})
             continue
         described = runner.describe()
         provider = described.get("provider") or described.get("device", "gpu")
         target = "cpu" if provider == CPU_PROVIDER else "gpu"
-        yield Candidate(backend, provider, precision, "ensemble", choice.file, runner,
-                        manifest.dice(precision, target), ensemble_flops)
+        post = manifest.postprocessing.with_overrides(tta=tta)
+        dice = manifest.dice(precision, target) if tta == manifest.postprocessing.tta else None
+        yield Candidate(backend, provider, precision, "ensemble" if tta == "none" else "ensemble+flip", choice.file,
+                        with_tta(runner, tta, manifest.threshold), dice, ensemble_flops, post)
 
 
 def _members(manifest: Manifest, options: BenchOptions) -> Iterator[Candidate]:
@@ -237,7 +251,8 @@ def _slice_scans(folder: Path, spec: InputSpec, count: int) -> list[Scan]:
     return scans
 
 
-def _end_to_end(runner, scans: Sequence[Scan], spec: InputSpec, threshold: float, out: Path) -> Callable[[], None]:
+def _end_to_end(runner, scans: Sequence[Scan], spec: InputSpec, finish: tuple[float, PostProcessing],
+                out: Path) -> Callable[[], None]:
     options = outputs.OutputOptions(overwrite=True, overlays=False)
 
     def call() -> None:
@@ -246,7 +261,7 @@ def _end_to_end(runner, scans: Sequence[Scan], spec: InputSpec, threshold: float
         offset = 0
         for data, image in read:
             arrays = {name: array[offset:offset + len(image)] for name, array in result.items()}
-            outputs.write_scan(out, data, prediction_at_scan_size(data, arrays, threshold), options)
+            outputs.write_scan(out, data, prediction_at_scan_size(data, arrays, *finish), options)
             offset += len(image)
 
     return call
