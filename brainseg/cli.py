@@ -131,7 +131,13 @@ def export_command(
     int8_activations: Annotated[str, typer.Option(
         help="both (a TensorRT file and a CPU file), int8_symmetric (TensorRT) or uint8 (ONNX Runtime CPU).")]
     = "both",
-    tta: Annotated[str, typer.Option(help="Test-time augmentation inside the graph: none or flip.")] = "none",
+    tta: Annotated[str, typer.Option(
+        help="Flip test-time augmentation by default: auto (only if it raises validation Dice), none or flip.")]
+    = "auto",
+    components: Annotated[str, typer.Option(
+        help="3-D component rule by default: auto (only if it raises validation Dice), none, largest or min_volume.")]
+    = "auto",
+    min_voxels: Annotated[int, typer.Option(help="min_volume: smallest component kept, in voxels.")] = 64,
     weights: Annotated[str, typer.Option(help="Ensemble weights: auto (fitted on validation), equal, or a,b,c.")]
     = "auto",
     allow_failed: Annotated[bool, typer.Option(help="Exit 0 even when a precision fails the accuracy gate.")] = False,
@@ -140,15 +146,16 @@ def export_command(
     """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice."""
     from brainseg.export.pipeline import ExportOptions, export_run
 
-    if tta not in ("none", "flip"):
-        raise ConfigError(f"--tta must be none or flip, got {tta!r}")
     options = ExportOptions(fp16=fp16, int8=int8, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
-                            calib_method=calib_method, int8_activations=int8_activations, tta_flip=tta == "flip",
-                            weights=weights, overwrite=overwrite)
+                            calib_method=calib_method, int8_activations=int8_activations, tta=tta,
+                            components=components, min_voxels=min_voxels, weights=weights, overwrite=overwrite)
     result = export_run(run, out or Path("artifacts") / run.name, options)
+    typer.echo(f"Scored as deployed: {result.postprocessing}")
     for name, row in result.table.items():
         verdict = "pass" if row["passed"] else "FAILED"
-        typer.echo(f"  {name:<13} Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}")
+        test = result.test_table.get(name)
+        test_text = f"  test Dice {test['dice_mean']:.4f}" if test else ""
+        typer.echo(f"  {name:<13} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}{test_text}")
     typer.echo(f"Artifacts: {result.out} (accuracy table in {result.out / 'accuracy.md'})")
     if result.failed and not allow_failed:
         typer.secho(f"error: {', '.join(result.failed)} lost more than {max_dice_drop} Dice; not offered to seg-run",
@@ -203,6 +210,10 @@ def run_command(
     = False,
     spin: Annotated[bool, typer.Option(help="ONNX Runtime CPU threads spin between ops: lower latency per call, "
                                             "but they compete with the reader and writer threads.")] = False,
+    tta: Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
+    = "auto",
+    components: Annotated[str, typer.Option(
+        help="3-D component rule: auto (the artifacts' choice), none, largest or min_volume.")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Segment a folder of scans with an exported ensemble (no torch needed).
@@ -214,12 +225,13 @@ def run_command(
 
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
-                         overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin)
+                         overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin,
+                         tta=tta, components=components)
     with _scan_progress(enabled=progress) as on_scan:
         summary = segment(scans, artifacts, out, options, on_scan=on_scan)
     typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "
                f"({summary.slices_per_s:.1f} slices/s) with {summary.backend['backend']} {summary.precision}; "
-               f"{summary.resumed} already done")
+               f"{summary.resumed} already done; {summary.postprocessing['description']}")
     typer.echo(f"Results: {out / 'results.csv'}, summary: {out / 'summary.json'}")
     if summary.skipped:
         typer.secho(f"{len(summary.skipped)} input(s) skipped:", err=True, fg=typer.colors.YELLOW)
@@ -264,6 +276,7 @@ def bench_command(
     mode: Annotated[str, typer.Option(help="compute, end-to-end, idle, or all.")] = "all",
     members: Annotated[bool, typer.Option(help="Also time each member model's graph.")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: one per core).")] = None,
+    tta: Annotated[str, typer.Option(help="Comma-separated flip TTA modes to time: none, flip.")] = "none,flip",
 ) -> None:
     """Latency and accuracy report of every backend and precision: report.md, report.json, plots."""
     from brainseg.bench.environment import machine_name
@@ -274,7 +287,8 @@ def bench_command(
         backends=tuple(_csv(backends)), precisions=tuple(_csv(precisions)),
         batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")), iterations=iterations,
         seconds=None if iterations is not None else (seconds or 3.0),
-        modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads)
+        modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads,
+        tta=tuple(_csv(tta)))
     report, written = bench_artifacts(artifacts, out or Path("benchmarks/results") / machine_name(), options)
     typer.echo(f"{len(report['rows'])} rows timed; report: {written[1]} ({', '.join(p.name for p in written)})")
     for skipped in report["skipped"]:
@@ -296,13 +310,15 @@ def demo_command(
     if preset not in ("quick", "tiny"):
         raise ConfigError(f"--preset must be quick or tiny, got {preset!r}")
     result = run_demo(out, preset=preset, progress=progress, overwrite=overwrite, say=typer.echo)
-    typer.echo("\nHeld-out test patients, mean per-patient Dice (PyTorch):")
+    typer.echo("\nHeld-out test patients, mean per-patient Dice of each trained model (PyTorch):")
     for name, value in result.test_dice.items():
         typer.echo(f"  {name:<16} {value:.4f}")
-    typer.echo("Exported ensemble on the validation patients (ONNX Runtime, CPU):")
+    typer.echo(f"The exported ensemble as it deploys ({result.postprocessing}), ONNX Runtime on the CPU; "
+               "gated on validation, scored on the test patients:")
     for name, row in result.export_table.items():
-        typer.echo(f"  {name:<13} Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  "
-                   f"{'pass' if row['passed'] else 'FAILED'}")
+        test = result.export_test_table.get(name, {}).get("dice_mean")
+        typer.echo(f"  {name:<13} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  "
+                   f"{'pass' if row['passed'] else 'FAILED'}  test Dice {'n/a' if test is None else f'{test:.4f}'}")
     typer.echo(f"\nseg-run segmented {result.segmented} scan(s), skipped {result.skipped}.")
     typer.echo(f"Stage seconds: {result.seconds}")
     typer.echo("Where to look:")
@@ -362,3 +378,13 @@ def bench_entry() -> None:
 def demo_entry() -> None:
     """Console script `seg-demo`."""
     typer.run(demo_command)
+
+
+def _register_eval() -> None:
+    """`brainseg eval` (seg-eval): the command's body lives with the evaluation code."""
+    from brainseg.evaluation.cli import eval_command
+
+    app.command("eval")(eval_command)
+
+
+_register_eval()

@@ -13,7 +13,7 @@ from brainseg.cli import app
 
 PACKAGE = Path(__file__).parents[1] / "brainseg"
 SCRIPTS = {"seg-train": "--data", "seg-sample": "--patients", "seg-export": "--int8", "seg-run": "--artifacts",
-           "seg-bench": "--batch-sizes", "seg-demo": "--preset"}
+           "seg-bench": "--batch-sizes", "seg-demo": "--preset", "seg-eval": "--split"}
 
 
 def test_the_runtime_imports_neither_torch_nor_export():
@@ -22,6 +22,7 @@ def test_the_runtime_imports_neither_torch_nor_export():
         "import brainseg.runtime, brainseg.runtime.pipeline, brainseg.runtime.backends\n"
         "import brainseg.runtime.onnxruntime_backend, brainseg.runtime.tensorrt_backend, brainseg.artifacts.manifest\n"
         "import brainseg.metrics, brainseg.data.readers, brainseg.data.split, brainseg.data.sample, brainseg.cli\n"
+        "import brainseg.postprocess, brainseg.runtime.tta, brainseg.evaluation.evaluate, brainseg.evaluation.report\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -1,0 +1,333 @@
+"""`seg-eval` as a library call: an artifacts folder's ensemble, run as seg-run runs it, scored on labelled data.
+
+DATA is read with the training readers, with the source run's layout, modalities, target and
+patient regex when its config.json is on this machine (read_dataset's defaults otherwise). The
+patients are the source run's test or val set (its split.json), every labelled patient, or a list.
+The backend, precision, TTA and component rule are chosen exactly as seg-run chooses them, each
+patient's volume goes through `predict_image`, and the masks are scored with `brainseg.metrics`
+per target region (the first region is the headline). Patients without masks are listed as
+unlabelled, never scored; data without any masks is a DataError. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.artifacts.manifest import Manifest
+from brainseg.data.names import BRATS_LABEL, BRATS_MODALITIES
+from brainseg.data.readers import read_dataset
+from brainseg.data.split import load_split
+from brainseg.data.volume import Dataset, SkippedInput, Volume
+from brainseg.errors import ConfigError, DataError
+from brainseg.evaluation import report as report_files
+from brainseg.evaluation.report import OverlaySlice
+from brainseg.metrics import REGION_NAMES, PatientScore, score_patient, summarize
+from brainseg.postprocess import PostProcessing
+from brainseg.runtime.backends import Choice, open_backend
+from brainseg.runtime.pipeline import predict_image
+from brainseg.runtime.scans import Prediction
+from brainseg.runtime.tta import with_tta
+from brainseg.train.config import TrainConfig
+
+SPLITS = ("test", "val", "all")
+FORMAT = "brainseg-eval/1"
+_SHOWN = 5  # patient ids named in an error before "and N more"
+# the readers' reasons for a whole patient without masks (kaggle_3m and folders layouts)
+_NO_MASKS = re.compile(r"^patient (?P<id>.+?): \d+ images but (no .*masks|none has a mask)$")
+
+OnPatient = Callable[[str, int, int], None]  # (patient id, patients done, patients in all)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate` picks patients and runs the ensemble; the defaults are seg-run's.
+
+    Attributes:
+        split: "test" or "val" (the source run's split.json) or "all" (every labelled patient).
+        patients: patient ids to score instead of `split`.
+        backend, precision, threads: as seg-run (`open_backend`); precision None = the backend's default.
+        tta, components: "auto" keeps the artifacts' post-processing (`PostProcessing.with_overrides`).
+        batch_size: slices per inference call.
+        overwrite: write into an `out` that is not empty.
+    """
+
+    split: str = "test"
+    patients: tuple[str, ...] | None = None
+    backend: str = "auto"
+    precision: str | None = None
+    tta: str = "auto"
+    components: str = "auto"
+    threads: int | None = None
+    batch_size: int = 8
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """How DATA is read: the source run's reader settings, or read_dataset's defaults."""
+
+    layout: str = "auto"
+    modalities: tuple[str, ...] = BRATS_MODALITIES
+    target: str = "wt"
+    patient_regex: str | None = None
+    source: str = "read_dataset defaults (the source run's config.json is not on this machine)"
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` wrote: `report` is report.json's content, `files` every file written."""
+
+    out: Path
+    report: dict
+    files: list[Path]
+
+    @property
+    def dice_mean(self) -> float | None:
+        """Mean per-patient Dice of the headline region over patients with tumour (None: no such patient)."""
+        return self.report["dice_mean"]
+
+
+@dataclass
+class _Scored:
+    regions: dict[str, list[PatientScore]]  # region name -> one score per patient, in patient order
+    overlays: list[OverlaySlice]
+    backend: dict
+    choice: Choice
+    post: PostProcessing
+
+
+def evaluate(data: str | Path, artifacts: str | Path, out: str | Path, options: EvalOptions = EvalOptions(),
+             *, on_patient: OnPatient | None = None) -> EvalResult:
+    """Score the ensemble in `artifacts` on labelled patients of `data`; write the report under `out`.
+
+    `on_patient(patient_id, done, total)` is called after each patient is scored (the CLI's progress
+    bar). Raises, before any inference: ConfigError (options, an `out` that is not empty, data that
+    does not fit the artifacts), ArtifactError (the artifacts folder), DataError (no masks in
+    `data`, patients not in it, a split that is not on this machine).
+    """
+    _check_options(options)
+    out = Path(out)
+    check_out(out, overwrite=options.overwrite)
+    manifest = Manifest.load(artifacts)
+    settings = data_settings(manifest)
+    dataset = read_labelled(data, settings)
+    split, volumes = select_patients(data, dataset, manifest, options)
+    check_fits(data, volumes, manifest)
+    scored = score_ensemble(volumes, manifest, options, on_patient=on_patient)
+    report = build_report(data, dataset, settings, split, volumes, manifest, scored)
+    report, files = report_files.write_outputs(out, report, scored.overlays)
+    return EvalResult(out, report, files)
+
+
+def _check_options(options: EvalOptions) -> None:
+    if options.split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {options.split!r}")
+    if options.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an `out` that is a file, or a folder that is not empty unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace the report in it")
+
+
+def data_settings(manifest: Manifest) -> DataSettings:
+    """The source run's reader settings from its config.json, or the defaults when it is not here."""
+    path = manifest.source_run / "config.json"
+    if not path.is_file():
+        return DataSettings()
+    try:
+        config = TrainConfig.from_json(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"{path}: the source run's config is unreadable ({err})") from err
+    return DataSettings(config.layout, tuple(config.modalities), config.target, config.patient_regex, str(path))
+
+
+def read_labelled(data: str | Path, settings: DataSettings) -> Dataset:
+    """Read `data` with the training readers; a DataError when no patient in it has masks."""
+    try:
+        return read_dataset(data, layout=settings.layout, modalities=settings.modalities, target=settings.target,
+                            patient_regex=settings.patient_regex)
+    except DataError as err:
+        raise DataError(f"no labelled patients (images with ground-truth masks) to score: {err}") from err
+
+
+def unlabelled_patients(skipped: list[SkippedInput]) -> list[dict]:
+    """The patients a reader left out because they have no masks at all: [{patient_id, path, reason}]."""
+    found = []
+    for entry in skipped:
+        match = _NO_MASKS.match(entry.reason)
+        if match:
+            found.append({"patient_id": match["id"], "path": entry.path, "reason": entry.reason})
+        elif entry.reason.startswith("missing ") and f"{Path(entry.path).name}_{BRATS_LABEL}." in entry.reason:
+            found.append({"patient_id": Path(entry.path).name, "path": entry.path, "reason": entry.reason})
+    return found
+
+
+def select_patients(data: str | Path, dataset: Dataset, manifest: Manifest,
+                    options: EvalOptions) -> tuple[str, list[Volume]]:
+    """(what was asked: test, val, all or patients; the labelled volumes to score, in that order).
+
+    Patients asked for who are in `data` without masks are left out (the report lists them as
+    unlabelled); patients asked for who are not in `data` at all are a DataError.
+    """
+    if options.patients:
+        split, asked = "patients", list(dict.fromkeys(options.patients))
+    elif options.split == "all":
+        return "all", list(dataset.volumes)
+    else:
+        split, asked = options.split, split_ids(manifest, options.split)
+    labelled = {volume.patient_id: volume for volume in dataset.volumes}
+    unlabelled = {entry["patient_id"] for entry in unlabelled_patients(dataset.skipped)}
+    missing = [patient for patient in asked if patient not in labelled and patient not in unlabelled]
+    if missing:
+        hint = "" if split == "patients" else " (is it the data the run was split on? score it with --split all)"
+        raise DataError(f"{len(missing)} patient(s) of the {split} set are not in {data}: {_first(missing)}{hint}")
+    chosen = [labelled[patient] for patient in asked if patient in labelled]
+    if not chosen:
+        raise DataError(f"none of the {split} patients has masks in {data}: {_first(asked)}")
+    return split, chosen
+
+
+def split_ids(manifest: Manifest, split: str) -> list[str]:
+    """The source run's `split` ("test" or "val") patient ids, from its split.json."""
+    path = manifest.source_run / "split.json"
+    if not path.is_file():
+        raise DataError(f"--split {split} needs the source run's {path}, which is not on this machine; "
+                        "use --split all or --patients ID,ID")
+    ids = list(getattr(load_split(path), split))
+    if not ids:
+        raise DataError(f"the source run's {split} set is empty ({path}); use --split all or --patients ID,ID")
+    return ids
+
+
+def _first(ids: list[str]) -> str:
+    more = f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else ""
+    return ", ".join(ids[:_SHOWN]) + more
+
+
+def check_fits(data: str | Path, volumes: list[Volume], manifest: Manifest) -> None:
+    """Refuse volumes whose dtype, channels or mask classes differ from what the artifacts take and predict."""
+    spec = manifest.input
+    expected = (spec.dtype, spec.channels, manifest.classes)
+    for volume in volumes:
+        got = (volume.image.dtype.name, volume.image.shape[-1], volume.mask.shape[-1])
+        if got != expected:
+            raise ConfigError(
+                f"patient {volume.patient_id} in {data} reads as {got[1]} {got[0]} channel(s) with {got[2]} mask "
+                f"class(es); the artifacts take {spec.channels} {spec.dtype} channel(s) and predict "
+                f"{manifest.classes} class(es): is it the kind of data the run was trained on?")
+
+
+def region_names(classes: int) -> tuple[str, ...]:
+    """The target regions' names, as brainseg.metrics names them (the first is the headline)."""
+    return REGION_NAMES.get(classes, tuple(f"class_{k}" for k in range(classes)))
+
+
+def score_ensemble(volumes: list[Volume], manifest: Manifest, options: EvalOptions, *,
+                   on_patient: OnPatient | None = None) -> _Scored:
+    """Predict each volume with the backend, TTA and component rule seg-run would use, and score it."""
+    post = manifest.postprocessing.with_overrides(tta=options.tta, components=options.components)
+    backend, choice = open_backend(manifest, backend=options.backend, precision=options.precision,
+                                   threads=options.threads, spinning=False)
+    regions: dict[str, list[PatientScore]] = {name: [] for name in region_names(manifest.classes)}
+    overlays = []
+    try:
+        backend = with_tta(backend, post.tta, manifest.threshold)
+        for done, volume in enumerate(volumes, start=1):
+            prediction = predict_image(backend, volume.image, manifest.input, manifest.threshold, post,
+                                       batch_size=options.batch_size)
+            for k, scores in enumerate(regions.values()):
+                scores.append(score_patient(volume.patient_id, prediction.mask[..., k] > 0, volume.mask[..., k] > 0,
+                                            spacing=volume.spacing, slice_step=volume.slice_step))
+            worst = worst_slice(volume, prediction)
+            if worst is not None:
+                overlays.append(worst)
+            if on_patient is not None:
+                on_patient(volume.patient_id, done, len(volumes))
+        described = backend.describe()
+    finally:
+        backend.close()
+    return _Scored(regions, overlays, described, choice, post)
+
+
+def worst_slice(volume: Volume, prediction: Prediction) -> OverlaySlice | None:
+    """The headline region's slice most worth a look, or None when there is nothing to show.
+
+    A patient with tumour: the tumour slice with the lowest per-slice Dice. Without tumour: the
+    slice with the most predicted pixels (a false positive); None when nothing was predicted.
+    """
+    truth = volume.mask[..., 0] > 0  # (S, H, W)
+    predicted = prediction.mask[..., 0] > 0
+    truth_pixels = truth.sum(axis=(1, 2))
+    predicted_pixels = predicted.sum(axis=(1, 2))
+    if truth_pixels.any():
+        overlap = (truth & predicted).sum(axis=(1, 2))
+        slice_dice = 2.0 * overlap / np.maximum(truth_pixels + predicted_pixels, 1)
+        index = int(np.argmin(np.where(truth_pixels > 0, slice_dice, np.inf)))
+        why = f"tumour slice with the lowest Dice ({slice_dice[index]:.3f})"
+    elif predicted_pixels.any():
+        index = int(np.argmax(predicted_pixels))
+        why = f"false positive: {int(predicted_pixels[index])} pixels predicted, no tumour in the truth"
+    else:
+        return None
+    return OverlaySlice(patient_id=volume.patient_id, slice_name=volume.slice_names[index], why=why,
+                        image=volume.image[index].copy(), truth=truth[index].copy(),
+                        mask=prediction.mask[index, ..., :1].copy(),
+                        disagreement=prediction.disagreement[index, ..., :1].copy())
+
+
+def build_report(data: str | Path, dataset: Dataset, settings: DataSettings, split: str, volumes: list[Volume],
+                 manifest: Manifest, scored: _Scored) -> dict:
+    """report.json's content: the headline region's summary at the top level, every region under "regions"."""
+    summaries = {name: summarize(scores) for name, scores in scored.regions.items()}
+    headline_region = next(iter(summaries))
+    headline = summaries[headline_region]
+    unlabelled = unlabelled_patients(dataset.skipped)
+    unlabelled_inputs = {(entry["path"], entry["reason"]) for entry in unlabelled}
+    in_mm = all(v.spacing is not None and v.slice_step is not None for v in volumes)
+    return json_safe({
+        "format": FORMAT,
+        "data": str(Path(data).resolve()),
+        "layout": dataset.layout,
+        "data_settings": asdict(settings),
+        "artifacts": str(manifest.folder.resolve()),
+        "manifest_sha256": manifest.sha256,
+        "backend": {**scored.backend, "chosen": scored.choice.backend, "reason": scored.choice.reason},
+        "precision": scored.choice.precision,
+        "file": scored.choice.file,
+        "threshold": manifest.threshold,
+        "postprocessing": {**scored.post.to_dict(), "description": scored.post.describe()},
+        "split": split,
+        "patient_ids": [volume.patient_id for volume in volumes],
+        "unlabelled": unlabelled,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped
+                    if (s.path, s.reason) not in unlabelled_inputs],
+        "region": headline_region,
+        "hd95_unit": "mm" if in_mm else "voxels",
+        "dice_mean": headline["dice"]["mean"],
+        **headline,
+        "regions": summaries,
+    })
+
+
+def json_safe(value):
+    """`value` with NaN and infinite floats as None (undefined HD95), so report.json is strict JSON."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
