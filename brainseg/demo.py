@@ -27,7 +27,8 @@ from brainseg.train.run import train_run
 log = logging.getLogger("brainseg.demo")
 SAMPLES = {"quick": SampleSpec(), "tiny": SampleSpec(patients=6, slices=6, size=64)}
 BENCH = {
-    "quick": BenchOptions(batch_sizes=(1, 8), seconds=3.0, modes=("compute", "end-to-end"), members=False),
+    "quick": BenchOptions(precisions=("fp32", "int8"), batch_sizes=(1, 8), seconds=2.0,
+                          modes=("compute", "end-to-end"), members=False),
     "tiny": BenchOptions(batch_sizes=(1, 2), iterations=2, seconds=None, modes=("compute", "end-to-end"),
                          members=False),
 }

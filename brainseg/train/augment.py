@@ -24,7 +24,7 @@ class AugmentSettings:
     affine: float = 0.5  # probability of a rotation/scale
     intensity_scale: tuple[float, float] = (0.5, 1.5)  # per channel, 8-bit sources: clipped to [0, 1] after
     gamma_range: tuple[float, float] = (0.6, 1.6)  # per channel, log-uniform; 8-bit sources only
-    gamma: float = 0.5  # probability of a gamma change per slice
+    gamma: float = 0.8  # per slice; scale vanishes in the normalisation, gamma has to be learned
     noise_std: tuple[float, float] = (0.0, 0.03)  # Gaussian, in units of the 8-bit range (or of z for NIfTI)
     noise: float = 0.2
     blur_sigma: tuple[float, float] = (0.5, 1.0)  # pixels

@@ -85,7 +85,7 @@ class TrainConfig:
 # epochs are usually the best), so patience = epochs.
 # full: the settings for real data.
 PRESETS: dict[str, dict] = {
-    "quick": {"epochs": 8, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 8,
+    "quick": {"epochs": 7, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 8,
               "encoder": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
     "full": {},
     # seconds on a CPU, for smoke tests and `seg-demo --preset tiny`; its scores mean nothing
