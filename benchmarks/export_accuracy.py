@@ -1,9 +1,10 @@
 """Benchmark: the accuracy table of an exported ensemble, as seg-export measured and gated it.
 
-Reads an artifacts folder (`seg-export RUN --fp16 --int8`) and keeps its accuracy table: every
-precision's per-patient Dice on the validation patients against PyTorch FP32, the drop and the
-gate, and the FP32 parity. Writes `<name>.json` (the table, the gate, library versions) and
-`<name>.md` (the folder's own accuracy.md) side by side.
+Reads an artifacts folder (`seg-export RUN --fp16 --int8`) and keeps its accuracy tables: every
+precision's per-patient Dice, scored as it deploys (the folder's TTA and component rule), on the
+validation patients against PyTorch FP32 with the drop and the gate, and on the held-out test
+patients (which chose nothing); the post-processing choice with its validation numbers; the FP32
+parity. Writes `<name>.json` and `<name>.md` (the folder's own accuracy.md) side by side.
 
     python benchmarks/export_accuracy.py ARTIFACTS --out benchmarks/results/<machine>/export_accuracy_quick
 """
@@ -28,7 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     manifest = Manifest.load(args.artifacts)
     facts = manifest.accuracy_facts
-    keep = ("dice_mean", "dice_median", "dice_worst", "hd95_mean", "empty_slice_fp_rate", "dice_drop", "passed")
+    keep = ("dice_mean", "dice_median", "dice_worst", "hd95_mean", "hd95_undefined", "empty_slice_fp_rate",
+            "dice_drop", "passed")
     result = {
         "machine": cpu_description(),
         "artifacts": str(args.artifacts),
@@ -36,6 +38,9 @@ def main() -> None:
         "patients": facts["patients"],
         "max_dice_drop": facts["max_dice_drop"],
         "table": {name: {k: row[k] for k in keep} for name, row in manifest.accuracy_table.items()},
+        "test_patients": facts.get("test_patients"),
+        "test_table": {name: {k: row[k] for k in keep if k in row} for name, row in manifest.test_table.items()},
+        "postprocessing": manifest.postprocessing_choice,
         "fp32_parity_max_abs": facts["fp32_parity_max_abs"],
         "ensemble": manifest.ensemble,
         "versions": manifest.versions,
