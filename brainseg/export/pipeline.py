@@ -166,14 +166,15 @@ class _Scorer:
     def score(self, name: str, predict: accuracy.Predict) -> list[np.ndarray]:
         """Fill both tables' row `name`; returns the validation probabilities."""
         predict = predictor(predict, self.post)
+        if self.test:
+            self._row(self.test_table, name, predict, self.test)
+        return self._row(self.val_table, name, predict, self.val)
+
+    def _row(self, table: dict, name: str, predict: accuracy.Predict, volumes: list[Volume]) -> list[np.ndarray]:
+        probs = accuracy.predict_volumes(predict, volumes, img_size=self.run.img_size)
         refine = self.post.refine if self.post.components != "none" else None
-        found = {}
-        for volumes, table in ((self.val, self.val_table), (self.test, self.test_table)):
-            if volumes:
-                found[id(table)] = accuracy.predict_volumes(predict, volumes, img_size=self.run.img_size)
-                table[name] = accuracy.accuracy_row(volumes, found[id(table)], threshold=self.run.threshold,
-                                                    refine=refine)
-        return found[id(self.val_table)]
+        table[name] = accuracy.accuracy_row(volumes, probs, threshold=self.run.threshold, refine=refine)
+        return probs
 
 
 def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weights, options: ExportOptions,
