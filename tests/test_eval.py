@@ -6,13 +6,12 @@ import dataclasses
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from no_torch import run_without_torch
 from typer.testing import CliRunner
 
 from brainseg import metrics
@@ -186,13 +185,8 @@ def test_unknown_patients_and_a_used_out_folder_are_refused(tiny_sample, tiny_ar
 
 
 def test_seg_eval_never_imports_torch(tiny_sample, tiny_artifacts, tmp_path):
-    script = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from brainseg.evaluation.cli import eval_entry\n"
-        f"sys.argv = ['seg-eval', {str(tiny_sample)!r}, '--artifacts', {str(tiny_artifacts)!r},"
-        f" '--out', {str(tmp_path / 'o')!r}, '--split', 'all', '--no-progress']\n"
-        "eval_entry()\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    done = run_without_torch("brainseg.evaluation.cli:eval_entry", [
+        "seg-eval", tiny_sample, "--artifacts", tiny_artifacts, "--out", tmp_path / "o", "--split", "all",
+        "--no-progress"])
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "report.json").is_file()

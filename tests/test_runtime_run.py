@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from no_torch import run_without_torch
 from typer.testing import CliRunner
 
 from brainseg.artifacts.manifest import Manifest
@@ -150,14 +151,8 @@ def test_cli_exit_codes_zero_when_all_done_and_failed_precision_not_offered(scan
 
 
 def test_seg_run_never_imports_torch(scans, tiny_artifacts, tmp_path):
-    script = (
-        "import sys; sys.modules['torch'] = None\n"
-        "from brainseg.cli import run_entry\n"
-        f"sys.argv = ['seg-run', {str(scans / 'slices')!r}, '--artifacts', {str(tiny_artifacts)!r},"
-        f" '--out', {str(tmp_path / 'o')!r}, '--no-progress']\n"
-        "run_entry()\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    done = run_without_torch("brainseg.cli:run_entry", [
+        "seg-run", scans / "slices", "--artifacts", tiny_artifacts, "--out", tmp_path / "o", "--no-progress"])
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / "results.csv").is_file()
 
