@@ -128,6 +128,6 @@ def table_markdown(table: dict[str, dict], *, max_drop: float, parity: dict[str,
         lines += [f"- components {rule}: {dice:.4f}" for rule, dice in found["components"].items()]
     lines += ["", "Parity of the FP32 graphs with PyTorch (max abs difference of probabilities on real slices):", ""]
     lines += [f"- {name}: {value:.2e}" for name, value in parity.items()]
-    lines += ["", "HD95 means are over patients where it is defined; the count in brackets had a tumour "
-              "in only one of truth and prediction.", "", f"Conventions: {CONVENTIONS}.", ""]
+    lines += ["", "HD95 means are over the patients where it is defined; the count in brackets is of patients "
+              "with a tumour in only one of truth and prediction.", "", f"Conventions: {CONVENTIONS}.", ""]
     return "\n".join(lines)

@@ -19,7 +19,8 @@ from brainseg.metrics import headline_dice, score_volumes
 from brainseg.postprocess import COMPONENT_RULES, TTA_MODES, PostProcessing, flip_slices, unflip_maps
 
 log = logging.getLogger("brainseg.export")
-ASK = ("auto", *TTA_MODES), ("auto", *COMPONENT_RULES)
+TTA_ASKED = ("auto", *TTA_MODES)
+COMPONENTS_ASKED = ("auto", *COMPONENT_RULES)
 
 
 def with_flip(predict: Predict) -> Predict:
@@ -31,6 +32,7 @@ def with_flip(predict: Predict) -> Predict:
 
 
 def predictor(predict: Predict, post: PostProcessing) -> Predict:
+    """`predict` as `post` deploys it: with flip TTA or without."""
     return with_flip(predict) if post.tta == "flip" else predict
 
 
@@ -48,10 +50,10 @@ def choose_postprocessing(predict: Predict, volumes: list[Volume], *, img_size: 
     `predict` is the fp32 ensemble file's; `tta` and `components` are "auto" (decide by
     validation Dice) or a fixed choice, which is recorded with its numbers all the same.
     """
-    if tta not in ASK[0]:
-        raise ConfigError(f"--tta must be one of {', '.join(ASK[0])}, got {tta!r}")
-    if components not in ASK[1]:
-        raise ConfigError(f"--components must be one of {', '.join(ASK[1])}, got {components!r}")
+    if tta not in TTA_ASKED:
+        raise ConfigError(f"--tta must be one of {', '.join(TTA_ASKED)}, got {tta!r}")
+    if components not in COMPONENTS_ASKED:
+        raise ConfigError(f"--components must be one of {', '.join(COMPONENTS_ASKED)}, got {components!r}")
     base = PostProcessing() if min_voxels is None else PostProcessing(min_voxels=min_voxels)
     plain = predict_volumes(predict, volumes, img_size=img_size)
     probs = {"none": plain}
