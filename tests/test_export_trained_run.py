@@ -79,6 +79,23 @@ def test_gate_marks_drops_beyond_the_budget():
     assert table["int8"]["dice_drop"] == pytest.approx(0.01)
 
 
+def test_the_gate_is_per_region_so_a_lost_enhancing_tumour_fails():
+    from brainseg.export.accuracy import add_drops, apply_gate
+
+    def row(wt, tc, et):
+        return {"headline_dice": (wt + tc + et) / 3,
+                "region_dice": {"whole_tumour": wt, "tumour_core": tc, "enhancing_tumour": et}}
+
+    # int8 gains on the whole tumour what it loses on the enhancing tumour: the mean barely moves
+    table = {"pytorch-fp32": row(0.90, 0.80, 0.70), "int8": row(0.92, 0.80, 0.685)}
+    assert table["pytorch-fp32"]["headline_dice"] - table["int8"]["headline_dice"] < 0.005
+    apply_gate(table, reference="pytorch-fp32", max_drop=0.005)
+    assert table["int8"]["dice_drop"] == pytest.approx(0.015) and not table["int8"]["passed"]
+    assert table["pytorch-fp32"]["passed"]
+    test = add_drops({"pytorch-fp32": row(0.9, 0.8, 0.7), "fp32": row(0.9, 0.79, 0.7)}, reference="pytorch-fp32")
+    assert test["fp32"]["dice_drop"] == pytest.approx(0.01) and "passed" not in test["fp32"]
+
+
 def test_fitted_weights_prefer_the_member_that_is_right():
     from brainseg.export.accuracy import fit_weights
 

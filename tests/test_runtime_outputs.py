@@ -138,6 +138,17 @@ def test_kaggle_3m_writes_one_mask_and_overlay_per_slice(tmp_path):
 # ------------------------------------------------------------------------------------------ volumes
 
 
+def test_brats_regions_become_the_brats_labels():
+    mask = np.zeros((1, 1, 5, 3), np.uint8)
+    mask[0, 0, 1:, 0] = 1  # whole tumour
+    mask[0, 0, 2:, 1] = 1  # tumour core inside it
+    mask[0, 0, 3:, 2] = 1  # enhancing tumour inside that
+    assert outputs.brats_label_map(mask)[0, 0].tolist() == [0, 2, 1, 4, 4]
+    stray = np.zeros((1, 1, 2, 3), np.uint8)
+    stray[0, 0, 1, 2] = 1  # enhancing tumour predicted outside the core is still enhancing tumour
+    assert outputs.brats_label_map(stray)[0, 0].tolist() == [0, 4]
+
+
 def test_volume_writes_labels_probability_and_one_overlay(tmp_path):
     mask = np.zeros((5, 8, 8, 3), np.uint8)
     mask[1, 2:4, 2:4, 0] = 1
@@ -148,9 +159,12 @@ def test_volume_writes_labels_probability_and_one_overlay(tmp_path):
     data = _data("BraTS_001", image, kind="brats", nifti={"affine": np.eye(4)}, spacing=(1.0, 1.0), slice_step=1.0)
     options = OutputOptions(save_probability=True)
     outputs.write_scan(tmp_path, data, _pred(mask), options, volume_writer=_file_writer)
-    labels = _load_npy(tmp_path / "volumes/BraTS_001.nii.gz")
-    assert labels.dtype == np.uint8
-    np.testing.assert_array_equal(labels, mask.sum(axis=-1))
+    labels = _load_npy(tmp_path / "volumes/BraTS_001_seg.nii.gz")  # a BraTS-regions model: the BraTS label map
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) == {0, 1, 2, 4}
+    np.testing.assert_array_equal(labels, outputs.brats_label_map(mask))
+    assert not (tmp_path / "volumes/BraTS_001.nii.gz").exists()
+    row = json.loads((tmp_path / ".rows/BraTS_001.json").read_text())
+    assert (row["wt_volume_ml"], row["tc_volume_ml"], row["et_volume_ml"]) == (0.04, 0.009, 0.001)
     probability = _load_npy(tmp_path / "volumes/BraTS_001_probability.nii.gz")
     assert probability.dtype == np.float32 and probability.shape == (5, 8, 8, 3)
     expected = outputs.draw_overlay(image[3], mask[3], np.zeros((8, 8, 3)))

@@ -4,17 +4,20 @@ Layout, with `<key>` the scan's '/'-separated key:
 
 - `kind == "slice"`: `masks/<key>.png` and `overlays/<key>.png`.
 - `kaggle_3m`: `masks/<key>/<slice_name>.png` and `overlays/<key>/<slice_name>.png`, one per slice.
-- Volumes (`nifti`, `brats`, `dicom`): `volumes/<key>.nii.gz` (uint8 labels on the input's own
+- Volumes (`nifti`, `brats`, `dicom`): `volumes/<key>.nii.gz` (uint8 mask on the input's own
   voxel grid, with its affine, and for NIfTI inputs a copy of its header; a DICOM series gets the
-  affine built from its position, orientation and spacing tags), `volumes/<key>_probability.nii.gz`
-  (float32) when asked, and one overlay `overlays/<key>.png` of the slice with the largest tumour
-  area (the middle slice when there is none).
+  affine built from its position, orientation and spacing tags), or for a BraTS-regions model
+  `volumes/<key>_seg.nii.gz` (the BraTS label map, below); `volumes/<key>_probability.nii.gz`
+  (float32, one channel per region) when asked, and one overlay `overlays/<key>.png` of the slice
+  with the largest tumour area (the middle slice when there is none).
 - `.rows/<key>.json`: the scan's results.csv row, written last; its presence means "done".
 - `results.csv` and `summary.json`, written by the caller with `write_results_csv`, `write_summary`.
 
 Mask values: PNG masks are 0/255 for one class; for K nested classes the PNG value is the number
-of regions the pixel is in times 255 // K (K=3: 0, 85, 170, 255). NIfTI masks hold that count
-unscaled (0/1 for one class; 0..3 for BraTS, 3 = enhancing tumour). Every file is written with
+of regions the pixel is in times 255 // K (K=3: 0, 85, 170, 255). NIfTI masks are 0/1 for one
+class; for the three BraTS regions (whole tumour, tumour core, enhancing tumour) they are the
+BraTS labels every BraTS tool reads: 2 (oedema) where the whole tumour is, overwritten by 1
+(necrotic core) where the tumour core is, overwritten by 4 (enhancing tumour) where that is. Every file is written with
 `write_atomic`, and an existing file is kept unless `overwrite` is set. Never imports torch.
 """
 
@@ -38,14 +41,17 @@ from brainseg.runtime.scans import Prediction, Scan, ScanData
 
 ROW_COLUMNS = (
     "key", "kind", "source", "slices", "height", "width", "tumour_pixels", "tumour_area_mm2",
-    "tumour_volume_ml", "largest_component_pixels", "max_probability", "mean_disagreement",
-    "qc_flag", "notes",
+    "tumour_volume_ml", "wt_volume_ml", "tc_volume_ml", "et_volume_ml", "largest_component_pixels",
+    "max_probability", "mean_disagreement", "qc_flag", "notes",
 )  # fmt: skip
 VOLUME_KINDS = ("nifti", "brats", "dicom")
 PROBABILITY_FLOOR = 0.1  # ensemble probability above which some member may have seen tumour
 HIGH_DISAGREEMENT = 0.5  # overlays outline pixels whose member probabilities differ by more
 TUMOUR_RGB, DISAGREEMENT_RGB = (255, 0, 0), (255, 255, 0)
 INNER_REGION_RGB = ((0, 255, 0), (0, 128, 255))  # tumour core, enhancing tumour (K=3)
+# the three BraTS regions (WT, TC, ET) as labels, painted in this order: ET inside TC inside WT
+BRATS_REGION_LABELS = (2, 1, 4)
+REGION_VOLUME_COLUMNS = ("wt_volume_ml", "tc_volume_ml", "et_volume_ml")
 
 VolumeWriter = Callable[[np.ndarray, ScanData], bytes]  # axial (S, H, W[, K]) -> the file's bytes
 
@@ -150,7 +156,8 @@ def scan_row(data: ScanData, pred: Prediction, qc_threshold: float = 0.25) -> di
     - tumour_pixels: mask pixels over all slices; tumour_area_mm2: that times the pixel area
       (row x column spacing), None when spacing is unknown.
     - tumour_volume_ml: volumes only, voxels x row x column x slice_step / 1000, None unless both
-      spacing and slice_step are known.
+      spacing and slice_step are known; wt/tc/et_volume_ml: the same per BraTS region (three-region
+      models only).
     - largest_component_pixels: 3-D 26-connected for volumes (nifti, brats, dicom); the largest
       8-connected 2-D component of any slice otherwise (kaggle_3m slices are not joined).
     - mean_disagreement: mean of the disagreement map over pixels with probability above
@@ -163,9 +170,12 @@ def scan_row(data: ScanData, pred: Prediction, qc_threshold: float = 0.25) -> di
     probability, disagreement = pred.probability[..., 0], pred.disagreement[..., 0]
     pixels = int(mask.sum())
     pixel_mm2 = data.spacing[0] * data.spacing[1] if data.spacing else None
-    volume_ml = None
+    voxel_ml = None
     if scan.kind in VOLUME_KINDS and pixel_mm2 is not None and data.slice_step:
-        volume_ml = round(pixels * pixel_mm2 * data.slice_step / 1000.0, 6)
+        voxel_ml = pixel_mm2 * data.slice_step / 1000.0
+    regions = pred.mask.shape[-1] == len(REGION_VOLUME_COLUMNS)
+    region_ml = {column: round(int((pred.mask[..., k] > 0).sum()) * voxel_ml, 6) if regions and voxel_ml else None
+                 for k, column in enumerate(REGION_VOLUME_COLUMNS)}
     considered = mask | (probability > PROBABILITY_FLOOR)
     mean_disagreement = float(disagreement[considered].mean()) if considered.any() else 0.0
     largest = _largest_component(mask, across_slices=scan.kind in VOLUME_KINDS)
@@ -178,7 +188,8 @@ def scan_row(data: ScanData, pred: Prediction, qc_threshold: float = 0.25) -> di
         "width": int(data.image.shape[2]),
         "tumour_pixels": pixels,
         "tumour_area_mm2": None if pixel_mm2 is None else round(pixels * pixel_mm2, 6),
-        "tumour_volume_ml": volume_ml,
+        "tumour_volume_ml": None if voxel_ml is None else round(pixels * voxel_ml, 6),
+        **region_ml,
         "largest_component_pixels": largest,
         "max_probability": round(float(probability.max()), 6),
         "mean_disagreement": round(mean_disagreement, 6),
@@ -277,8 +288,10 @@ def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputO
     if kind in VOLUME_KINDS:
         if data.nifti is None:
             raise ValueError(f"volume scan {key!r} was read without its geometry (ScanData.nifti)")
-        labels = (pred.mask > 0).sum(axis=-1).astype(np.uint8)  # (S, H, W)
-        plan.append((f"volumes/{key}.nii.gz", partial(writer, labels, data)))
+        if pred.mask.shape[-1] == len(BRATS_REGION_LABELS):
+            plan.append((f"volumes/{key}_seg.nii.gz", partial(writer, brats_label_map(pred.mask), data)))
+        else:
+            plan.append((f"volumes/{key}.nii.gz", partial(writer, (pred.mask[..., 0] > 0).astype(np.uint8), data)))
         if options.save_probability:
             prob = pred.probability.astype(np.float32)
             prob = prob[..., 0] if prob.shape[-1] == 1 else prob  # (S, H, W[, K])
@@ -301,6 +314,14 @@ def _planned_overlays(data: ScanData, pred: Prediction) -> list:
         return [(f"overlays/{key}/{name}.png", partial(_overlay_bytes, data, pred, i)) for i, name in enumerate(names)]
     index = overlay_slice(pred) if data.scan.kind in VOLUME_KINDS else 0
     return [(f"overlays/{key}.png", partial(_overlay_bytes, data, pred, index))]
+
+
+def brats_label_map(mask: np.ndarray) -> np.ndarray:
+    """(S, H, W, 3) WT/TC/ET masks -> (S, H, W) uint8 BraTS labels {0, 1, 2, 4} (see the module docstring)."""
+    labels = np.zeros(mask.shape[:-1], np.uint8)
+    for region, label in enumerate(BRATS_REGION_LABELS):
+        labels[mask[..., region] > 0] = label
+    return labels
 
 
 def overlay_slice(pred: Prediction) -> int:
