@@ -56,5 +56,7 @@ def test_seg_run_writes_brats_label_maps_on_the_input_grid(brats_chain):
         probability = np.asarray(nib.load(str(root / "out" / "volumes" / f"{case}_probability.nii.gz")).dataobj)
         assert probability.shape == (*BRATS_SHAPE, 3)
         np.testing.assert_array_equal(labels, brats_label_map(probability >= threshold))
+    report = (root / "out" / "report.html").read_text()
+    assert all(f'href="volumes/{case.name}_seg.nii.gz"' in report for case in data.iterdir() if case.is_dir())
     rows = (root / "out" / "results.csv").read_text().splitlines()
     assert "wt_volume_ml" in rows[0] and len(rows) == 7

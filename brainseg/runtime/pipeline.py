@@ -35,7 +35,7 @@ from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import ConfigError, DataError, InputSkipped
 from brainseg.postprocess import PostProcessing
-from brainseg.runtime import discovery, loading, outputs
+from brainseg.runtime import discovery, loading, outputs, report_html
 from brainseg.runtime.backends import Backend, open_backend
 from brainseg.runtime.out_lock import OutputLock
 from brainseg.runtime.scans import Prediction, Scan, ScanData
@@ -147,8 +147,11 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
         wall = time.perf_counter() - started
         summary.timings_s = {**{k: round(v, 3) for k, v in stats.seconds.items()}, "wall": round(wall, 3)}
         summary.slices_per_s = round(summary.slices / wall, 2) if wall > 0 and summary.slices else 0.0
-        outputs.write_results_csv(out, outputs.collect_rows(out, scans))
-        outputs.write_summary(out, {**asdict(summary), "exit_code": summary.exit_code})
+        rows = outputs.collect_rows(out, scans)
+        outputs.write_results_csv(out, rows)
+        record = {**asdict(summary), "exit_code": summary.exit_code}
+        outputs.write_summary(out, record)
+        report_html.write_report_html(out, record, rows)
     return summary
 
 
