@@ -16,7 +16,7 @@ unknown labels) is skipped with a reason; nibabel is imported only when BraTS da
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +43,17 @@ def is_brats_case(folder: Path) -> bool:
 
 
 def read_brats(
-    root: Path, modalities: Sequence[str], target: str, skip: SkipFn
+    root: Path, modalities: Sequence[str], target: str, skip: SkipFn, wanted: Collection[str] | None = None
 ) -> list[tuple[Path, Volume]]:
-    """Read every case folder under `root`; `skip(path, reason)` records each case left out."""
+    """Read every case folder under `root` (only those named in `wanted`, when given); `skip(path,
+    reason)` records each case left out."""
     nib = require("nibabel", "nifti")
     modalities = _check_modalities(modalities)
     check_target(target)
     read = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if wanted is not None and folder.name not in wanted:
+            continue
         try:
             read.append((folder, _read_case(folder, modalities, target, nib)))
         except InputSkipped as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -76,6 +76,7 @@ def read_dataset(
     modalities: Sequence[str] = BRATS_MODALITIES,
     target: str = "wt",
     patient_regex: str | None = None,
+    patients: Collection[str] | None = None,
 ) -> Dataset:
     """Read a data folder into volumes sorted by patient id, plus what was skipped and why.
 
@@ -87,6 +88,8 @@ def read_dataset(
         patient_regex: folders only: a regex matched (`re.match`) against each image stem; the
             patient id is its `patient` group, else its first group, else the whole match.
             Default: the stem up to its last "_" (the whole stem if it has none).
+        patients: read only these patient ids; the others' files are never opened (export and
+            seg-eval need a run's validation or test patients, not the whole set in memory).
 
     Raises:
         ConfigError: unknown layout or target, or an option that does not apply to the layout.
@@ -100,12 +103,13 @@ def read_dataset(
     _check_combination(layout, target, patient_regex)
     skipped: list[SkippedInput] = []
     skip = partial(_record_skip, skipped)
+    wanted = None if patients is None else frozenset(patients)
     if layout == "kaggle_3m":
-        read = _read_kaggle(root, skip)
+        read = _read_kaggle(root, skip, wanted)
     elif layout == "brats":
-        read = read_brats(root, modalities, target, skip)
+        read = read_brats(root, modalities, target, skip, wanted)
     else:
-        read = _read_folders(root, _patient_of(patient_regex), skip)
+        read = _read_folders(root, _patient_of(patient_regex), skip, wanted)
     volumes = _same_channels(read, skip)
     if not volumes:
         raise DataError(_nothing_usable(root, layout, skipped))
@@ -167,9 +171,11 @@ def _kaggle_root(root: Path) -> Path | None:
     return None
 
 
-def _read_kaggle(root: Path, skip: SkipFn) -> list[tuple[Path, Volume]]:
+def _read_kaggle(root: Path, skip: SkipFn, wanted: frozenset[str] | None) -> list[tuple[Path, Volume]]:
     read = []
     for folder in _subdirs(_kaggle_root(root) or root):
+        if wanted is not None and folder.name not in wanted:
+            continue
         pairs = _kaggle_pairs(folder, skip)
         volume = _read_patient(folder.name, folder, pairs, "kaggle_3m", skip) if pairs else None
         if volume is not None:
@@ -220,7 +226,7 @@ def _unpaired_reason(images: int, masks: int) -> str:
 
 
 def _read_folders(
-    root: Path, patient_of: Callable[[str], str | None], skip: SkipFn
+    root: Path, patient_of: Callable[[str], str | None], skip: SkipFn, wanted: frozenset[str] | None
 ) -> list[tuple[Path, Volume]]:
     images_dir, masks_dir = root / "images", root / "masks"
     for needed in (images_dir, masks_dir):
@@ -234,6 +240,8 @@ def _read_folders(
     for path in _image_files(images_dir, skip):
         patient = patient_of(path.stem)
         mask = masks.pop(path.stem, None)
+        if wanted is not None and patient is not None and patient not in wanted:
+            continue
         if patient is None:
             skip(path, "name does not match patient_regex, so it (and its mask) has no patient id")
             continue
