@@ -91,6 +91,8 @@ def write_dicom(path: Path, pixels: np.ndarray, z: float, series: str, number: i
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = series, number, int(z)
+    ds.Modality = "MR"  # a DICOM SEG references its source's study and frame of reference: one per series here
+    ds.StudyInstanceUID, ds.FrameOfReferenceUID = f"{series}.1", f"{series}.2"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0

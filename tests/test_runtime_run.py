@@ -200,6 +200,13 @@ def test_a_dicom_series_is_segmented_into_a_nifti_on_the_scanners_grid(tiny_samp
     row = next(csv.DictReader((tmp_path / "out" / "results.csv").open()))
     assert row["kind"] == "dicom" and float(row["tumour_volume_ml"] or 0) >= 0
     assert int(row["tumour_pixels"]) == int(np.asarray(written.dataobj).sum())
+    # and the DICOM SEG beside it names the artifacts and points at the three source instances
+    pydicom = pytest.importorskip("pydicom")
+    seg = pydicom.dcmread(tmp_path / "out" / "volumes" / "dcm_seg.dcm")
+    assert seg.Modality == "SEG" and Manifest.load(tiny_artifacts).sha256[:12] in seg.ContentDescription
+    referenced = {item.ReferencedSOPInstanceUID for series in seg.ReferencedSeriesSequence
+                  for item in series.ReferencedInstanceSequence}
+    assert len(referenced) == 3
 
 
 class _ReaderCrash(BaseException):

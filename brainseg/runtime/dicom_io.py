@@ -38,7 +38,7 @@ def dicom_series(paths: Sequence[Path]) -> tuple[list[tuple[str, list[Path]]], l
         groups.setdefault(str(header.get("SeriesInstanceUID", "")), []).append((path, header))
     series = []
     for index, uid in enumerate(sorted(groups), start=1):
-        members = _slice_order(groups[uid])
+        members = slice_order(groups[uid])
         number = members[0][1].get("SeriesNumber")
         series.append((f"series{number if number not in (None, '') else index}", [p for p, _ in members]))
     return series, bad
@@ -61,7 +61,7 @@ def read_dicom(paths: Sequence[Path]) -> tuple[np.ndarray, dict]:
             members.append((Path(path), pydicom.dcmread(path)))
         except Exception as exc:  # pydicom raises many types for a broken file
             raise InputSkipped(path, f"cannot read DICOM ({one_line(exc)})") from exc
-    members = _slice_order(members)
+    members = slice_order(members)
     planes = [_dicom_pixels(path, ds) for path, ds in members]
     for (path, _), plane in zip(members, planes, strict=True):
         if plane.shape != planes[0].shape:
@@ -80,7 +80,7 @@ def read_dicom(paths: Sequence[Path]) -> tuple[np.ndarray, dict]:
     return np.ascontiguousarray(ras[..., None], dtype=np.float32), info
 
 
-def _slice_order(members: list) -> list:
+def slice_order(members: list) -> list:
     """(path, dataset) pairs sorted by position along the slice normal, else InstanceNumber."""
     if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in members):
         normal = _normal(members[0][1])

@@ -10,6 +10,8 @@ Layout, with `<key>` the scan's '/'-separated key:
   `volumes/<key>_seg.nii.gz` (the BraTS label map, below); `volumes/<key>_probability.nii.gz`
   (float32, one channel per region) when asked, and one overlay `overlays/<key>.png` of the slice
   with the largest tumour area (the middle slice when there is none).
+- `dicom` scans, when `OutputOptions.manifest_sha256` is set: also `volumes/<key>_seg.dcm`, a DICOM
+  SEG on the source images (one segment per region; see `brainseg.runtime.dicom_seg`).
 - `.rows/<key>.json`: the scan's results.csv row, written last; its presence means "done".
 - `results.csv` and `summary.json`, written by the caller with `write_results_csv`, `write_summary`.
 
@@ -37,6 +39,7 @@ from scipy import ndimage
 
 from brainseg.errors import DataError
 from brainseg.fileio import write_atomic
+from brainseg.runtime.dicom_seg import segmentation_bytes
 from brainseg.runtime.scans import Prediction, Scan, ScanData
 
 ROW_COLUMNS = (
@@ -69,12 +72,15 @@ class OutputOptions:
         save_probability: also write the float32 probability volume (NIfTI-header sources only).
         overlays: write overlay PNGs.
         qc_threshold: a scan is flagged "disagree" when its mean disagreement is above this.
+        manifest_sha256: the artifacts' manifest sha256; when set, a DICOM series also gets a DICOM
+            SEG that names it in its algorithm identification (None: no DICOM SEG is written).
     """
 
     overwrite: bool = False
     save_probability: bool = False
     overlays: bool = True
     qc_threshold: float = 0.25
+    manifest_sha256: str | None = None
 
 
 def check_relative_name(name: str, what: str = "output name") -> None:
@@ -304,6 +310,9 @@ def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputO
         plan.extend((f"masks/{key}/{name}.png", partial(_mask_bytes, pred, i)) for i, name in enumerate(names))
     if options.overlays:
         plan.extend(_planned_overlays(data, pred))
+    if kind == "dicom" and options.manifest_sha256:  # last: if it fails, the NIfTI and overlay are kept
+        seg = partial(segmentation_bytes, data, pred, manifest_sha256=options.manifest_sha256)
+        plan.append((f"volumes/{key}_seg.dcm", seg))
     return [(safe_output_path(out, relative), produce) for relative, produce in plan]
 
 
@@ -352,7 +361,8 @@ def write_scan(
     Otherwise each file that exists is kept (unless overwrite), the others are written atomically,
     and `.rows/<key>.json` is written last. `volume_writer(axial, data)` returns the bytes of a
     NIfTI file for header-carrying volumes (default `nifti_like`); tests may inject their own.
-    Raises ScanOutputError (a DataError) when the scan's outputs cannot be placed safely.
+    Raises ScanOutputError (a DataError) when the scan's outputs cannot be placed safely, and
+    DicomSegError (a DataError) when a DICOM series' SEG cannot be made (its other files are kept).
     """
     out, options = Path(out), options or OutputOptions()
     row_path = _row_path(out, data.scan)

@@ -135,7 +135,8 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
                              precision=choice.precision, manifest_sha256=manifest.sha256,
                              postprocessing={**post.to_dict(), "description": post.describe()}, scans=len(scans))
         out_options = outputs.OutputOptions(overwrite=options.overwrite, save_probability=options.save_probability,
-                                            overlays=options.overlays, qc_threshold=options.qc_threshold)
+                                            overlays=options.overlays, qc_threshold=options.qc_threshold,
+                                            manifest_sha256=manifest.sha256)  # names the model in DICOM SEGs
         todo = scans if options.overwrite else [s for s in scans if not outputs.is_done(out, s)]
         summary.resumed = len(scans) - len(todo)
         started = time.perf_counter()
