@@ -54,7 +54,7 @@ def _csv(value: str | None) -> list[str] | None:
 @app.command("train")
 @_command()
 def train_command(
-    data: Annotated[str, typer.Option(help="kaggle_3m, BraTS or images/+masks/ folder, or 'sample'.")],
+    data: Annotated[str, typer.Option(help="kaggle_3m, BraTS or images/+masks/ folder, or 'sample' / 'sample-brats'.")],
     out: Annotated[Path, typer.Option(help="Run folder; one sub-folder per model.")] = Path("runs/default"),
     models: Annotated[str, typer.Option(help="Comma-separated: unet, fpn, resunet.")] = "unet,fpn,resunet",
     preset: Annotated[str, typer.Option(help="quick (small, minutes on a CPU) or full.")] = "full",
@@ -105,17 +105,18 @@ def train_command(
 @_command()
 def sample_data_command(
     out: Annotated[Path, typer.Argument(help="Folder to write (must be empty or absent).")],
-    patients: Annotated[int, typer.Option(help="Number of patients.")] = 32,
-    slices: Annotated[int, typer.Option(help="Axial slices per patient.")] = 16,
-    size: Annotated[int, typer.Option(help="Slice size in pixels.")] = 256,
+    layout: Annotated[str, typer.Option(help="kaggle_3m (RGB TIFF slices) or brats (NIfTI, labels 1/2/4).")]
+    = "kaggle_3m",
+    patients: Annotated[int | None, typer.Option(help="Number of patients (default 32; brats 24).")] = None,
+    slices: Annotated[int | None, typer.Option(help="Axial slices per patient (default 16; brats 24).")] = None,
+    size: Annotated[int | None, typer.Option(help="Slice size in pixels (default 256; brats 128).")] = None,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
 ) -> None:
-    """Write the built-in synthetic brain-MRI sample in the kaggle_3m layout."""
-    from brainseg.data.sample import SampleSpec, write_sample_dataset
+    """Write the built-in synthetic brain-MRI sample in the kaggle_3m or the BraTS layout."""
+    from brainseg.data.sample_brats import write_sample
 
-    root = write_sample_dataset(out, SampleSpec(patients=patients, slices=slices, size=size, seed=seed),
-                                progress=True)
-    typer.echo(f"Wrote {patients} sample patients to {root}")
+    root = write_sample(out, layout, patients=patients, slices=slices, size=size, seed=seed, progress=True)
+    typer.echo(f"Wrote the {layout} sample to {root}")
 
 
 @app.command("export")

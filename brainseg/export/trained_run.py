@@ -94,7 +94,7 @@ def split_volumes(run: TrainedRun, which: str) -> list[Volume]:
     if not root.exists():
         raise DataError(f"{root}: the run's data folder is gone; its validation and test patients are needed for "
                         "calibration and the accuracy tables")
-    dataset = read_run_dataset(run.data, run.config)
+    dataset = read_run_dataset(run.data, run.config, patients=wanted)
     volumes = [v for v in dataset.volumes if v.patient_id in wanted]
     if len(volumes) != len(wanted):
         missing = sorted(wanted - {v.patient_id for v in volumes})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from brainseg.data.readers import read_dataset
@@ -10,19 +11,25 @@ from brainseg.train.config import TrainConfig
 
 
 def resolve_data(data: str, cfg: TrainConfig) -> Path:
-    """The folder behind `data`: itself, or for "sample" the cached sample the config describes
-    (generated on first use)."""
-    if data != "sample":
-        return Path(data)
-    from brainseg.data.sample import SampleSpec, cached_sample_dataset
+    """The folder behind `data`, generated on first use for the built-in samples: itself; for
+    "sample" the cached kaggle_3m sample the config describes; for "sample-brats" the cached BraTS
+    sample with the config's seed and `BratsSampleSpec`'s default sizes."""
+    if data == "sample":
+        from brainseg.data.sample import SampleSpec, cached_sample_dataset
 
-    return cached_sample_dataset(SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices, seed=cfg.seed))
+        return cached_sample_dataset(SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices, seed=cfg.seed))
+    if data == "sample-brats":
+        from brainseg.data.sample_brats import BratsSampleSpec, cached_brats_sample
+
+        return cached_brats_sample(BratsSampleSpec(seed=cfg.seed))
+    return Path(data)
 
 
-def read_run_dataset(data: str, cfg: TrainConfig) -> Dataset:
-    """Every volume of the run's data, read with the run's layout, modalities, target and patient regex.
+def read_run_dataset(data: str, cfg: TrainConfig, patients: Collection[str] | None = None) -> Dataset:
+    """The run's data (only `patients`, when given), read with the run's layout, modalities, target
+    and patient regex.
 
     Raises DataError naming the folder when it is missing or holds nothing usable.
     """
     return read_dataset(resolve_data(data, cfg), layout=cfg.layout, modalities=cfg.modalities, target=cfg.target,
-                        patient_regex=cfg.patient_regex)
+                        patient_regex=cfg.patient_regex, patients=patients)
