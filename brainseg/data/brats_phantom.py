@@ -30,13 +30,9 @@ from brainseg.data.phantom import (
     Template,
     base_contrasts,
     correlation_cells,
-    elastic_warp,
-    mass_effect,
-    random_pose,
     smooth_noise,
-    template_points,
 )
-from brainseg.data.tumour import TUMOUR_THRESHOLD, TumourParams, _pick_centre, random_tumour, tumour_field
+from brainseg.data.tumour import TUMOUR_THRESHOLD, TumourParams, place_tumour
 from brainseg.errors import DataError
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -68,14 +64,8 @@ class BratsCase:
 def synthesize_case(rng: np.random.Generator, slices: int, size: int, template: Template) -> BratsCase:
     """A random head with one tumour that shows all of labels 1, 2 and 4 on at least two slices."""
     for _ in range(50):
-        centre = _pick_centre(rng, template)
-        params = random_tumour(rng, centre)
-        pose = random_pose(rng, centre, slices, size)
-        points = template_points(pose, slices, size)
-        elastic_warp(rng, points, pose, rng.uniform(1.5, 4.0))
-        cell = correlation_cells(pose, max(3.0, 0.6 * params.sigmas[0]))
-        field = tumour_field(params, points, smooth_noise(rng, points.shape[1:], cell))
-        tissue = template.sample(mass_effect(points, centre, params.sigmas[0], params.push))  # (S, H, W, 4)
+        placed = place_tumour(rng, template, slices, size)
+        params, pose, field, tissue = placed.params, placed.pose, placed.field, placed.tissue  # tissue (S, H, W, 4)
         brain = tissue[..., 3] > 0.5
         seg = tumour_labels(rng, field, tissue, brain, pose)
         if _usable(seg, slices):

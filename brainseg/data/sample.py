@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,17 +63,22 @@ class SampleSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        limits = {"patients": (1, 10_000), "slices": (2, 500), "size": (32, 2048)}
-        for name, (low, high) in limits.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"sample {name} must be an integer in [{low}, {high}], got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"sample seed must be a non-negative integer, got {self.seed!r}")
+        check_spec(self, "sample", {"patients": (1, 10_000), "slices": (2, 500), "size": (32, 2048)})
 
     @property
     def cache_name(self) -> str:
         return f"sample-v{VERSION}-{self.patients}x{self.slices}-{self.size}-seed{self.seed}"
+
+
+def check_spec(spec, what: str, limits: dict[str, tuple[int, int]]) -> None:
+    """Raise ConfigError unless each of `limits` names an integer field of `spec` within its range
+    and `spec.seed` is a non-negative integer; `what` names the spec in the message."""
+    for name, (low, high) in limits.items():
+        value = getattr(spec, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{what} {name} must be an integer in [{low}, {high}], got {value!r}")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
+        raise ConfigError(f"{what} seed must be a non-negative integer, got {spec.seed!r}")
 
 
 def write_sample_dataset(out: str | Path, spec: SampleSpec = SampleSpec(), *, progress: bool = False) -> Path:
@@ -86,6 +91,15 @@ def write_sample_dataset(out: str | Path, spec: SampleSpec = SampleSpec(), *, pr
         DataError: `out` exists and is not an empty folder, or a file cannot be written.
         BrainsegError: nilearn or nibabel (the `sample` extra) is not installed.
     """
+    return write_staged(out, lambda folder: _write_patients(folder, spec, progress=progress))
+
+
+def write_staged(out: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(folder)` on a hidden sibling of `out` and rename it to `out` once complete, so an
+    interrupted run never leaves a folder that looks finished; returns `out`.
+
+    Raises DataError when `out` exists and is not an empty folder, or the sibling cannot be made.
+    """
     out = Path(out)
     _require_empty_or_absent(out)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -94,12 +108,25 @@ def write_sample_dataset(out: str | Path, spec: SampleSpec = SampleSpec(), *, pr
     except OSError as exc:
         raise DataError(f"cannot create a folder next to {out}: {exc}") from exc
     try:
-        _write_patients(partial, spec, progress=progress)
+        write(partial)
         _move_into_place(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
+
+
+def cached(target: Path, write: Callable[[Path], Path]) -> Path:
+    """`target` if a complete sample is there, else `write(target)`; when another process wins the
+    race to write it, its result is used."""
+    if is_sample_dataset(target):
+        return target
+    try:
+        return write(target)
+    except DataError:
+        if is_sample_dataset(target):  # another process finished first
+            return target
+        raise
 
 
 def cached_sample_dataset(spec: SampleSpec = SampleSpec(), *, cache_dir: str | Path | None = None) -> Path:
@@ -110,15 +137,7 @@ def cached_sample_dataset(spec: SampleSpec = SampleSpec(), *, cache_dir: str | P
     the others use its result.
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / spec.cache_name
-    if is_sample_dataset(target):
-        return target
-    try:
-        return write_sample_dataset(target, spec)
-    except DataError:
-        if is_sample_dataset(target):  # another process finished first
-            return target
-        raise
+    return cached(root / spec.cache_name, lambda target: write_sample_dataset(target, spec))
 
 
 def default_cache_dir() -> Path:

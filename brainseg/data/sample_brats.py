@@ -21,8 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,11 +34,11 @@ from brainseg.data.sample import (
     SampleSpec,
     _installed_version,
     _maybe_track,
-    _move_into_place,
-    _require_empty_or_absent,
+    cached,
+    check_spec,
     default_cache_dir,
-    is_sample_dataset,
     write_sample_dataset,
+    write_staged,
 )
 from brainseg.errors import ConfigError, DataError, require
 
@@ -65,13 +63,7 @@ class BratsSampleSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        limits = {"cases": (1, 10_000), "slices": (2, 500), "size": (32, 2048)}
-        for name, (low, high) in limits.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"BraTS sample {name} must be an integer in [{low}, {high}], got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"BraTS sample seed must be a non-negative integer, got {self.seed!r}")
+        check_spec(self, "BraTS sample", {"cases": (1, 10_000), "slices": (2, 500), "size": (32, 2048)})
 
     @property
     def cache_name(self) -> str:
@@ -98,36 +90,15 @@ def write_brats_sample(out: str | Path, spec: BratsSampleSpec = BratsSampleSpec(
         DataError: `out` exists and is not an empty folder, or a file cannot be written.
         BrainsegError: nilearn or nibabel (the `sample` extra) is not installed.
     """
-    out = Path(out)
-    _require_empty_or_absent(out)
     nib = require("nibabel", "sample")
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        partial.mkdir(parents=True)
-    except OSError as exc:
-        raise DataError(f"cannot create a folder next to {out}: {exc}") from exc
-    try:
-        _write_cases(partial, spec, nib, progress=progress)
-        _move_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return out
+    return write_staged(out, lambda folder: _write_cases(folder, spec, nib, progress=progress))
 
 
 def cached_brats_sample(spec: BratsSampleSpec = BratsSampleSpec(), *, cache_dir: str | Path | None = None) -> Path:
     """The BraTS sample for `spec` under `cache_dir` (default: `default_cache_dir()`), generated on
     first use; safe when several processes ask at once, as `cached_sample_dataset` is."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = root / spec.cache_name
-    if is_sample_dataset(target):
-        return target
-    try:
-        return write_brats_sample(target, spec)
-    except DataError:
-        if is_sample_dataset(target):  # another process finished first
-            return target
-        raise
+    return cached(root / spec.cache_name, lambda target: write_brats_sample(target, spec))
 
 
 def write_sample(

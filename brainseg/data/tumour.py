@@ -167,20 +167,37 @@ class SyntheticPatient:
     pose: Pose
 
 
+@dataclass(frozen=True)
+class PlacedTumour:
+    """A random head with a random tumour in it, before any contrast: what both samples start from."""
+
+    params: TumourParams
+    pose: Pose
+    field: np.ndarray  # (S, H, W) tumour field (>= TUMOUR_THRESHOLD inside the tumour)
+    tissue: np.ndarray  # (S, H, W, 4) T1, GM, WM, brain mask, pushed aside by the tumour
+
+
+def place_tumour(rng: np.random.Generator, template: Template, slices: int, size: int) -> PlacedTumour:
+    """Pose and warp a head, grow a tumour in a random hemisphere, and let it push the tissue aside."""
+    centre = _pick_centre(rng, template)
+    params = random_tumour(rng, centre)
+    pose = random_pose(rng, centre, slices, size)
+    points = template_points(pose, slices, size)
+    elastic_warp(rng, points, pose, rng.uniform(1.5, 4.0))
+    roughness = smooth_noise(rng, points.shape[1:], correlation_cells(pose, max(3.0, 0.6 * params.sigmas[0])))
+    field = tumour_field(params, points, roughness)
+    tissue = template.sample(mass_effect(points, centre, params.sigmas[0], params.push))
+    return PlacedTumour(params, pose, field, tissue)
+
+
 def synthesize_patient(
     rng: np.random.Generator, slices: int, size: int, template: Template | None = None
 ) -> SyntheticPatient:
     """A random patient with a tumour on at least min(2, slices) slices."""
     template = template if template is not None else load_template()
     for _ in range(50):
-        centre = _pick_centre(rng, template)
-        params = random_tumour(rng, centre)
-        pose = random_pose(rng, centre, slices, size)
-        points = template_points(pose, slices, size)
-        elastic_warp(rng, points, pose, rng.uniform(1.5, 4.0))
-        roughness = smooth_noise(rng, points.shape[1:], correlation_cells(pose, max(3.0, 0.6 * params.sigmas[0])))
-        field = tumour_field(params, points, roughness)
-        tissue = template.sample(mass_effect(points, centre, params.sigmas[0], params.push))
+        placed = place_tumour(rng, template, slices, size)
+        params, pose, field, tissue = placed.params, placed.pose, placed.field, placed.tissue
         maps = tumour_maps(rng, params, field, tissue, pose)
         if maps.mask.any(axis=(1, 2)).sum() >= min(2, slices):
             break
