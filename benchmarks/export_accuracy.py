@@ -30,14 +30,14 @@ def main() -> None:
     manifest = Manifest.load(args.artifacts)
     facts = manifest.accuracy_facts
     keep = ("dice_mean", "dice_median", "dice_worst", "hd95_mean", "hd95_undefined", "empty_slice_fp_rate",
-            "dice_drop", "passed")
+            "dice_drop", "passed", "region_dice")
     result = {
         "machine": cpu_description(),
         "artifacts": str(args.artifacts),
         "manifest_sha256": manifest.sha256,
         "patients": facts["patients"],
         "max_dice_drop": facts["max_dice_drop"],
-        "table": {name: {k: row[k] for k in keep} for name, row in manifest.accuracy_table.items()},
+        "table": {name: {k: row[k] for k in keep if k in row} for name, row in manifest.accuracy_table.items()},
         "test_patients": facts.get("test_patients"),
         "test_table": {name: {k: row[k] for k in keep if k in row} for name, row in manifest.test_table.items()},
         "postprocessing": manifest.postprocessing_choice,
