@@ -23,7 +23,7 @@ import numpy as np
 
 from brainseg.errors import BrainsegError, require
 from brainseg.fileio import write_atomic
-from brainseg.runtime.outputs import _encode_png, _outline, draw_overlay
+from brainseg.runtime.outputs import draw_overlay, encode_png, outline
 
 REPORT_JSON, REPORT_MD, PLOT, OVERLAYS = "report.json", "report.md", "dice_per_patient.png", "overlays"
 OVERLAY_PATIENTS = 3
@@ -83,8 +83,8 @@ def write_overlays(out: Path, slices: list[OverlaySlice]) -> list[dict]:
             f"{item.patient_id}_{item.slice_name}"  # kaggle_3m slice names start with the patient id already
         name = f"{OVERLAYS}/{rank}_{_file_safe(slice_name)}.png"
         canvas = draw_overlay(item.image, item.mask, item.disagreement)  # (H, W, 3) RGB
-        _outline(canvas, item.truth, TRUTH_RGB)
-        write_atomic(out / name, _encode_png(canvas))
+        outline(canvas, item.truth, TRUTH_RGB)
+        write_atomic(out / name, encode_png(canvas))
         drawn.append({"file": name, "patient_id": item.patient_id, "slice": item.slice_name, "why": item.why})
     return drawn
 

@@ -254,19 +254,20 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray, disagreement: np.ndarray) 
     when K = 3; yellow, drawn underneath: pixels of class-0 disagreement above HIGH_DISAGREEMENT.
     """
     canvas = overlay_base(image)
-    _outline(canvas, disagreement[..., 0] > HIGH_DISAGREEMENT, DISAGREEMENT_RGB)
-    _outline(canvas, mask[..., 0] > 0, TUMOUR_RGB)
+    outline(canvas, disagreement[..., 0] > HIGH_DISAGREEMENT, DISAGREEMENT_RGB)
+    outline(canvas, mask[..., 0] > 0, TUMOUR_RGB)
     for region, colour in zip(range(1, mask.shape[-1]), INNER_REGION_RGB, strict=False):
-        _outline(canvas, mask[..., region] > 0, colour)
+        outline(canvas, mask[..., region] > 0, colour)
     return canvas
 
 
-def _outline(canvas: np.ndarray, region: np.ndarray, colour: tuple[int, int, int]) -> None:
+def outline(canvas: np.ndarray, region: np.ndarray, colour: tuple[int, int, int]) -> None:
+    """Draw the 1-pixel contour of the boolean `region` onto the (H, W, 3) RGB `canvas`, in place."""
     contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(canvas, contours, -1, colour, thickness=1)
 
 
-def _encode_png(array: np.ndarray) -> bytes:
+def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a (H, W) gray or (H, W, 3) RGB uint8 array (converted to BGR for OpenCV)."""
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
@@ -340,11 +341,11 @@ def overlay_slice(pred: Prediction) -> int:
 
 
 def _mask_bytes(pred: Prediction, index: int) -> bytes:
-    return _encode_png(mask_png_values(pred.mask[index]))
+    return encode_png(mask_png_values(pred.mask[index]))
 
 
 def _overlay_bytes(data: ScanData, pred: Prediction, index: int) -> bytes:
-    return _encode_png(draw_overlay(data.image[index], pred.mask[index], pred.disagreement[index]))
+    return encode_png(draw_overlay(data.image[index], pred.mask[index], pred.disagreement[index]))
 
 
 def write_scan(
