@@ -130,6 +130,21 @@ def test_brats_nan_voxels_shape_mismatch_and_unknown_labels_are_skipped(tmp_path
     assert "segmentation labels [5] found" in skip_for(dataset, "bad_seg.nii.gz").reason
 
 
+def test_brats_mixed_label_conventions_and_grids_are_skipped(tmp_path):
+    def with_3_and_4(folder):
+        seg = brats_arrays(et_label=4)["seg"]
+        seg[seg == 1] = 3  # BraTS 2023's enhancing label beside the older one
+        nib.save(nib.Nifti1Image(seg, np.diag([*ZOOMS, 1.0])), folder / "bad_seg.nii.gz")
+
+    def with_grid(folder):
+        nib.save(nib.Nifti1Image(brats_arrays()["t1"], np.diag([*ZOOMS[:2], 9.0, 1.0])), folder / "bad_t1.nii.gz")
+
+    dataset = brats_case_with(tmp_path / "a", with_3_and_4)
+    assert "both label 3 and label 4" in skip_for(dataset, "bad_seg.nii.gz").reason
+    dataset = brats_case_with(tmp_path / "b", with_grid)
+    assert skip_for(dataset, "bad").reason == "bad_t1.nii.gz and bad_seg.nii.gz have different affines (not one grid)"
+
+
 def test_brats_all_cases_skipped_raises(tmp_path):
     folder = write_brats_case(tmp_path, "only", brats_arrays())
     (folder / "only_t2.nii.gz").unlink()

@@ -114,6 +114,13 @@ def test_brats_modalities_of_different_shapes_are_skipped(tmp_path):
     assert error.path == str(tmp_path / "case" / "C_t1.nii.gz") and "C_t2.nii.gz is (8, 9, 6)" in error.reason
 
 
+def test_brats_modalities_on_different_grids_are_skipped(tmp_path):
+    write_case(tmp_path / "case", "C")
+    write_nifti(tmp_path / "case" / "C_t1.nii.gz", brain(0), np.diag([1.0, 1.2, 3.0, 1.0]))  # same shape, 3 mm
+    error = skip_reason(one([tmp_path], F32), F32)
+    assert error.path == str(tmp_path / "case" / "C_t1.nii.gz") and "different affine from C_t2.nii.gz" in error.reason
+
+
 def test_volume_to_uint8_maps_zero_to_zero_and_p995_to_255(tmp_path):
     volume = np.zeros((10, 10, 10), np.float32)
     volume[:, :, 5:] = np.arange(1, 501, dtype=np.float32).reshape(10, 10, 5)
@@ -209,3 +216,23 @@ def test_dicom_series_is_ordered_by_position_rescaled_and_oriented(tmp_path):
     high = np.percentile(np.repeat([100, 200, 300, 150, 250, 350], [19, 19, 19, 1, 1, 1]), 99.5)
     expected = [round(v * 255 / high) for v in (100, 200, 300)]  # stored values with slope and intercept applied
     assert u8.image[:, 0, 0, 0].tolist() == expected
+
+
+@pytest.mark.parametrize("positions, reason", [
+    ((0.0, 5.0, 10.0, 20.0, 25.0), "spacing is 10 mm here but 5 mm elsewhere"),  # the slice at 15 mm is missing
+    ((0.0, 5.0, 5.0, 10.0), "shares its slice position with"),
+])
+def test_dicom_series_with_a_missing_or_doubled_slice_is_skipped(tmp_path, positions, reason):
+    for index, z in enumerate(positions):
+        write_dicom(tmp_path / "dcm" / f"{index}.dcm", np.full((4, 5), 100), z, "1.2.3", 7)
+    scans, _ = discover([tmp_path], None)
+    assert reason in skip_reason(scans[0], replace(F32, channels=1)).reason
+
+
+def test_dicom_series_for_multi_sequence_artifacts_names_the_series_and_the_channels(tmp_path):
+    for z in (0.0, 5.0, 10.0):
+        write_dicom(tmp_path / "dcm" / f"{z}.dcm", np.full((4, 5), 100), z, "1.2.3", 7)
+    scans, _ = discover([tmp_path], None)
+    error = skip_reason(scans[0], F32)  # BraTS artifacts: four sequences
+    assert "series 7 (MR) is one 1-channel sequence" in error.reason
+    assert f"need 4 channels ({', '.join(MODALITIES)})" in error.reason and "\n" not in error.reason

@@ -26,7 +26,8 @@ from brainseg.data.volume import Volume
 from brainseg.errors import ConfigError, InputSkipped, require
 
 TARGETS = ("wt", "brats-regions")
-BRATS_LABELS = (0, 1, 2, 3, 4)  # 3 is enhancing tumour in BraTS 2023 (4 in earlier years)
+# enhancing tumour is 4 up to BraTS 2021 and 3 from BraTS 2023; one file uses one convention
+BRATS_LABEL_SETS = ((0, 1, 2, 4), (0, 1, 2, 3))
 
 SkipFn = Callable[[Path, str], None]
 
@@ -84,13 +85,17 @@ def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
 
 def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> Volume:
     files = _case_files(folder, modalities)
-    seg, _ = _load(files[BRATS_LABEL], nib)
-    images, zooms = zip(*(_load(files[m], nib) for m in modalities), strict=True)
-    for modality, image in zip(modalities, images, strict=True):
+    seg, _, seg_affine = _load(files[BRATS_LABEL], nib)
+    images, zooms, affines = zip(*(_load(files[m], nib) for m in modalities), strict=True)
+    for modality, image, affine in zip(modalities, images, affines, strict=True):
         if image.shape != seg.shape:
             raise InputSkipped(
                 folder,
                 f"{files[modality].name} is {image.shape} but {files[BRATS_LABEL].name} is {seg.shape}",
+            )
+        if not same_grid(affine, seg_affine):
+            raise InputSkipped(
+                folder, f"{files[modality].name} and {files[BRATS_LABEL].name} have different affines (not one grid)"
             )
     labels = _check_labels(files[BRATS_LABEL], seg)
     stack = np.stack(images, axis=-1)  # (X, Y, Z, C)
@@ -132,8 +137,13 @@ def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
     return files
 
 
-def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Load one NIfTI in closest-canonical orientation as float32 (X, Y, Z) and its zooms."""
+def same_grid(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two NIfTI affines put voxels in the same place (to 1e-3 mm, as written to float32 headers)."""
+    return bool(np.allclose(a, b, atol=1e-3, rtol=0))
+
+
+def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    """Load one NIfTI in closest-canonical orientation as float32 (X, Y, Z), its zooms and its affine."""
     try:
         image = nib.as_closest_canonical(nib.load(str(path)))
         data = image.get_fdata(dtype=np.float32)
@@ -147,19 +157,23 @@ def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...]]:
     if not np.isfinite(data).all():
         bad = int(data.size - np.isfinite(data).sum())
         raise InputSkipped(path, f"has {bad} NaN or infinite voxels")
-    return data, tuple(float(z) for z in image.header.get_zooms()[:3])
+    return data, tuple(float(z) for z in image.header.get_zooms()[:3]), image.affine
 
 
 def _check_labels(path: Path, seg: np.ndarray) -> np.ndarray:
     labels = np.rint(seg)
     if not np.array_equal(labels, seg):
         raise InputSkipped(path, "segmentation has non-integer labels")
-    found = np.unique(labels).astype(int)
-    unknown = sorted(set(found.tolist()) - set(BRATS_LABELS))
+    found = set(np.unique(labels).astype(int).tolist())
+    unknown = sorted(found - set().union(*BRATS_LABEL_SETS))
     if unknown:
         raise InputSkipped(
-            path, f"segmentation labels {unknown} found; BraTS labels are {list(BRATS_LABELS)}"
+            path, f"segmentation labels {unknown} found; BraTS labels are {list(BRATS_LABEL_SETS[0])} "
+                  f"({list(BRATS_LABEL_SETS[1])} from BraTS 2023)"
         )
+    if {3, 4} <= found:
+        raise InputSkipped(path, "segmentation has both label 3 and label 4; enhancing tumour is 4 up to "
+                                 "BraTS 2021 and 3 from BraTS 2023, one file must use one")
     return labels.astype(np.uint8)
 
 

@@ -62,6 +62,7 @@ def read_dicom(paths: Sequence[Path]) -> tuple[np.ndarray, dict]:
         except Exception as exc:  # pydicom raises many types for a broken file
             raise InputSkipped(path, f"cannot read DICOM ({one_line(exc)})") from exc
     members = slice_order(members)
+    check_spacing(members)
     planes = [_dicom_pixels(path, ds) for path, ds in members]
     for (path, _), plane in zip(members, planes, strict=True):
         if plane.shape != planes[0].shape:
@@ -76,6 +77,7 @@ def read_dicom(paths: Sequence[Path]) -> tuple[np.ndarray, dict]:
         "affine": affine, "header": None, "shape": tuple(volume.shape), "to_axial": {"ornt": ornt},
         "zooms": tuple(float(zooms[i]) for i in np.argsort(ornt[:, 0])),
         "source_dtype": _stored_dtype(members[0][1]),
+        "series": _describe(members[0][1]),
     }
     return np.ascontiguousarray(ras[..., None], dtype=np.float32), info
 
@@ -86,6 +88,33 @@ def slice_order(members: list) -> list:
         normal = _normal(members[0][1])
         return sorted(members, key=lambda m: (float(np.dot(normal, _floats(m[1].ImagePositionPatient))), str(m[0])))
     return sorted(members, key=lambda m: (int(m[1].get("InstanceNumber") or 0), str(m[0])))
+
+
+def check_spacing(members: list) -> None:
+    """Raise `InputSkipped` when ordered (path, dataset) slices are not evenly spaced along the normal.
+
+    Two slices at one position, or a step that differs from the others by more than 10% (or
+    0.05 mm), means a slice is missing or the series mixes acquisitions: its voxels would not sit
+    where its affine says. A series without positions cannot be checked and passes.
+    """
+    if len(members) < 3 or not all("ImagePositionPatient" in ds for _, ds in members):
+        return
+    normal = _normal(members[0][1])
+    where = np.array([float(np.dot(normal, _floats(ds.ImagePositionPatient))) for _, ds in members])
+    steps = np.diff(where)
+    doubled = np.flatnonzero(steps <= 1e-6)
+    if doubled.size:
+        first, second = members[doubled[0]][0], members[doubled[0] + 1][0]
+        raise InputSkipped(second, f"shares its slice position with {first.name}; not one volume")
+    typical = float(np.median(steps))
+    off = np.abs(steps - typical) > max(0.1 * typical, 0.05)
+    if off.any():
+        at = int(np.flatnonzero(off)[0])
+        raise InputSkipped(
+            members[at + 1][0],
+            f"slice spacing is {steps[at]:.3g} mm here but {typical:.3g} mm elsewhere in the series "
+            f"({int(off.sum())} uneven step{'s' if off.sum() > 1 else ''}: a slice missing or two series mixed)",
+        )
 
 
 def _dicom_pixels(path: Path, ds) -> np.ndarray:
@@ -117,6 +146,14 @@ def _dicom_affine(datasets: list) -> np.ndarray:
     lps[:3, 2] = slice_step
     lps[:3, 3] = _floats(first.get("ImagePositionPatient") or (0, 0, 0))
     return _LPS_TO_RAS @ lps
+
+
+def _describe(ds) -> str:
+    """The series as a person names it: "series 7 'AX T2 FLAIR' (MR)"."""
+    number, text = ds.get("SeriesNumber"), str(ds.get("SeriesDescription") or "").strip()
+    return " ".join(part for part in (f"series {number}" if number not in (None, "") else "series",
+                                      f"'{text}'" if text else "", f"({ds.get('Modality')})" if ds.get("Modality") else "")
+                    if part)
 
 
 def _stored_dtype(ds) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.artifacts.manifest import InputSpec
-from brainseg.data.brats import axial_slices, zscore_nonzero
+from brainseg.data.brats import axial_slices, same_grid, zscore_nonzero
 from brainseg.data.imageio import read_image, to_uint8
 from brainseg.errors import BrainsegError, InputSkipped
 from brainseg.runtime.dicom_io import read_dicom
@@ -84,6 +84,8 @@ def _load_brats(scan: Scan, spec: InputSpec) -> ScanData:
             raise InputSkipped(path, f"is 4-D {data.shape}; a BraTS modality must be one 3-D volume")
         if volumes and data.shape != volumes[0].shape:
             raise InputSkipped(path, f"is {data.shape[:3]} but {scan.paths[0].name} is {volumes[0].shape[:3]}")
+        if info is not None and not same_grid(read_info["affine"], info["affine"]):
+            raise InputSkipped(path, f"has a different affine from {scan.paths[0].name} (not one voxel grid)")
         volumes.append(data)
         info = info or read_info
     return _volume_data(scan, np.concatenate(volumes, axis=-1), info, spec)
@@ -92,7 +94,14 @@ def _load_brats(scan: Scan, spec: InputSpec) -> ScanData:
 def _volume_data(scan: Scan, data: np.ndarray, info: dict, spec: InputSpec) -> ScanData:
     """RAS+ (X, Y, Z, C) float32 -> ScanData of all its axial slices in the artifacts' form."""
     notes: list[str] = []
-    data = _match_channels(data, spec.channels, scan.paths[0], notes, replicate=spec.dtype == "uint8")
+    try:
+        data = _match_channels(data, spec.channels, scan.paths[0], notes, replicate=spec.dtype == "uint8")
+    except InputSkipped as exc:
+        if "series" not in info:
+            raise
+        needed = f" ({', '.join(spec.modalities)})" if spec.modalities else ""
+        raise InputSkipped(exc.path, f"DICOM {info['series']} is one {data.shape[-1]}-channel sequence; the "
+                                     f"artifacts need {spec.channels} channels{needed}") from exc
     sources = scan.paths if len(scan.paths) == data.shape[-1] else [scan.paths[0]] * data.shape[-1]
     image = volume_to_input(data, info, spec.dtype, sources, notes)  # (Z, H, W, C)
     zx, zy, zz = info["zooms"]
