@@ -150,10 +150,10 @@ def _dicom_affine(datasets: list) -> np.ndarray:
 
 def _describe(ds) -> str:
     """The series as a person names it: "series 7 'AX T2 FLAIR' (MR)"."""
-    number, text = ds.get("SeriesNumber"), str(ds.get("SeriesDescription") or "").strip()
-    return " ".join(part for part in (f"series {number}" if number not in (None, "") else "series",
-                                      f"'{text}'" if text else "", f"({ds.get('Modality')})" if ds.get("Modality") else "")
-                    if part)
+    number, text, modality = ds.get("SeriesNumber"), str(ds.get("SeriesDescription") or "").strip(), ds.get("Modality")
+    parts = (f"series {number}" if number not in (None, "") else "series",
+             f"'{text}'" if text else "", f"({modality})" if modality else "")
+    return " ".join(part for part in parts if part)
 
 
 def _stored_dtype(ds) -> str:
