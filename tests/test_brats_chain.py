@@ -21,6 +21,7 @@ def brats_chain(tmp_path_factory):
     cfg = make_config("quick", models=("unet",), epochs=2, patience=2, img_size=32, batch_size=4,
                       unet_base_channels=8, layout="brats", target="brats-regions")
     train_run(data=str(data), out=root / "run", cfg=cfg, progress=False)
+    assert not (root / "run" / ".slices").exists()  # the training slice cache goes when the run is done
     result = export_run(root / "run", root / "artifacts", ExportOptions(tta="none", components="none"))
     cases = sorted(p for p in data.iterdir() if p.is_dir())
     summary = segment(cases, root / "artifacts", root / "out", RunOptions(overwrite=True, save_probability=True))

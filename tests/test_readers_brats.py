@@ -159,3 +159,18 @@ def test_brats_without_nibabel_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "nibabel", None)
     with pytest.raises(BrainsegError, match=r"pip install 'brainseg\[nifti\]'"):
         read_dataset(tmp_path)
+
+
+def test_brats_stream_reads_each_case_only_when_it_is_reached(tmp_path):
+    from brainseg.data.readers import stream_dataset
+
+    make_brats(tmp_path, cases=3)
+    stream = stream_dataset(tmp_path, target="brats-regions")
+    volumes = iter(stream)
+    assert next(volumes).patient_id == "BraTS_000" and stream.layout == "brats"
+    truncate(tmp_path / "BraTS_002" / "BraTS_002_t2.nii.gz")  # after the stream began, before it reached the case
+    assert [v.patient_id for v in volumes] == ["BraTS_001"]
+    assert [s.path for s in stream.skipped] == [str(tmp_path / "BraTS_002" / "BraTS_002_t2.nii.gz")]
+    stream.check_read(2)
+    with pytest.raises(DataError, match="no usable volume: 1 inputs skipped"):
+        stream.check_read(0)

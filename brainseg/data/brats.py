@@ -16,7 +16,7 @@ unknown labels) is skipped with a reason; nibabel is imported only when BraTS da
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +45,25 @@ def is_brats_case(folder: Path) -> bool:
 
 def read_brats(
     root: Path, modalities: Sequence[str], target: str, skip: SkipFn, wanted: Collection[str] | None = None
-) -> list[tuple[Path, Volume]]:
-    """Read every case folder under `root` (only those named in `wanted`, when given); `skip(path,
-    reason)` records each case left out."""
+) -> Iterator[tuple[Path, Volume]]:
+    """Read the case folders under `root` one at a time, in name order (only those named in `wanted`,
+    when given): a case's files are opened only when the iteration reaches it, so a consumer that
+    keeps one case at a time holds one case in memory. `skip(path, reason)` records each case left
+    out. Modalities and target are checked before the first case is read."""
     nib = require("nibabel", "nifti")
     modalities = _check_modalities(modalities)
     check_target(target)
-    read = []
+    return _cases(root, modalities, target, skip, wanted, nib)
+
+
+def _cases(root, modalities, target, skip, wanted, nib) -> Iterator[tuple[Path, Volume]]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if wanted is not None and folder.name not in wanted:
             continue
         try:
-            read.append((folder, _read_case(folder, modalities, target, nib)))
+            yield folder, _read_case(folder, modalities, target, nib)
         except InputSkipped as exc:
             skip(Path(exc.path), exc.reason)
-    return read
 
 
 def target_masks(seg: np.ndarray, target: str) -> np.ndarray:

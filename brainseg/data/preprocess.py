@@ -83,8 +83,12 @@ class Normalisation:
 def fit_normalisation(volumes: list[Volume]) -> Normalisation:
     """The normalisation of new runs: per-slice foreground z-score for 8-bit sources, the reader's
     per-volume z-score for NIfTI. Nothing is fitted: neither depends on the training scans' scale."""
-    channels = volumes[0].image.shape[-1]
-    if volumes[0].image.dtype == np.uint8:
+    return normalisation_for(volumes[0].image.dtype.name, volumes[0].image.shape[-1])
+
+
+def normalisation_for(dtype: str, channels: int) -> Normalisation:
+    """`fit_normalisation` for slices of `dtype` ("uint8" or "float32") with `channels` channels."""
+    if dtype == "uint8":
         return Normalisation("uint8", scheme="slice_foreground")
     return Normalisation("float", (0.0,) * channels, (1.0,) * channels, scheme="volume_nonzero")
 

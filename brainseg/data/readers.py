@@ -21,18 +21,17 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
-
-import numpy as np
 
 from brainseg.data.brats import check_target, is_brats_case, read_brats
-from brainseg.data.imageio import IMAGE_SUFFIXES, read_image, read_mask, to_uint8
+from brainseg.data.imageio import IMAGE_SUFFIXES
 from brainseg.data.names import BRATS_MODALITIES, MASK_SUFFIX, TIFF_SUFFIXES, natural_key, numbered_slice
+from brainseg.data.pairs import SlicePair, read_patient
 from brainseg.data.volume import Dataset, SkippedInput, Volume
-from brainseg.errors import ConfigError, DataError, InputSkipped
+from brainseg.errors import ConfigError, DataError
 
 LAYOUTS = ("kaggle_3m", "brats", "folders")
 _LOOKED_FOR = (
@@ -45,12 +44,6 @@ SkipFn = Callable[[Path, str], None]
 
 class SkippedInputWarning(UserWarning):
     """Warned once for every input a reader skips; the same line is in `Dataset.skipped`."""
-
-
-class SlicePair(NamedTuple):
-    name: str
-    image: Path
-    mask: Path
 
 
 def detect_layout(root: Path) -> str:
@@ -95,19 +88,14 @@ def read_dataset(
         ConfigError: unknown layout or target, or an option that does not apply to the layout.
         DataError: `root` is missing or empty, or no usable volume could be read from it.
     """
-    if layout != "auto" and layout not in LAYOUTS:
-        raise ConfigError(f"unknown layout {layout!r}; valid layouts: auto, {', '.join(LAYOUTS)}")
-    check_target(target)
-    root = _existing_root(Path(root))
-    layout = detect_layout(root) if layout == "auto" else layout
-    _check_combination(layout, target, patient_regex)
+    root, layout = _checked(root, layout, target, patient_regex)
     skipped: list[SkippedInput] = []
     skip = partial(_record_skip, skipped)
     wanted = None if patients is None else frozenset(patients)
     if layout == "kaggle_3m":
         read = _read_kaggle(root, skip, wanted)
     elif layout == "brats":
-        read = read_brats(root, modalities, target, skip, wanted)
+        read = list(read_brats(root, modalities, target, skip, wanted))
     else:
         read = _read_folders(root, _patient_of(patient_regex), skip, wanted)
     volumes = _same_channels(read, skip)
@@ -115,6 +103,56 @@ def read_dataset(
         raise DataError(_nothing_usable(root, layout, skipped))
     volumes.sort(key=lambda v: v.patient_id)
     return Dataset(volumes=volumes, skipped=skipped, layout=layout)
+
+
+@dataclass
+class VolumeStream:
+    """`stream_dataset`'s answer: iterate it once for the volumes in patient-id order; `skipped`
+    fills as the iteration goes; `check_read(count)` raises the error `read_dataset` would have
+    raised when nothing was usable."""
+
+    root: Path
+    layout: str
+    skipped: list[SkippedInput]
+    volumes: Iterator[Volume]
+
+    def __iter__(self) -> Iterator[Volume]:
+        return self.volumes
+
+    def check_read(self, count: int) -> None:
+        if count == 0:
+            raise DataError(_nothing_usable(self.root, self.layout, self.skipped))
+
+
+def stream_dataset(
+    root: str | Path,
+    *,
+    layout: str = "auto",
+    modalities: Sequence[str] = BRATS_MODALITIES,
+    target: str = "wt",
+    patient_regex: str | None = None,
+) -> VolumeStream:
+    """`read_dataset`, one volume at a time: a BraTS case (float32, ~140 MB for a real one) is
+    read when the iteration reaches it, so memory does not grow with the number of cases. 8-bit
+    layouts are small and read at once (their channel counts are compared across patients)."""
+    root, layout = _checked(root, layout, target, patient_regex)
+    if layout != "brats":
+        dataset = read_dataset(root, layout=layout, target=target, patient_regex=patient_regex)
+        return VolumeStream(root, layout, dataset.skipped, iter(dataset.volumes))
+    skipped: list[SkippedInput] = []
+    cases = read_brats(root, modalities, target, partial(_record_skip, skipped))
+    return VolumeStream(root, layout, skipped, (volume for _, volume in cases))
+
+
+def _checked(root: str | Path, layout: str, target: str, patient_regex: str | None) -> tuple[Path, str]:
+    """The existing root and its layout, after checking the options fit together."""
+    if layout != "auto" and layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; valid layouts: auto, {', '.join(LAYOUTS)}")
+    check_target(target)
+    root = _existing_root(Path(root))
+    layout = detect_layout(root) if layout == "auto" else layout
+    _check_combination(layout, target, patient_regex)
+    return root, layout
 
 
 def _existing_root(root: Path) -> Path:
@@ -177,7 +215,7 @@ def _read_kaggle(root: Path, skip: SkipFn, wanted: frozenset[str] | None) -> lis
         if wanted is not None and folder.name not in wanted:
             continue
         pairs = _kaggle_pairs(folder, skip)
-        volume = _read_patient(folder.name, folder, pairs, "kaggle_3m", skip) if pairs else None
+        volume = read_patient(folder.name, folder, pairs, "kaggle_3m", skip) if pairs else None
         if volume is not None:
             read.append((folder, volume))
     return read
@@ -261,7 +299,7 @@ def _read_folders(
     read = []
     for patient in sorted(groups):
         pairs = sorted(groups[patient], key=lambda pair: natural_key(pair.name))
-        volume = _read_patient(patient, images_dir, pairs, "folders", skip)
+        volume = read_patient(patient, images_dir, pairs, "folders", skip)
         if volume is not None:
             read.append((images_dir, volume))
     return read
@@ -305,61 +343,6 @@ def _patient_of(patient_regex: str | None) -> Callable[[str], str | None]:
         return match[group] if match and match[group] else None
 
     return patient_of
-
-
-def _read_patient(
-    patient: str, folder: Path, pairs: list[SlicePair], source: str, skip: SkipFn
-) -> Volume | None:
-    """Stack a patient's readable slices; skip those unlike the first (size, channels, dtype)."""
-    images, masks, names = [], [], []
-    for pair in pairs:
-        loaded = _load_pair(pair, skip)
-        if loaded is None:
-            continue
-        image, mask = loaded
-        if images and (image.shape, image.dtype) != (images[0].shape, images[0].dtype):
-            skip(
-                pair.image,
-                f"{_describe(image)} differs from the patient's first slice "
-                f"{names[0]} ({_describe(images[0])})",
-            )
-            continue
-        images.append(image)
-        masks.append(mask)
-        names.append(pair.name)
-    if not images:
-        skip(folder, f"patient {patient}: none of its {len(pairs)} slices could be used")
-        return None
-    stack = np.stack(images)  # (S, H, W, C)
-    if stack.dtype != np.uint8:
-        warnings.warn(
-            f"patient {patient}: {stack.dtype} slices rescaled to uint8 by the patient's maximum",
-            stacklevel=2,
-        )
-        stack = to_uint8(stack)
-    return Volume(patient, stack, np.stack(masks)[..., None], names, spacing=None, source=source)
-
-
-def _load_pair(pair: SlicePair, skip: SkipFn) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        image = read_image(pair.image)
-        mask = read_mask(pair.mask)
-    except InputSkipped as exc:
-        skip(Path(exc.path), exc.reason)
-        return None
-    if mask.shape != image.shape[:2]:
-        skip(
-            pair.image,
-            f"image is {image.shape[0]}x{image.shape[1]} but its mask {pair.mask.name} "
-            f"is {mask.shape[0]}x{mask.shape[1]}",
-        )
-        return None
-    return image, mask
-
-
-def _describe(image: np.ndarray) -> str:
-    height, width, channels = image.shape
-    return f"{height}x{width}x{channels} {image.dtype}"
 
 
 def _same_channels(read: list[tuple[Path, Volume]], skip: SkipFn) -> list[Volume]:

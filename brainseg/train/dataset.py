@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from brainseg.data.readers import read_dataset
+from brainseg.data.readers import VolumeStream, read_dataset, stream_dataset
 from brainseg.data.volume import Dataset
 from brainseg.train.config import TrainConfig
 
@@ -33,3 +33,9 @@ def read_run_dataset(data: str, cfg: TrainConfig, patients: Collection[str] | No
     """
     return read_dataset(resolve_data(data, cfg), layout=cfg.layout, modalities=cfg.modalities, target=cfg.target,
                         patient_regex=cfg.patient_regex, patients=patients)
+
+
+def stream_run_dataset(data: str, cfg: TrainConfig) -> VolumeStream:
+    """`read_run_dataset`, one volume at a time (see `stream_dataset`)."""
+    return stream_dataset(resolve_data(data, cfg), layout=cfg.layout, modalities=cfg.modalities, target=cfg.target,
+                          patient_regex=cfg.patient_regex)

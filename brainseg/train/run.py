@@ -11,24 +11,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainseg.data.preprocess import Normalisation, fit_normalisation
+from brainseg.data.preprocess import Normalisation, normalisation_for
 from brainseg.data.split import Split, load_split, save_split, split_patients
-from brainseg.data.volume import Dataset, Volume
-from brainseg.errors import ConfigError
+from brainseg.data.volume import Volume
+from brainseg.errors import BrainsegError, ConfigError
 from brainseg.fileio import write_atomic
 from brainseg.metrics import headline_dice, score_volumes
 from brainseg.train import reports
 from brainseg.train.checkpoint import load_model
 from brainseg.train.config import TrainConfig
-from brainseg.train.dataset import read_run_dataset, resolve_data
-from brainseg.train.distributed import DistContext, barrier, init_distributed, shutdown
+from brainseg.train.dataset import read_run_dataset, resolve_data, stream_run_dataset
+from brainseg.train.distributed import DistContext, barrier, broadcast, init_distributed, shutdown
 from brainseg.train.evaluate import predict_volume
 from brainseg.train.loop import ModelJob, Trainer
 from brainseg.train.models.registry import check_model_names
 from brainseg.train.progress import TrainProgress
-from brainseg.train.slices import SliceTable
+from brainseg.train.slices import SliceCache
 
 log = logging.getLogger("brainseg.train")
+SLICE_CACHE = ".slices"  # under the run folder while it trains; removed when it finishes
 
 
 @dataclass
@@ -53,27 +54,44 @@ def _prepare_run_dir(out: Path, resume: bool, cfg: TrainConfig, data: str) -> tu
     return cfg, data
 
 
-def _split_for(dataset: Dataset, out: Path, cfg: TrainConfig, resume: bool, ctx: DistContext) -> Split:
+def _cache_slices(data: str, cfg: TrainConfig, out: Path, ctx: DistContext) -> tuple[SliceCache, str, list]:
+    """Read the data one volume at a time into the slice cache (rank 0; the others open it).
+
+    Returns the cache, the layout, and what was skipped; a folder with nothing usable raises the
+    same DataError on every rank.
+    """
+    folder = out / SLICE_CACHE
+    answer: tuple = ()
+    if ctx.is_main:
+        try:
+            stream = stream_run_dataset(data, cfg)
+            cache = SliceCache.build(stream, folder, cfg.img_size)
+            stream.check_read(len(cache.patients))
+            answer = ("ok", stream.layout, [asdict(s) for s in stream.skipped])
+        except BrainsegError as exc:
+            answer = ("error", type(exc), str(exc))
+    answer = broadcast(answer, ctx)
+    if answer[0] == "error":
+        raise answer[1](answer[2])
+    return (cache if ctx.is_main else SliceCache.open(folder)), answer[1], answer[2]
+
+
+def _split_for(ids: list[str], out: Path, cfg: TrainConfig, resume: bool, ctx: DistContext) -> Split:
     path = out / "split.json"
     if resume and path.exists():
         split = load_split(path)
     else:
         split = split_patients(
-            [v.patient_id for v in dataset.volumes], val_fraction=cfg.val_fraction,
+            ids, val_fraction=cfg.val_fraction,
             test_fraction=cfg.test_fraction, seed=cfg.seed, folds=cfg.folds, fold=cfg.fold,
         )
         if ctx.is_main:
             save_split(split, path)
-    known = {v.patient_id for v in dataset.volumes}
+    known = set(ids)
     missing = sorted(set(split.train + split.val + split.test) - known)
     if missing:
         raise ConfigError(f"{path}: patients no longer in the data: {', '.join(missing[:5])}")
     return split
-
-
-def _select(volumes: list[Volume], ids: list[str]) -> list[Volume]:
-    wanted = set(ids)
-    return [v for v in volumes if v.patient_id in wanted]
 
 
 def _predict(model, volumes, cfg: TrainConfig, norm: Normalisation, device) -> list[np.ndarray]:
@@ -142,46 +160,62 @@ def train_run(
         if ctx.is_main:
             resolve_data(data, cfg)  # generates the sample once, before the other processes read it
         barrier(ctx)
-        dataset = read_run_dataset(data, cfg)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_atomic(out / "config.json", cfg.to_json())
-        split = _split_for(dataset, out, cfg, resume, ctx)
-        train, val, test = (_select(dataset.volumes, ids) for ids in (split.train, split.val, split.test))
+        cache, layout, skipped = _cache_slices(data, cfg, out, ctx)
+        split = _split_for(cache.ids, out, cfg, resume, ctx)
         if ctx.is_main:
-            _write_run_info(out, data, dataset, split, ctx)
-        norm = fit_normalisation(train)
-        table = SliceTable.from_volumes(train, cfg.img_size)
+            _write_run_info(out, data, cache, layout, skipped, split, ctx)
+            cache.write_table(split.train)
+        barrier(ctx)
+        table = cache.table()
+        val = _read(data, cfg, split.val)
+        first = cache.patients[0]
+        norm = normalisation_for(first.dtype, first.channels)
         probs, scored = {}, {}
+        test: list[Volume] = []
         with TrainProgress(enabled=progress and ctx.is_main, epochs=cfg.epochs) as bar:
             for index, name in enumerate(cfg.models):
-                job = ModelJob(name, index, table, val, norm, dataset.in_channels, dataset.classes, out / name)
+                job = ModelJob(name, index, table, val, norm, first.channels, first.classes, out / name)
                 trainer = Trainer(job, cfg, ctx)
                 if resume:
                     trainer.resume()
                 state = trainer.fit(bar.for_model(name, trainer.steps_per_epoch, trainer.state.epoch))
                 if ctx.is_main:
                     write_atomic(job.out_dir / "config.json", cfg.to_json())
+                    test = test or _read(data, cfg, split.test)  # read once the models need it
                     probs[name], scored[name] = _finish_model(job, cfg, test, ctx.device, state.history)
         test_dice = _write_run_reports(out, cfg, val, test, probs, scored) if ctx.is_main else {}
-        return RunResult(out, test_dice, len(dataset.skipped), time.perf_counter() - started)
+        del table
+        barrier(ctx)
+        if ctx.is_main:
+            cache.remove()
+        return RunResult(out, test_dice, len(skipped), time.perf_counter() - started)
     finally:
         shutdown(ctx)
 
 
-def _write_run_info(out: Path, data: str, dataset: Dataset, split: Split, ctx: DistContext) -> None:
+def _read(data: str, cfg: TrainConfig, ids: list[str]) -> list[Volume]:
+    """The volumes of `ids` at their own size (validation and test are scored there), sorted by id."""
+    return read_run_dataset(data, cfg, patients=ids).volumes if ids else []
+
+
+def _write_run_info(out: Path, data: str, cache: SliceCache, layout: str, skipped: list[dict], split: Split,
+                    ctx: DistContext) -> None:
     """run.json: where the data came from, what was skipped and why, and the split's sizes."""
     def count(ids: list[str]) -> dict:
-        vols = _select(dataset.volumes, ids)
-        tumour = sum(int(v.tumour_slices.sum()) for v in vols)
-        return {"patients": len(vols), "slices": sum(v.num_slices for v in vols), "tumour_slices": tumour}
+        chosen = [p for p in cache.patients if p.patient_id in set(ids)]
+        return {"patients": len(chosen), "slices": sum(p.slices for p in chosen),
+                "tumour_slices": sum(p.tumour_slices for p in chosen)}
 
-    for skipped in dataset.skipped:
-        log.warning("skipped %s", skipped)
+    for entry in skipped:
+        log.warning("skipped %s: %s", entry["path"], entry["reason"])
+    first = cache.patients[0]
     reports.write_json(out / "run.json", {
-        "data": data, "layout": dataset.layout, "in_channels": dataset.in_channels,
-        "classes": dataset.classes, "world_size": ctx.world_size, "device": str(ctx.device),
+        "data": data, "layout": layout, "in_channels": first.channels,
+        "classes": first.classes, "world_size": ctx.world_size, "device": str(ctx.device),
         "torch": torch.__version__,
         "sets": {name: count(getattr(split, name)) for name in ("train", "val", "test")},
-        "skipped": [asdict(s) for s in dataset.skipped],
+        "skipped": skipped,
     })
