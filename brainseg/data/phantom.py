@@ -79,16 +79,19 @@ class Template:
         tile_y = ((planes // self.tiles_per_row) * (ny + 1)).astype(np.float32)
         width = z.shape[-1]
         below, above = (
-            cv2.remap(
-                self.atlas,
-                (tile_x[k] + x).reshape(-1, width),
-                (tile_y[k] + y).reshape(-1, width),
-                cv2.INTER_LINEAR,
-            ).reshape(*z.shape, 4)
+            self._remap((tile_x[k] + x).reshape(-1, width), (tile_y[k] + y).reshape(-1, width)).reshape(*z.shape, 4)
             for k in (z0, z0 + 1)
         )
         below = below.astype(np.float32)
         return below * np.float32(1 / 255) + (above - below) * frac
+
+    def _remap(self, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """cv2.remap of the atlas, in row blocks: OpenCV refuses maps of 32,767 rows or more."""
+        rows = 16_384
+        return np.concatenate([
+            cv2.remap(self.atlas, map_x[i : i + rows], map_y[i : i + rows], cv2.INTER_LINEAR)
+            for i in range(0, len(map_x), rows)
+        ])
 
 
 def template_dir() -> Path:

@@ -116,7 +116,7 @@ def evaluate(data: str | Path, artifacts: str | Path, out: str | Path, options: 
     check_out(out, overwrite=options.overwrite)
     manifest = Manifest.load(artifacts)
     settings = data_settings(manifest)
-    dataset = read_labelled(data, settings)
+    dataset = read_labelled(data, settings, asked_patients(manifest, options))
     split, volumes = select_patients(data, dataset, manifest, options)
     check_fits(data, volumes, manifest)
     scored = score_ensemble(volumes, manifest, options, on_patient=on_patient)
@@ -152,12 +152,23 @@ def data_settings(manifest: Manifest) -> DataSettings:
     return DataSettings(config.layout, tuple(config.modalities), config.target, config.patient_regex, str(path))
 
 
-def read_labelled(data: str | Path, settings: DataSettings) -> Dataset:
-    """Read `data` with the training readers; a DataError when no patient in it has masks."""
+def asked_patients(manifest: Manifest, options: EvalOptions) -> list[str] | None:
+    """The patient ids to score (--patients, or the source run's --split set), or None for all of them."""
+    if options.patients:
+        return list(dict.fromkeys(options.patients))
+    return None if options.split == "all" else split_ids(manifest, options.split)
+
+
+def read_labelled(data: str | Path, settings: DataSettings, patients: list[str] | None = None) -> Dataset:
+    """Read `data` (only `patients`, when given: the others' files are never opened) with the training
+    readers; a DataError when none of them is there with masks."""
     try:
         return read_dataset(data, layout=settings.layout, modalities=settings.modalities, target=settings.target,
-                            patient_regex=settings.patient_regex)
+                            patient_regex=settings.patient_regex, patients=patients)
     except DataError as err:
+        if patients is not None and "holds no slices with masks" in str(err):
+            raise DataError(f"{len(patients)} patient(s) asked for are not in {data}: {_first(patients)}"
+                            " (is it the data the run was split on? score it with --split all)") from err
         raise DataError(f"no labelled patients (images with ground-truth masks) to score: {err}") from err
 
 
@@ -180,12 +191,10 @@ def select_patients(data: str | Path, dataset: Dataset, manifest: Manifest,
     Patients asked for who are in `data` without masks are left out (the report lists them as
     unlabelled); patients asked for who are not in `data` at all are a DataError.
     """
-    if options.patients:
-        split, asked = "patients", list(dict.fromkeys(options.patients))
-    elif options.split == "all":
+    asked = asked_patients(manifest, options)
+    if asked is None:
         return "all", list(dataset.volumes)
-    else:
-        split, asked = options.split, split_ids(manifest, options.split)
+    split = "patients" if options.patients else options.split
     labelled = {volume.patient_id: volume for volume in dataset.volumes}
     unlabelled = {entry["patient_id"] for entry in unlabelled_patients(dataset.skipped)}
     missing = [patient for patient in asked if patient not in labelled and patient not in unlabelled]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.artifacts.manifest import InputSpec
-from brainseg.data.brats import axial_slices, same_grid, zscore_nonzero
+from brainseg.data.brats import axial_view, same_grid, zscore_nonzero
 from brainseg.data.imageio import read_image, to_uint8
 from brainseg.errors import BrainsegError, InputSkipped
 from brainseg.runtime.dicom_io import read_dicom
@@ -77,18 +77,20 @@ def _load_volume(scan: Scan, spec: InputSpec) -> ScanData:
 
 
 def _load_brats(scan: Scan, spec: InputSpec) -> ScanData:
-    volumes, info = [], None
+    """One (X, Y, Z) array per modality file, kept apart: each is z-scored and laid out once, never stacked."""
+    channels, info = [], None
     for path in scan.paths:
         data, read_info = read_nifti(path)  # (X, Y, Z, 1) in RAS+
         if data.shape[3] != 1:
             raise InputSkipped(path, f"is 4-D {data.shape}; a BraTS modality must be one 3-D volume")
-        if volumes and data.shape != volumes[0].shape:
-            raise InputSkipped(path, f"is {data.shape[:3]} but {scan.paths[0].name} is {volumes[0].shape[:3]}")
+        if channels and data.shape[:3] != channels[0].shape:
+            raise InputSkipped(path, f"is {data.shape[:3]} but {scan.paths[0].name} is {channels[0].shape}")
         if info is not None and not same_grid(read_info["affine"], info["affine"]):
             raise InputSkipped(path, f"has a different affine from {scan.paths[0].name} (not one voxel grid)")
-        volumes.append(data)
+        channels.append(data[..., 0])
         info = info or read_info
-    return _volume_data(scan, np.concatenate(volumes, axis=-1), info, spec)
+    notes: list[str] = []
+    return _scan_data(scan, volume_to_input(channels, info, spec.dtype, scan.paths, notes), info, notes)
 
 
 def _volume_data(scan: Scan, data: np.ndarray, info: dict, spec: InputSpec) -> ScanData:
@@ -103,7 +105,11 @@ def _volume_data(scan: Scan, data: np.ndarray, info: dict, spec: InputSpec) -> S
         raise InputSkipped(exc.path, f"DICOM {info['series']} is one {data.shape[-1]}-channel sequence; the "
                                      f"artifacts need {spec.channels} channels{needed}") from exc
     sources = scan.paths if len(scan.paths) == data.shape[-1] else [scan.paths[0]] * data.shape[-1]
-    image = volume_to_input(data, info, spec.dtype, sources, notes)  # (Z, H, W, C)
+    channels = [data[..., c] for c in range(data.shape[-1])]
+    return _scan_data(scan, volume_to_input(channels, info, spec.dtype, sources, notes), info, notes)
+
+
+def _scan_data(scan: Scan, image: np.ndarray, info: dict, notes: list[str]) -> ScanData:
     zx, zy, zz = info["zooms"]
     return ScanData(scan, image, [f"z{z}" for z in range(image.shape[0])], spacing=(zy, zx), slice_step=zz,
                     nifti=info, notes=notes)
@@ -124,9 +130,9 @@ def _match_channels(image: np.ndarray, channels: int, path: Path, notes: list[st
 
 
 def volume_to_input(
-    data: np.ndarray, info: dict, dtype: str, sources: Sequence[Path], notes: list[str]
+    channels: Sequence[np.ndarray], info: dict, dtype: str, sources: Sequence[Path], notes: list[str]
 ) -> np.ndarray:
-    """RAS+ (X, Y, Z, C) float32 -> (Z, H, W, C) axial slices, all of them, in `dtype`.
+    """C RAS+ (X, Y, Z) float32 channels -> (Z, H, W, C) axial slices, all of them, in `dtype`.
 
     float32: each channel z-scored over its non-zero voxels, zeros kept at 0 (training's
     `zscore_nonzero`; an all-zero or constant channel raises `InputSkipped` naming
@@ -135,13 +141,19 @@ def volume_to_input(
     channel with negative values maps the 0.5th percentile of its non-zero voxels to 0 instead),
     and a note says so.
     """
-    if dtype == "float32":
-        data = np.stack([zscore_nonzero(sources[c], data[..., c]) for c in range(data.shape[-1])], axis=-1)
-    elif not (info["source_dtype"] == "uint8" and data.min() >= 0 and data.max() <= 255
-              and np.array_equal(data, np.rint(data))):
-        data = np.stack([_stretch(data[..., c]) for c in range(data.shape[-1])], axis=-1)
+    stretch = dtype == "uint8" and not (info["source_dtype"] == "uint8" and all(
+        c.min() >= 0 and c.max() <= 255 and np.array_equal(c, np.rint(c)) for c in channels))
+    if stretch:
         notes.append("rescaled to 8-bit per channel (99.5th percentile of non-zero voxels -> 255)")
-    return axial_slices(data.astype(dtype, copy=False))
+    x, y, z = channels[0].shape
+    out = np.empty((z, y, x, len(channels)), dtype)
+    for c, channel in enumerate(channels):
+        if dtype == "float32":
+            channel = zscore_nonzero(sources[c], channel)
+        elif stretch:
+            channel = _stretch(channel)
+        out[..., c] = axial_view(channel)
+    return out
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
