@@ -110,5 +110,8 @@ def resize_back(probabilities: np.ndarray, height: int, width: int) -> np.ndarra
     """(S, s, s, K) probabilities at the model size -> (S, height, width, K), bilinear."""
     if probabilities.shape[1:3] == (height, width):
         return probabilities
-    resized = [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in probabilities]
-    return np.stack([r.reshape(height, width, -1) for r in resized])
+    out = np.empty((len(probabilities), height, width, probabilities.shape[-1]), probabilities.dtype)
+    for source, target in zip(probabilities, out, strict=True):  # written in place: no list, no stacking copy
+        cv2.resize(source, (width, height), dst=target if target.shape[-1] > 1 else target[..., 0],
+                   interpolation=cv2.INTER_LINEAR)
+    return out

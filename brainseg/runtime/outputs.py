@@ -223,7 +223,11 @@ def _largest_component(mask: np.ndarray, *, across_slices: bool) -> int:
     structure = np.ones((3, 3, 3), dtype=bool)
     if not across_slices:
         structure[[0, 2]] = False  # neighbours in the slice itself only
-    labels, count = ndimage.label(mask, structure=structure)
+    occupied = [np.flatnonzero(mask.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+    if occupied[0].size == 0:
+        return 0
+    box = tuple(slice(int(o[0]), int(o[-1]) + 1) for o in occupied)  # label the tumour's bounding box only
+    labels, count = ndimage.label(mask[box], structure=structure)
     return int(np.bincount(labels.ravel())[1:].max()) if count else 0
 
 
