@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _process import console_script, run_measured
 from _report import emit
 
 from brainseg.artifacts.manifest import Manifest
@@ -44,21 +43,15 @@ RSS_TARGET_GB, RATIO_TARGET = 2.0, 0.8
 
 def run_once(scans: Path, artifacts: Path, out: Path) -> dict:
     """One `seg-run` process over `scans`: its summary, and its peak RSS in GB."""
-    command = [str(Path(sys.executable).with_name("seg-run")), str(scans), "--artifacts", str(artifacts),
-               "--out", str(out), "--backend", "onnxruntime", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    errors = process.stderr.read()
-    process.stderr.close()
-    if process.returncode not in (0, 1):
-        raise SystemExit(f"seg-run failed ({process.returncode}): {errors.strip()}")
+    command = [console_script("seg-run"), str(scans), "--artifacts", str(artifacts), "--out", str(out),
+               "--backend", "onnxruntime", "--no-progress"]
+    measured = run_measured(command, ok_codes=(0, 1))  # 1: some input skipped (the sample's sample_info.json)
     summary = json.loads((out / "summary.json").read_text())
     return {
-        "scans": summary["done"], "skipped": len(summary["skipped"]), "slices": summary["slices"],
-        "wall_s": summary["timings_s"]["wall"], "timings_s": summary["timings_s"],
+        "scans": summary["done"], "skipped": [entry["path"] for entry in summary["skipped"]],
+        "slices": summary["slices"], "wall_s": summary["timings_s"]["wall"], "timings_s": summary["timings_s"],
         "slices_per_s": round(summary["slices"] / summary["timings_s"]["wall"], 2),
-        "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),  # ru_maxrss is in KiB on Linux
+        "peak_rss_gb": measured["peak_rss_gb"],
     }
 
 

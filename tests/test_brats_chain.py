@@ -61,3 +61,21 @@ def test_seg_run_writes_brats_label_maps_on_the_input_grid(brats_chain):
     assert all(f'href="volumes/{case.name}_seg.nii.gz"' in report for case in data.iterdir() if case.is_dir())
     rows = (root / "out" / "results.csv").read_text().splitlines()
     assert "wt_volume_ml" in rows[0] and len(rows) == 7
+
+
+def test_a_4d_nifti_of_the_sequences_gives_the_case_folders_label_map(brats_chain, tmp_path):
+    from brainseg.artifacts.manifest import Manifest
+    from brainseg.runtime.pipeline import RunOptions, segment
+
+    data, root, _, _ = brats_chain
+    case = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    modalities = Manifest.load(root / "artifacts").input.modalities
+    sequences = [nib.load(str(case / f"{case.name}_{m}.nii.gz")) for m in modalities]
+    stacked = np.stack([np.asarray(s.dataobj, np.float32) for s in sequences], axis=-1)  # (X, Y, Z, 4)
+    nib.save(nib.Nifti1Image(stacked, sequences[0].affine), str(tmp_path / "stacked.nii.gz"))
+    summary = segment([tmp_path / "stacked.nii.gz"], root / "artifacts", tmp_path / "out", RunOptions())
+    assert summary.done == 1 and not summary.skipped
+    from_4d = nib.load(str(tmp_path / "out" / "volumes" / "stacked_seg.nii.gz"))
+    from_folder = nib.load(str(root / "out" / "volumes" / f"{case.name}_seg.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(from_4d.dataobj), np.asarray(from_folder.dataobj))
+    np.testing.assert_allclose(from_4d.affine, from_folder.affine)
