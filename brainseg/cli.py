@@ -7,44 +7,17 @@ Typer's own usage errors exit 2.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
 import sys
-import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from brainseg.errors import BrainsegError, ConfigError
+from brainseg.cli_support import command as _command
+from brainseg.cli_support import scan_progress
+from brainseg.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Brain-MRI tumour segmentation toolkit.")
-
-
-def _command(*, error_code: int = 1) -> Callable[[Callable], Callable]:
-    """Wrap a command: set up logging, and turn a BrainsegError into one red line and `error_code`."""
-
-    def decorate(function: Callable) -> Callable:
-        @functools.wraps(function)
-        def run(*args, **kwargs):
-            _setup_logging()
-            try:
-                return function(*args, **kwargs)
-            except BrainsegError as err:
-                typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-                raise typer.Exit(code=error_code) from None
-
-        return run
-
-    return decorate
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    warnings.showwarning = lambda message, *args, **kwargs: logging.getLogger("brainseg").warning(str(message))
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -228,7 +201,7 @@ def run_command(
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
                          overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin,
                          tta=tta, components=components)
-    with _scan_progress(enabled=progress) as on_scan:
+    with scan_progress(enabled=progress) as on_scan:
         summary = segment(scans, artifacts, out, options, on_scan=on_scan)
     typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "
                f"({summary.slices_per_s:.1f} slices/s) with {summary.backend['backend']} {summary.precision}; "
@@ -239,28 +212,6 @@ def run_command(
         for item in summary.skipped:
             typer.echo(f"  {item['path']}: {item['reason']}", err=True)
     raise typer.Exit(code=summary.exit_code)
-
-
-@contextlib.contextmanager
-def _scan_progress(*, enabled: bool):
-    """A rich progress bar of slices written and slices/s, fed by `on_scan(key, slices)`."""
-    if not enabled:
-        yield None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("Segmenting"), BarColumn(), TextColumn("{task.completed:.0f} slices"),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("run", total=None, rate="")
-        started = time.perf_counter()
-
-        def on_scan(key: str, slices: int) -> None:
-            bar.advance(task, slices)
-            done = bar.tasks[0].completed
-            bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.1f} slices/s")
-
-        yield on_scan
 
 
 @app.command("bench")

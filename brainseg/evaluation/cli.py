@@ -1,38 +1,22 @@
 """The `seg-eval` command (also `brainseg eval`): parse the options, call `evaluate` once, print the headline.
 
-Only typer and the standard library are imported here; the evaluation code is imported when the
+Only typer, the standard library and brainseg.cli_support are imported here; the evaluation code is imported when the
 command runs, so registering it on brainseg's app costs nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-def _one_line_errors(function: Callable) -> Callable:
-    """`brainseg.cli._command(error_code=2)`, looked up when the command runs.
-
-    brainseg.cli imports this module to register the command, so importing it back here, at import
-    time, would be circular whichever module is imported first.
-    """
-
-    @functools.wraps(function)
-    def run(*args, **kwargs):
-        from brainseg.cli import _command
-
-        return _command(error_code=2)(function)(*args, **kwargs)
-
-    return run
+from brainseg.cli_support import command
 
 
-@_one_line_errors
+@command(error_code=2)
 def eval_command(
     data: Annotated[Path, typer.Argument(help="Labelled data: a kaggle_3m, BraTS or images/+masks/ folder.")],
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
