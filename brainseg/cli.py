@@ -309,7 +309,12 @@ def sample_entry() -> None:
 
 
 def export_entry() -> None:
-    """Console script `seg-export`: `seg-export RUN ...`, or `seg-export engine ARTIFACTS ...`."""
+    """Console script `seg-export`: `seg-export RUN ...`, `seg-export engine ARTIFACTS ...`, or
+    `seg-export triton ARTIFACTS --out REPO ...`."""
+    if len(sys.argv) > 1 and sys.argv[1] == "triton":
+        from brainseg.export.triton_cli import triton_main
+
+        raise SystemExit(triton_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "engine":
         sys.argv = [f"{sys.argv[0]} engine", *sys.argv[2:]]
         typer.run(engine_command)
