@@ -11,7 +11,7 @@ from pathlib import Path
 # (0666 less the umask). The umask can only be read by setting it, so read it once, at import.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-_FILE_MODE = 0o666 & ~_UMASK
+FILE_MODE = 0o666 & ~_UMASK
 
 
 def write_atomic(path: str | Path, data: str | bytes | memoryview) -> None:
@@ -25,7 +25,7 @@ def write_atomic(path: str | Path, data: str | bytes | memoryview) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

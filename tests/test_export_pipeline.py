@@ -36,6 +36,10 @@ def test_every_file_is_in_the_manifest_with_its_hash(artifacts):
     weights = manifest.ensemble["weights"]
     assert len(weights) == 3 and sum(weights) == pytest.approx(1)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
+    from brainseg.fileio import FILE_MODE
+
+    modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir() if path.is_file()}
+    assert modes == dict.fromkeys(modes, FILE_MODE)  # graphs too: a server running as another user must read them
 
 
 def test_accuracy_table_and_fp32_parity(artifacts):

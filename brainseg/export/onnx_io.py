@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from brainseg.artifacts.sessions import MAX_IR_VERSION, ort_session
 from brainseg.errors import BrainsegError, require
+from brainseg.fileio import FILE_MODE
 
 if TYPE_CHECKING:
     import onnx
@@ -123,6 +124,7 @@ def _temporary_sibling(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(name, FILE_MODE)  # not mkstemp's owner-only mode: a server running as another user reads the graphs
     try:
         yield Path(name)
     finally:
