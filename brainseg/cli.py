@@ -337,11 +337,13 @@ def demo_entry() -> None:
     typer.run(demo_command)
 
 
-def _register_eval() -> None:
-    """`brainseg eval` (seg-eval): the command's body lives with the evaluation code."""
+def _register() -> None:
+    """`brainseg eval` (seg-eval) and `brainseg serve` (seg-serve): their bodies live with their code."""
     from brainseg.evaluation.cli import eval_command
+    from brainseg.serve.cli import serve_command
 
     app.command("eval")(eval_command)
+    app.command("serve")(serve_command)
 
 
-_register_eval()
+_register()
