@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
+from brainseg.cli_support import Backend, Components, Precision, Tta, scan_progress
 from brainseg.cli_support import command as _command
-from brainseg.cli_support import scan_progress
 from brainseg.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Brain-MRI tumour segmentation toolkit.")
@@ -168,9 +168,8 @@ def run_command(
     scans: Annotated[list[Path], typer.Argument(help="Files or folders of scans (searched recursively).")],
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
     out: Annotated[Path, typer.Option(help="Output folder: masks/, overlays/, volumes/, results.csv.")] = Path("out"),
-    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
-    = None,
+    backend: Backend = "auto",
+    precision: Precision = None,
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Slices per inference call.")] = 8,
     readers: Annotated[int, typer.Option(help="Reader threads decoding scans.")] = 2,
@@ -184,10 +183,8 @@ def run_command(
     = False,
     spin: Annotated[bool, typer.Option(help="ONNX Runtime CPU threads spin between ops: lower latency per call, "
                                             "but they compete with the reader and writer threads.")] = False,
-    tta: Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
-    = "auto",
-    components: Annotated[str, typer.Option(
-        help="3-D component rule: auto (the artifacts' choice), none, largest or min_volume.")] = "auto",
+    tta: Tta = "auto",
+    components: Components = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Segment a folder of scans with an exported ensemble (no torch needed).

@@ -14,10 +14,18 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
 from brainseg.errors import BrainsegError
+
+# the options of every command that runs an artifacts folder (seg-run, seg-eval, seg-serve), worded once
+Backend = Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")]
+Precision = Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
+Tta = Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
+Components = Annotated[str, typer.Option(
+    help="3-D component rule: auto (the artifacts' choice), none, largest or min_volume.")]
 
 
 def command(*, error_code: int = 1) -> Callable[[Callable], Callable]:

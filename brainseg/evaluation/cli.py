@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from brainseg.cli_support import command
+from brainseg.cli_support import Backend, Components, Precision, Tta, command
 
 
 @command(error_code=2)
@@ -25,13 +25,10 @@ def eval_command(
     = "test",
     patients: Annotated[str | None, typer.Option(help="Comma-separated patient ids to score instead of --split.")]
     = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
-    = None,
-    tta: Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
-    = "auto",
-    components: Annotated[str, typer.Option(
-        help="3-D component rule: auto (the artifacts' choice), none, largest or min_volume.")] = "auto",
+    backend: Backend = "auto",
+    precision: Precision = None,
+    tta: Tta = "auto",
+    components: Components = "auto",
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime CPU threads (default: one per core).")] = None,
     batch_size: Annotated[int, typer.Option(help="Slices per inference call.")] = 8,
     overwrite: Annotated[bool, typer.Option(help="Write into an --out folder that is not empty.")] = False,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from brainseg.cli_support import command
+from brainseg.cli_support import Backend, Components, Precision, Tta, command
 
 
 @command()
@@ -26,16 +26,13 @@ def serve_command(
         help="Least time a batch waits for more slices when the replica is busy (it also waits out a running batch; "
              "an idle replica never waits).")]
     = 5.0,
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
-    = None,
-    backend: Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")] = "auto",
+    precision: Precision = None,
+    backend: Backend = "auto",
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime CPU threads per replica (default: per core).")]
     = None,
-    tta: Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
-    = "auto",
-    components: Annotated[str, typer.Option(
-        help="3-D component rule: auto (the artifacts' choice), none, largest or min_volume.")] = "auto",
+    tta: Tta = "auto",
+    components: Components = "auto",
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; bigger ones get 413.")] = 64.0,
 ) -> None:
     """Serve an exported ensemble over HTTP on Ray Serve: POST a slice or a NIfTI volume, get its mask.
