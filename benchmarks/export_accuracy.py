@@ -30,7 +30,7 @@ def main() -> None:
     manifest = Manifest.load(args.artifacts)
     facts = manifest.accuracy_facts
     keep = ("dice_mean", "dice_median", "dice_worst", "hd95_mean", "hd95_undefined", "empty_slice_fp_rate",
-            "dice_drop", "passed", "region_dice")
+            "dice_drop", "passed", "region_dice", "region_hd95")
     result = {
         "machine": cpu_description(),
         "artifacts": str(args.artifacts),

@@ -36,7 +36,9 @@ def test_the_export_scores_and_gates_every_region(brats_chain):
     assert manifest.input.dtype == "float32" and manifest.input.channels == 4 and manifest.classes == 3
     row = result.table["fp32"]
     assert set(row["region_dice"]) == {"whole_tumour", "tumour_core", "enhancing_tumour"}
-    assert "enhancing_tumour" in (root / "artifacts" / "accuracy.md").read_text()
+    assert set(row["region_hd95"]) == set(row["region_dice"]) and row["region_hd95"]["whole_tumour"] == row["hd95_mean"]
+    report = (root / "artifacts" / "accuracy.md").read_text()
+    assert "enhancing_tumour" in report and "HD95 mean, mm, per region" in report
 
 
 def test_seg_run_writes_brats_label_maps_on_the_input_grid(brats_chain):

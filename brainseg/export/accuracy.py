@@ -47,6 +47,7 @@ def accuracy_row(volumes: list[Volume], probabilities: list[np.ndarray], *, thre
         "empty_slice_fp_rate": region["empty_slice_false_positive_rate"],
         "headline_dice": headline_dice(report),
         "region_dice": {name: summary["dice"]["mean"] for name, summary in report["regions"].items()},
+        "region_hd95": {name: summary["hd95"]["mean"] for name, summary in report["regions"].items()},
         "patients": region["patients_with_tumour"],
     }
 
@@ -113,11 +114,12 @@ def _rows(table: dict[str, dict], *, gated: bool) -> list[str]:
     """Markdown rows; with several target regions, a column of each region's Dice (the gate's drop is the worst)."""
     regions = list(next(iter(table.values()), {}).get("region_dice", {}))
     per_region = f" {' / '.join(regions)} |" if len(regions) > 1 else ""
-    header = (f"| format | Dice mean | median | worst patient |{per_region} HD95 mean (undefined) | "
+    hd95_header = "HD95 mean, mm, per region (undefined, first region)" if per_region else "HD95 mean (undefined)"
+    header = (f"| format | Dice mean | median | worst patient |{per_region} {hd95_header} | "
               "empty-slice FP rate | drop |")
     lines = [header + (" gate |" if gated else ""), "|---" * (header.count("|") - 1 + gated) + "|"]
     for name, row in table.items():
-        hd95 = "n/a" if row["hd95_mean"] is None else f"{row['hd95_mean']:.2f}"
+        hd95 = _hd95_cell(row, regions if per_region and "region_hd95" in row else [])
         fp_rate = "n/a" if row["empty_slice_fp_rate"] is None else f"{row['empty_slice_fp_rate']:.4f}"
         region_cell = ""
         if per_region:
@@ -128,6 +130,12 @@ def _rows(table: dict[str, dict], *, gated: bool) -> list[str]:
                 f"{region_cell} {hd95} ({row.get('hd95_undefined', 0)}) | {fp_rate} | {drop:+.4f} |")
         lines.append(line + (f" {'pass' if row['passed'] else 'FAIL'} |" if gated else ""))
     return lines
+
+
+def _hd95_cell(row: dict, regions: list[str]) -> str:
+    """The row's HD95 mean, or each region's ("1.56 / 2.10 / 3.05") when `regions` are given; n/a when undefined."""
+    values = [row["region_hd95"].get(region) for region in regions] if regions else [row["hd95_mean"]]
+    return " / ".join("n/a" if value is None else f"{value:.2f}" for value in values)
 
 
 def table_markdown(table: dict[str, dict], *, max_drop: float, parity: dict[str, float],
