@@ -186,6 +186,9 @@ def run_command(
     tta: Tta = "auto",
     components: Components = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ray: Annotated[str | None, typer.Option(
+        help="Run on Ray Data: 'local', or a cluster's address (HOST:6379, auto, ray://HOST:10001).")] = None,
+    ray_actors: Annotated[int, typer.Option(help="With --ray: inference actors, one backend (and GPU) each.")] = 1,
 ) -> None:
     """Segment a folder of scans with an exported ensemble (no torch needed).
 
@@ -197,7 +200,7 @@ def run_command(
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
                          overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin,
-                         tta=tta, components=components)
+                         tta=tta, components=components, ray=ray, ray_actors=ray_actors)
     with scan_progress(enabled=progress) as on_scan:
         summary = segment(scans, artifacts, out, options, on_scan=on_scan)
     typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "

@@ -1,0 +1,218 @@
+"""seg-run --ray on a real Ray (2 CPUs) over tiny exported artifacts: the masks, rows, skipped inputs and
+resume of seg-run without Ray; a killed inference actor's scans segmented again and written once; refusals
+before any scan is read; the missing extra."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from brainseg.errors import BrainsegError, ConfigError
+from brainseg.fileio import write_atomic
+from brainseg.runtime import ray_run
+from brainseg.runtime.out_lock import OutputLock
+from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.scans import Scan
+
+ray = pytest.importorskip("ray", reason="seg-run --ray needs ray[data]: pip install 'brainseg[distributed]'")
+pytest.importorskip("ray.data", reason="seg-run --ray needs ray[data]: pip install 'brainseg[distributed]'")
+pytest.importorskip("onnxruntime")
+
+SEGMENTER = "ScanSegmenter"  # in the process title of every inference actor, "ray::MapWorker(MapBatches(...))"
+
+
+def _slices(tiny_sample: Path) -> list[Path]:
+    return sorted(p for p in tiny_sample.rglob("*.tif") if not p.stem.endswith("_mask"))
+
+
+@pytest.fixture(scope="module")
+def scans(tiny_sample, tmp_path_factory) -> Path:
+    """Two single slices, one kaggle_3m patient, and a truncated PNG and a text file to skip."""
+    root = tmp_path_factory.mktemp("ray_scans")
+    slices = _slices(tiny_sample)
+    (root / "slices").mkdir()
+    for name, source in (("a", slices[3]), ("b", slices[10])):
+        assert cv2.imwrite(str(root / "slices" / f"{name}.png"), cv2.imread(str(source)))
+    shutil.copytree(slices[0].parent, root / "patient")
+    (root / "bad").mkdir()
+    png = (root / "slices" / "a.png").read_bytes()
+    (root / "bad" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "bad" / "notes.txt").write_text("not a scan")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_run(scans, tiny_artifacts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray_local") / "out"
+    return out, segment([scans], tiny_artifacts, out, RunOptions(batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One Ray for the tests that use it: seg-run --ray runs on the session its process holds."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+def _rows(out: Path) -> list[dict]:
+    return list(csv.DictReader((out / "results.csv").open()))
+
+
+def _masks(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted((out / "masks").rglob("*.png"))}
+
+
+def _skipped(summary) -> set[tuple[str, str]]:
+    return {(item["path"], item["reason"]) for item in summary.skipped}
+
+
+@pytest.mark.slow
+def test_ray_local_writes_what_seg_run_writes_and_stops_the_ray_it_started(
+        scans, local_run, tiny_artifacts, tmp_path, monkeypatch):
+    local_out, local = local_run
+    started_here = not ray.is_initialized()
+    monkeypatch.setattr(ray_run.os, "cpu_count", lambda: 2)  # "local" starts Ray with one CPU per core
+    written = []
+    summary = segment([scans], tiny_artifacts, tmp_path / "out", RunOptions(batch_size=4, ray="local"),
+                      on_scan=lambda key, slices: written.append((key, slices)))
+    out = tmp_path / "out"
+    if started_here:
+        assert not ray.is_initialized(), "--ray local must stop the Ray it started"
+    assert _rows(out) == _rows(local_out) and len(_rows(out)) == 3
+    masks = _masks(out)
+    assert masks == _masks(local_out) and len(masks) == 2 + 6  # two slices, a patient of six
+    assert sorted(written) == sorted((row["key"], int(row["slices"])) for row in _rows(out))
+    assert _skipped(summary) == _skipped(local) and {Path(p).name for p, _ in _skipped(summary)} == {
+        "truncated.png", "notes.txt"}
+    assert (summary.done, summary.slices, summary.resumed, summary.exit_code) == (3, 8, 0, 1)
+    assert (summary.backend["backend"], summary.precision) == (local.backend["backend"], local.precision)
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["exit_code"] == 1 and set(stored["timings_s"]) == {"read", "infer", "write", "wall"}
+    assert stored["timings_s"]["infer"] > 0 and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_a_second_run_does_only_what_is_missing(ray_session, scans, local_run, tiny_artifacts, tmp_path):
+    local_out, _ = local_run
+    out = tmp_path / "out"
+    shutil.copytree(local_out, out)
+    (out / ".rows" / "slices" / "b.json").unlink()  # as if the first run had stopped before b was done
+    kept = (out / "masks" / "slices" / "a.png").stat().st_mtime_ns
+    summary = segment([scans], tiny_artifacts, out, RunOptions(batch_size=4, ray="local"))
+    assert (summary.resumed, summary.done, summary.slices) == (2, 1, 1)
+    assert (out / "masks" / "slices" / "a.png").stat().st_mtime_ns == kept
+    assert _rows(out) == _rows(local_out) and _masks(out) == _masks(local_out)
+    again = segment([scans], tiny_artifacts, out, RunOptions(batch_size=4, ray="local"))
+    assert (again.resumed, again.done, again.slices) == (3, 0, 0) and _skipped(again) == _skipped(summary)
+    assert _rows(out) == _rows(local_out) and (out / "masks" / "slices" / "a.png").stat().st_mtime_ns == kept
+
+
+def test_with_nothing_left_to_do_ray_is_not_started(scans, tiny_artifacts, tmp_path, monkeypatch):
+    segment([scans / "slices" / "a.png"], tiny_artifacts, tmp_path / "out", RunOptions())
+    monkeypatch.setattr(ray_run, "_ray_session", None)  # calling it would fail the test
+    summary = segment([scans / "slices" / "a.png"], tiny_artifacts, tmp_path / "out", RunOptions(ray="local"))
+    assert (summary.resumed, summary.done, summary.exit_code) == (1, 0, 0)
+    assert (summary.backend["backend"], summary.precision) == ("none", "none")
+    assert len(_rows(tmp_path / "out")) == 1
+
+
+@pytest.fixture(scope="module")
+def series(tiny_sample, tmp_path_factory) -> Path:
+    """Twelve kaggle_3m scans of 30 slices each: enough work that the actor is busy after one is written."""
+    root = tmp_path_factory.mktemp("ray_series")
+    slices = _slices(tiny_sample)
+    for scan in range(12):
+        (root / f"series{scan:02d}").mkdir()
+        for index in range(30):
+            shutil.copy(slices[(7 * scan + index) % len(slices)], root / f"series{scan:02d}" / f"s_{index + 1}.tif")
+    return root
+
+
+def _segmenter_pids(busy: bool = False) -> set[int]:
+    """Inference actors' processes (only those running a batch when `busy`), from their titles."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and SEGMENTER in title and (not busy or ".submit" in title):
+            found.add(int(entry.name))
+    return found
+
+
+def _kill_a_busy_segmenter(timeout_s: float = 30.0) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for pid in _segmenter_pids(busy=True):
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.02)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").is_file(), reason="finds the actor's process through /proc")
+def test_a_killed_actor_is_replaced_and_every_scan_is_written_once(ray_session, series, tiny_artifacts, tmp_path):
+    killed, later = [], set()
+
+    def on_scan(key: str, slices: int) -> None:  # on the driver, after each scan is written
+        if not killed:
+            killed.append(_kill_a_busy_segmenter())
+        else:
+            later.update(_segmenter_pids())
+
+    summary = segment([series], tiny_artifacts, tmp_path / "ray", RunOptions(batch_size=1, ray="local"),
+                      on_scan=on_scan)
+    assert killed and killed[0] is not None, "no actor was running a batch after the first scan was written"
+    assert later - {killed[0]}, "no new actor took over from the killed one"
+    keys = [row["key"] for row in _rows(tmp_path / "ray")]
+    assert len(keys) == len(set(keys)) == 12 and summary.done == 12 and summary.slices == 360
+    local = segment([series], tiny_artifacts, tmp_path / "local", RunOptions(batch_size=1))
+    assert local.done == 12
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    assert _masks(tmp_path / "ray") == _masks(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_what_the_cluster_cannot_run_is_refused_before_any_scan_is_read(
+        ray_session, scans, tiny_artifacts, tmp_path):
+    with pytest.raises(ConfigError, match="leave less than 0.5 of the Ray cluster's 2 CPU"):
+        segment([scans], tiny_artifacts, tmp_path / "a", RunOptions(ray="local", ray_actors=2))
+    with pytest.raises(ConfigError, match="precision fp16 was not exported"):  # raised in a Ray task, as itself
+        segment([scans], tiny_artifacts, tmp_path / "b", RunOptions(ray="local", precision="fp16"))
+    assert not (tmp_path / "a" / "results.csv").exists() and not (tmp_path / "b" / "masks").exists()
+
+
+def test_a_retried_write_in_an_overwrite_run_keeps_what_this_run_wrote(tmp_path):
+    scan = Scan("x/y", "slice", (tmp_path / "y.png",), tmp_path)
+    marker = tmp_path / "out" / ".rows" / "x" / "y.json"  # the scan's row record (brainseg.runtime.outputs)
+    for overwrite, marker_first, expected in ((True, True, False), (True, False, True), (False, False, False)):
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        if marker_first:  # a row record from an earlier run
+            write_atomic(marker, "{}")
+            time.sleep(0.02)
+        with OutputLock(tmp_path / "out"):
+            since_ns = (tmp_path / "out" / ".lock").stat().st_mtime_ns
+            if not marker_first:  # written by this run's first attempt
+                time.sleep(0.02)
+                write_atomic(marker, "{}")
+            assert ray_run._written_this_run(tmp_path / "out", scan, overwrite, since_ns) is expected
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    with pytest.raises(BrainsegError, match=r"ray\[data\] is not installed.*pip install 'brainseg\[distributed\]'"):
+        segment([tmp_path], tmp_path / "no-artifacts", tmp_path / "out", RunOptions(ray="local"))
