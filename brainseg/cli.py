@@ -114,15 +114,21 @@ def export_command(
     min_voxels: Annotated[int, typer.Option(help="min_volume: smallest component kept, in voxels.")] = 64,
     weights: Annotated[str, typer.Option(help="Ensemble weights: auto (fitted on validation), equal, or a,b,c.")]
     = "auto",
+    engine: Annotated[str, typer.Option(
+        help="TensorRT engines for --fp16/--int8, scored through the same gate: auto (where TensorRT and a CUDA GPU "
+             "are), yes (fail if they are not) or no (build them later with seg-export engine).")]
+    = "auto",
     allow_failed: Annotated[bool, typer.Option(help="Exit 0 even when a precision fails the accuracy gate.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifacts folder.")] = False,
 ) -> None:
-    """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice."""
+    """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice; with
+    TensorRT and a GPU here, also the fp16/int8 TensorRT engines, gated the same way."""
     from brainseg.export.pipeline import ExportOptions, export_run
 
     options = ExportOptions(fp16=fp16, int8=int8, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
                             calib_method=calib_method, int8_activations=int8_activations, tta=tta,
-                            components=components, min_voxels=min_voxels, weights=weights, overwrite=overwrite)
+                            components=components, min_voxels=min_voxels, weights=weights, engine=engine,
+                            overwrite=overwrite)
     result = export_run(run, out or Path("artifacts") / run.name, options)
     typer.echo(f"Scored as deployed: {result.postprocessing}")
     for name, row in result.table.items():
@@ -130,6 +136,7 @@ def export_command(
         test = result.test_table.get(name)
         test_text = f"  test Dice {test['dice_mean']:.4f}" if test else ""
         typer.echo(f"  {name:<13} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}{test_text}")
+    typer.echo(result.engines)
     typer.echo(f"Artifacts: {result.out} (accuracy table in {result.out / 'accuracy.md'})")
     if result.failed and not allow_failed:
         typer.secho(f"error: {', '.join(result.failed)} lost more than {max_dice_drop} Dice; not offered to seg-run",

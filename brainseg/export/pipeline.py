@@ -10,7 +10,7 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,15 +27,17 @@ from brainseg.artifacts.layout import (
     MEMBER_OUTPUTS,
     PROBABILITY,
     REFERENCE,
+    TIMING_CACHE,
     accuracy_row,
+    engine_file,
     ensemble_file,
     member_file,
 )
 from brainseg.artifacts.manifest import FORMAT, file_entry, write_manifest
 from brainseg.artifacts.sessions import ort_session, run
 from brainseg.data.volume import Volume
-from brainseg.errors import ConfigError
-from brainseg.export import accuracy, onnx_io, precision
+from brainseg.errors import BrainsegError, ConfigError
+from brainseg.export import accuracy, engine_choice, onnx_io, precision, tensorrt_build
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
 from brainseg.export.postprocess_choice import choose_postprocessing, predictor
@@ -64,6 +66,7 @@ class ExportOptions:
     components: str = "auto"  # auto | none | largest | min_volume
     min_voxels: int = DEFAULT_MIN_VOXELS
     weights: str = "auto"  # auto | equal | "a,b,c"
+    engine: str = "auto"  # auto | yes | no: TensorRT engines here too, see brainseg.export.engine_choice
     simplify: bool = True
     overwrite: bool = False
 
@@ -71,6 +74,13 @@ class ExportOptions:
         if self.int8_activations not in INT8_TARGETS:
             raise ConfigError(f"--int8-activations must be one of {', '.join(INT8_TARGETS)}; "
                               f"got {self.int8_activations!r}")
+        engine_choice.check_choice(self.engine)
+
+    @property
+    def gpu_precisions(self) -> tuple[str, ...]:
+        """The precisions asked for that get a GPU file, hence an engine: fp16, and int8 unless it is CPU-only."""
+        int8_gpu = self.int8 and "gpu" in INT8_TARGETS[self.int8_activations]
+        return tuple(name for name, asked in (("fp16", self.fp16), ("int8", int8_gpu)) if asked)
 
 
 @dataclass
@@ -80,6 +90,7 @@ class ExportResult:
     failed: list[str] = field(default_factory=list)
     test_table: dict[str, dict] = field(default_factory=dict)
     postprocessing: str = ""
+    engines: str = ""  # one line: which TensorRT engines were built and scored, or why none
 
 
 def _torch_predict(graph: torch.nn.Module) -> accuracy.Predict:
@@ -229,6 +240,31 @@ def _tensorrt_checks(writer: _Writer) -> dict[str, dict]:
     return checks
 
 
+def _export_engines(folder: Path, scorer: _Scorer, choice: engine_choice.EngineChoice, options: ExportOptions) -> dict:
+    """Build each chosen engine and score it like the ONNX files, through the same gate; a failed one is
+    removed, so seg-run (which runs any engine it finds) never picks it. Returns the manifest's "engines"."""
+    built = {}
+    for name in choice.build:
+        onnx_path = folder / ensemble_file(name)
+        engine = folder / engine_file(onnx_path.name)
+        try:
+            record = tensorrt_build.build_engine(onnx_path, engine, precision=name, timing_cache=folder / TIMING_CACHE)
+        except BrainsegError as err:
+            raise BrainsegError(f"building the {name} engine: {err} (--engine no exports without engines)") from err
+        with tensorrt_build.engine_predictor(engine, onnx_path, name) as predict:
+            scorer.score(engine_choice.engine_row(name), predict)
+        built[name] = {"file": engine.name, "row": engine_choice.engine_row(name), "provenance": asdict(record)}
+    accuracy.apply_gate(scorer.val_table, reference=REFERENCE, max_drop=options.max_dice_drop)
+    accuracy.add_drops(scorer.test_table, reference=REFERENCE)
+    for entry in built.values():
+        entry["passed"] = scorer.val_table[entry["row"]]["passed"]
+        if not entry["passed"]:
+            tensorrt_build.remove_engine(folder / entry["file"])
+            entry["file"] = None
+    reason = engine_choice.with_outcome(choice, {name: entry["passed"] for name, entry in built.items()})
+    return {"asked": options.engine, "reason": reason, "built": built}
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as metadata
 
@@ -314,9 +350,12 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
 
     Precisions whose validation Dice drops more than `options.max_dice_drop` against PyTorch FP32
     are marked failed in the manifest and listed in the result (the CLI turns that into exit 1).
-    Every format is also scored on the run's test patients, which choose nothing.
+    Every format is also scored on the run's test patients, which choose nothing. TensorRT engines
+    are built, scored and gated too where `options.engine` and the machine allow (engine_choice).
     """
     out = Path(out)
+    host = None if options.engine == "no" else engine_choice.probe_host()
+    engine_choice.check_request(options.engine, host, options.gpu_precisions)  # before any work: --engine yes
     run = load_run(run_dir)
     progress(f"reading the {len(run.split.val)} validation and {len(run.split.test)} test patients")
     sets = split_volumes(run, "val"), split_volumes(run, "test")
@@ -329,8 +368,16 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         weights, weights_source = _choose_weights(run, member_probs, volumes, options.weights)
         progress("exporting the ensemble graph and the precisions asked for")
         scorer, post_section = _export_ensemble(run, writer, sets, weights, options, parity)
+        gated = _precisions(scorer.val_table, INT8_TARGETS[options.int8_activations])
+        choice = engine_choice.choose_engines(options.engine, host, options.gpu_precisions,
+                                              [name for name, entry in gated.items() if entry["passed"]],
+                                              artifacts=str(out))
+        if choice.build:
+            progress(f"building TensorRT engines for {', '.join(choice.build)} and scoring them")
+        engines = _export_engines(staging, scorer, choice, options)
         table = scorer.val_table
-        manifest = _manifest(run, writer, scorer, post_section, parity, weights, weights_source, options)
+        manifest = {**_manifest(run, writer, scorer, post_section, parity, weights, weights_source, options),
+                    "engines": engines}
         write_atomic(staging / ACCURACY_REPORT,
                      accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity,
                                              test_table=scorer.test_table, postprocessing=post_section))
@@ -341,4 +388,4 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         raise
     failed = [name for name, row in table.items() if not row["passed"]]
     return ExportResult(out=out, table=table, failed=failed, test_table=scorer.test_table,
-                        postprocessing=post_section["description"])
+                        postprocessing=post_section["description"], engines=engines["reason"])

@@ -4,7 +4,8 @@ Precision lives in the ONNX file: the fp16 graph carries float16 weights and mat
 explicit Q/DQ nodes. The builder only compiles, with a strongly typed network and no precision
 flags, so the same code builds on TensorRT 10 (JetPack 6) and 11 (which has no such flags). Each
 engine gets `<engine>.provenance.json` (`brainseg.artifacts.provenance`), which is checked
-before anything deserialises the engine.
+before anything deserialises the engine. `engine_predictor` runs a built engine the way seg-run
+does, so the export can score it through the same accuracy gate as the ONNX files.
 
 TensorRT and cuda-python are imported inside the functions that use them, so this module imports
 on a machine without either.
@@ -12,9 +13,13 @@ on a machine without either.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from brainseg.artifacts.layout import PRECISIONS, TIMING_CACHE, provenance_file
+import numpy as np
+
+from brainseg.artifacts.layout import PRECISIONS, PROBABILITY, TIMING_CACHE, provenance_file
 from brainseg.artifacts.provenance import (
     DEFAULT_BATCH,
     EngineProvenance,
@@ -99,6 +104,26 @@ def ensure_engine(
     build_engine(onnx_path, engine_path, precision=precision, batch=batch,
                  timing_cache=engine_path.parent / TIMING_CACHE)
     return engine_path
+
+
+@contextmanager
+def engine_predictor(engine_path: Path, onnx_path: Path, precision: str, *,
+                     device: int = 0) -> Iterator[Callable[[np.ndarray], np.ndarray]]:
+    """`predict(images) -> probability` through the engine, opened as seg-run opens it (provenance checked).
+
+    This is how the export scores an engine it built: the same backend class seg-run runs, so the
+    accuracy gate measures what ships. Batches must fit the engine's profile.
+    """
+    from brainseg.runtime.tensorrt_backend import TensorRTBackend
+
+    with TensorRTBackend(engine_path, onnx_path, precision, device=device) as backend:
+        yield lambda images: backend.infer(images)[PROBABILITY]
+
+
+def remove_engine(engine_path: Path) -> None:
+    """Delete an engine and its provenance record, the record first: an engine left without one is refused."""
+    provenance_file(engine_path).unlink(missing_ok=True)
+    Path(engine_path).unlink(missing_ok=True)
 
 
 def _check_request(onnx_path: Path, precision: str, batch: tuple[int, int, int], aux_streams: int | None) -> None:
