@@ -21,7 +21,7 @@ import typer
 from brainseg.errors import BrainsegError
 
 # the options of every command that runs an artifacts folder (seg-run, seg-eval, seg-serve), worded once
-Backend = Annotated[str, typer.Option(help="auto, tensorrt or onnxruntime.")]
+Backend = Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime or openvino.")]
 Precision = Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
 Tta = Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
 Components = Annotated[str, typer.Option(

@@ -113,7 +113,8 @@ def test_report_has_a_row_and_a_thumbnail_per_scan_and_lists_skipped_inputs(run)
 def test_report_header_shows_backend_precision_and_the_manifest_hash(run):
     _, summary, page = run
     text = " ".join(page.text)
-    assert summary["backend"]["backend"] in text and summary["backend"]["provider"] in text
+    backend = summary["backend"]
+    assert backend["backend"] in text and (backend.get("provider") or backend["device"]) in text
     assert f"Precision {summary['precision']}" in " ".join(text.split())
     sha = summary["manifest_sha256"]
     assert len(sha) == 64 and sha[: report_html.SHORT_SHA] in text and sha not in text

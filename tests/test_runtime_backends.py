@@ -72,6 +72,7 @@ def test_int8_file_follows_the_device(tiny_artifacts):
 
 def test_auto_falls_back_to_onnxruntime_and_tensorrt_alone_is_an_error_when_absent(tiny_artifacts, monkeypatch):
     monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
+    monkeypatch.setattr(backends, "openvino_present", lambda: False)  # OpenVINO's turn: test_runtime_openvino.py
     manifest = Manifest.load(tiny_artifacts)
     runner, choice = open_backend(manifest)
     with runner:

@@ -1,8 +1,10 @@
 """Pick the backend and precision `seg-run` uses, and say why.
 
-`auto` takes a TensorRT engine whose provenance matches this machine, else ONNX Runtime with
-the best execution provider present (TensorRT, CUDA, CPU). Only precisions that passed the
-export's accuracy gate are offered. Without `--precision`, GPUs get fp16 and the CPU gets int8
+`auto` takes a TensorRT engine whose provenance matches this machine, else ONNX Runtime with a
+GPU execution provider (TensorRT, CUDA) where it has one, else, on an x86 CPU with the `openvino`
+extra installed, OpenVINO (faster than ONNX Runtime on the same files on the CPUs measured:
+docs/benchmarks.md), else ONNX Runtime on the CPU. Only precisions that passed the export's
+accuracy gate are offered. Without `--precision`, GPUs get fp16 and the CPU gets int8
 (the file made for it), each falling back to fp32 when that precision is not usable.
 """
 
@@ -19,7 +21,7 @@ from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError, is_installed
 
 log = logging.getLogger("brainseg.runtime")
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 CPU_PROVIDER = "CPUExecutionProvider"
 
 
@@ -86,7 +88,59 @@ def open_backend(manifest: Manifest, *, backend: str = "auto", precision: str | 
         opened = _try_tensorrt(manifest, precision, device, cuda_graph_batch, required=backend == "tensorrt")
         if opened is not None:
             return opened
+    if backend == "openvino" or (backend == "auto" and _openvino_preferred()):
+        reason = "OpenVINO, as asked" if backend == "openvino" else \
+            "OpenVINO on this x86 CPU (faster than ONNX Runtime on the same files: docs/benchmarks.md)"
+        return _open_openvino(manifest, precision, threads, reason)
     return _open_onnxruntime(manifest, precision, device, threads, spinning)
+
+
+def openvino_present() -> bool:
+    return is_installed("openvino")
+
+
+def auto_backend() -> tuple[str, str]:
+    """What `--backend auto` takes on this machine before it looks at an artifacts folder, and why:
+    ("tensorrt", ...) where TensorRT imports (used when the folder has an engine built here), else
+    ONNX Runtime's best provider, or OpenVINO on an x86 CPU (see the module docstring)."""
+    from brainseg.runtime.onnxruntime_backend import available_providers
+
+    ort = available_providers()[0] if is_installed("onnxruntime") else None
+    if tensorrt_present():
+        return "tensorrt", ("TensorRT imports: a folder's engine is used where its provenance matches this GPU; "
+                            f"otherwise the next choice ({ort or 'none'})")
+    if ort is not None and ort != CPU_PROVIDER:
+        return "onnxruntime", f"ONNX Runtime has {ort}"
+    if _openvino_preferred():
+        return "openvino", "no GPU provider; OpenVINO is installed and this is an x86 CPU"
+    if ort is None:
+        return "none", "neither ONNX Runtime nor OpenVINO is installed (pip install 'brainseg[export]')"
+    return "onnxruntime", "no GPU provider and no OpenVINO for this CPU: ONNX Runtime on the CPU"
+
+
+def _openvino_preferred() -> bool:
+    """`auto` on a CPU-only ONNX Runtime: OpenVINO where it is installed and this is an x86 CPU."""
+    from brainseg.runtime.onnxruntime_backend import available_providers
+    from brainseg.runtime.openvino_backend import is_x86
+
+    if is_installed("onnxruntime") and available_providers()[0] != CPU_PROVIDER:
+        return False
+    why = None if is_x86() else "this CPU is not x86"
+    if why is None and not openvino_present():
+        why = "the openvino extra is not installed (pip install 'brainseg[openvino]')"
+    if why is not None:
+        log.info("not using OpenVINO: %s", why)
+    return why is None
+
+
+def _open_openvino(manifest: Manifest, asked, threads, reason: str):
+    from brainseg.runtime.openvino_backend import OpenVinoBackend, import_openvino
+
+    import_openvino()  # a missing extra is its one-line error, before any precision question
+    precision = choose_precision(manifest, asked, target="cpu")
+    path = manifest.path_for(precision, "cpu")
+    runner = OpenVinoBackend(path, precision, threads=threads)
+    return runner, Choice("openvino", precision, path.name, reason)
 
 
 def _try_tensorrt(manifest: Manifest, asked, device, cuda_graph_batch, *, required: bool):

@@ -95,7 +95,7 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> dict:
         ort = import_onnxruntime()
-        return {"backend": self.name, "provider": self.provider, "precision": self.precision,
+        return {"backend": self.name, "provider": self.session.get_providers()[0], "precision": self.precision,
                 "file": self.onnx_path.name, "onnxruntime": ort.__version__,
                 "threads": self.session.get_session_options().intra_op_num_threads or "per core"}
 

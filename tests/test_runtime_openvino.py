@@ -1,0 +1,134 @@
+"""The OpenVINO backend, run for real on this CPU: parity with ONNX Runtime, bf16's refusal, `auto`'s choice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from brainseg.artifacts.manifest import Manifest
+from brainseg.errors import ArtifactError, BrainsegError, ConfigError
+from brainseg.runtime import backends
+from brainseg.runtime.backends import auto_backend, open_backend
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino", reason="needs the openvino extra")
+
+from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
+from brainseg.runtime.openvino_backend import OpenVinoBackend, is_x86, native_bf16  # noqa: E402
+
+# Stated tolerances against ONNX Runtime on the same file. fp32: both compute in f32, summing in
+# different orders. int8: the two runtimes requantise between Q/DQ pairs differently (ORT fuses
+# into integer kernels, OpenVINO's low-precision transformations choose their own), so a pixel at
+# the threshold may flip. Measured on the tiny fixture: fp32 max 6e-7; int8 max 0.035, mean 0.002,
+# masks 0.9998 alike.
+PARITY = {"fp32": {"max_abs": 1e-4, "mean_abs": 1e-6, "masks_agree": 0.9999},
+          "int8": {"max_abs": 0.06, "mean_abs": 0.005, "masks_agree": 0.999}}
+
+
+def _slices(manifest: Manifest, count: int = 6) -> np.ndarray:
+    spec = manifest.input
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 1, (count, spec.height // 4, spec.width // 4, spec.channels)).astype(np.float32)
+    smooth = np.stack([np.kron(n, np.ones((4, 4, 1), np.float32)) for n in noise])
+    return np.clip(110 + 60 * smooth, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_openvino_matches_onnxruntime_on_the_same_file(tiny_artifacts, precision):
+    manifest = Manifest.load(tiny_artifacts)
+    path = manifest.path_for(precision, "cpu")
+    batch = _slices(manifest)
+    with OpenVinoBackend(path, precision, threads=2) as ov, \
+            OnnxRuntimeBackend(path, precision, provider="CPUExecutionProvider", threads=2) as ort:
+        ours, reference = ov.infer(batch), ort.infer(batch)
+        one = ov.infer(batch[:1])  # the batch dimension is dynamic: another size, same graph
+        described = ov.describe()
+    assert set(ours) == set(reference) == {"probability", "mask", "disagreement"}
+    for name in ours:
+        assert ours[name].shape == reference[name].shape and ours[name].dtype == reference[name].dtype
+    limits = PARITY[precision]
+    difference = np.abs(ours["probability"] - reference["probability"])
+    assert difference.max() <= limits["max_abs"] and difference.mean() <= limits["mean_abs"]
+    assert (ours["mask"] == reference["mask"]).mean() >= limits["masks_agree"]
+    np.testing.assert_array_equal(one["mask"], ours["mask"][:1])
+    assert described["compute"] == "f32" and described["threads"] == 2 and described["file"] == path.name
+
+
+def test_a_batch_of_the_wrong_form_is_refused(tiny_artifacts):
+    manifest = Manifest.load(tiny_artifacts)
+    with OpenVinoBackend(manifest.path_for("fp32", "cpu"), "fp32") as ov:
+        with pytest.raises(ValueError, match="the graph takes uint8"):
+            ov.infer(np.zeros((1, 4, 4, 3), np.uint8))
+
+
+def test_a_file_that_is_not_onnx_is_an_error_naming_it(tmp_path):
+    broken = tmp_path / "ensemble.fp32.onnx"
+    broken.write_bytes(b"not a graph")
+    with pytest.raises(ArtifactError, match="ensemble.fp32.onnx: OpenVINO cannot compile it"):
+        OpenVinoBackend(broken, "fp32")
+    with pytest.raises(BrainsegError, match="not found"):
+        OpenVinoBackend(tmp_path / "absent.onnx", "fp32")
+
+
+@pytest.mark.skipif(native_bf16(), reason="this CPU has native bf16: the refusal cannot happen here")
+def test_bf16_is_refused_on_a_cpu_without_native_bf16(tiny_artifacts):
+    # OpenVINO itself would quietly compute in f32 here; the backend says so instead of mislabelling
+    manifest = Manifest.load(tiny_artifacts)
+    with pytest.raises(ConfigError, match="bf16 needs a CPU with native bf16"):
+        OpenVinoBackend(manifest.path_for("fp32", "cpu"), "bf16")
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_artifacts):
+    manifest = Manifest.load(tiny_artifacts)
+    with OpenVinoBackend(manifest.path_for("fp32", "cpu"), "bf16") as ov:
+        assert ov.describe()["compute"] == "bf16"
+        assert ov.infer(_slices(manifest))["mask"].dtype == np.uint8
+
+
+def test_auto_takes_openvino_on_an_x86_cpu_and_onnxruntime_when_asked(tiny_artifacts, monkeypatch):
+    monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
+    manifest = Manifest.load(tiny_artifacts)
+    runner, choice = open_backend(manifest, threads=1)
+    with runner:
+        if is_x86():
+            assert (choice.backend, choice.precision, choice.file) == ("openvino", "int8", "ensemble.int8-cpu.onnx")
+            assert "x86 CPU" in choice.reason and runner.describe()["threads"] == 1
+            assert auto_backend()[0] == "openvino"
+        else:
+            assert choice.backend == "onnxruntime"
+    runner, choice = open_backend(manifest, backend="onnxruntime")
+    with runner:
+        assert choice.backend == "onnxruntime"
+    runner, choice = open_backend(manifest, backend="openvino", precision="fp32")
+    with runner:
+        assert (choice.backend, choice.file, choice.reason) == ("openvino", "ensemble.fp32.onnx", "OpenVINO, as asked")
+    with pytest.raises(ConfigError, match="fp16 was not exported"):  # the fixture exports fp32 and int8
+        open_backend(manifest, backend="openvino", precision="fp16")
+
+
+def test_without_the_extra_auto_uses_onnxruntime_and_openvino_alone_names_the_extra(tiny_artifacts):
+    # a fresh interpreter in which `import openvino` fails, as on a machine without the extra
+    script = f"""
+import sys
+sys.modules["openvino"] = None
+from brainseg.artifacts.manifest import Manifest
+from brainseg.errors import BrainsegError
+from brainseg.runtime import backends
+backends.tensorrt_present = lambda: False
+manifest = Manifest.load({str(tiny_artifacts)!r})
+runner, choice = backends.open_backend(manifest)
+print(choice.backend)
+try:
+    backends.open_backend(manifest, backend="openvino")
+except BrainsegError as err:
+    print(err)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "onnxruntime"
+    assert "openvino" in lines[1] and "brainseg[openvino]" in lines[1]
