@@ -345,12 +345,15 @@ def demo_entry() -> None:
 
 
 def _register() -> None:
-    """`brainseg eval` (seg-eval) and `brainseg serve` (seg-serve): their bodies live with their code."""
+    """`brainseg eval` (seg-eval), `brainseg serve` (seg-serve) and `brainseg doctor` (seg-doctor): their
+    bodies live with their code."""
+    from brainseg.doctor import doctor_command
     from brainseg.evaluation.cli import eval_command
     from brainseg.serve.cli import serve_command
 
     app.command("eval")(eval_command)
     app.command("serve")(serve_command)
+    app.command("doctor")(doctor_command)
 
 
 _register()
