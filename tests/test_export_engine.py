@@ -179,6 +179,7 @@ def test_engine_yes_that_cannot_be_met_stops_before_any_work(tmp_path, monkeypat
                                       "--engine", "yes"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "error: --engine yes, but TensorRT is not installed" in result.output
+    assert f"`seg-export engine {out} --precision fp16`" in result.output.replace("\n", "")
     assert list(tmp_path.iterdir()) == []
 
 

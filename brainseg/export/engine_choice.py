@@ -82,11 +82,12 @@ def check_choice(asked: str) -> None:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}; got {asked!r}")
 
 
-def check_request(asked: str, host: Host | None, requested: Sequence[str]) -> None:
+def check_request(asked: str, host: Host | None, requested: Sequence[str], *, artifacts: str = "ARTIFACTS") -> None:
     """Refuse an `--engine` value that cannot be honoured, before the export starts.
 
     `requested`: the GPU precisions asked for (a subset of ENGINE_PRECISIONS); `host` may be None
-    only under `--engine no`, which needs nothing from the machine.
+    only under `--engine no`, which needs nothing from the machine; `artifacts` names the folder
+    in the how-to-build hint.
     """
     check_choice(asked)
     if asked == "no":
@@ -98,10 +99,10 @@ def check_request(asked: str, host: Host | None, requested: Sequence[str]) -> No
     if not _ordered(requested):
         raise ConfigError("--engine yes builds engines for --fp16 and for --int8's GPU file, and neither was "
                           "asked for (--int8-activations uint8 writes no GPU file); add --fp16 or --int8, or "
-                          f"build an fp32 engine with {_command('ARTIFACTS', 'fp32')}")
+                          f"build an fp32 engine with {_command(artifacts, 'fp32')}")
     if host.missing():
         raise ConfigError(f"--engine yes, but {' and '.join(host.missing())} here; use --engine auto, or build "
-                          f"the engines on the target with {_commands('ARTIFACTS', _ordered(requested))}")
+                          f"the engines on the target with {_commands(artifacts, _ordered(requested))}")
 
 
 def choose_engines(asked: str, host: Host | None, requested: Sequence[str], passed: Sequence[str], *,
@@ -111,7 +112,7 @@ def choose_engines(asked: str, host: Host | None, requested: Sequence[str], pass
     `asked` is --engine (auto, yes, no); `artifacts` names the folder in the how-to-build hint.
     Raises ConfigError where `check_request` does.
     """
-    check_request(asked, host, requested)
+    check_request(asked, host, requested, artifacts=artifacts)
     requested = _ordered(requested)
     if not requested:
         return EngineChoice((), "engines: none to build: they are built for --fp16 and --int8's GPU file, "

@@ -355,7 +355,8 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
     """
     out = Path(out)
     host = None if options.engine == "no" else engine_choice.probe_host()
-    engine_choice.check_request(options.engine, host, options.gpu_precisions)  # before any work: --engine yes
+    # an --engine yes that cannot be met stops here, before any work
+    engine_choice.check_request(options.engine, host, options.gpu_precisions, artifacts=str(out))
     run = load_run(run_dir)
     progress(f"reading the {len(run.split.val)} validation and {len(run.split.test)} test patients")
     sets = split_volumes(run, "val"), split_volumes(run, "test")
