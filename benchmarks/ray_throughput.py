@@ -72,6 +72,8 @@ def main() -> None:
     local_options, ray_options = RunOptions(**common), RunOptions(**common, ray="local", ray_actors=args.actors)
     runs: dict[str, list[dict]] = {"local": [], "ray": []}
     identical = []
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         scans_dir = Path(tmp) / "scans"
         scans_dir.symlink_to(sample, target_is_directory=True)
