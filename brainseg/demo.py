@@ -29,7 +29,7 @@ SAMPLES = {"quick": SampleSpec(), "tiny": SampleSpec(patients=6, slices=6, size=
 BENCH = {
     "quick": BenchOptions(precisions=("fp32", "int8"), batch_sizes=(1, 8), seconds=2.0,
                           modes=("compute", "end-to-end"), members=False),
-    "tiny": BenchOptions(batch_sizes=(1, 2), iterations=2, seconds=None, modes=("compute", "end-to-end"),
+    "tiny": BenchOptions(batch_sizes=(1, 2), iterations=2, seconds=None, rounds=2, modes=("compute", "end-to-end"),
                          members=False),
 }
 

@@ -16,7 +16,7 @@ from brainseg.bench import runner
 from brainseg.bench.runner import MODES, BenchOptions, row_id
 from brainseg.bench.suite import bench_artifacts
 from brainseg.cli import app
-from brainseg.errors import ConfigError
+from brainseg.errors import ConfigError, is_installed
 from brainseg.runtime.backends import open_backend
 from brainseg.runtime.pipeline import read_for_graph
 
@@ -26,7 +26,7 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def bench(tiny_artifacts, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    options = BenchOptions(iterations=2, seconds=None, batch_sizes=(1, 2), modes=MODES, threads=1)
+    options = BenchOptions(iterations=2, seconds=None, rounds=2, batch_sizes=(1, 2), modes=MODES, threads=1)
     report, written = bench_artifacts(tiny_artifacts, out, options, progress=lambda message: None)
     return out, report, written
 
@@ -37,7 +37,12 @@ def test_smoke_bench_times_every_backend_precision_and_mode(bench):
     for expected in ("pytorch/fp32/ensemble/compute/b1", "onnxruntime/fp32/ensemble/end-to-end/b2",
                      "onnxruntime/int8/ensemble/idle/b1", "onnxruntime/fp32/unet/compute/b2"):
         assert expected in ids
-    assert all(r["stats"]["count"] == 2 for r in report["rows"])
+    if is_installed("openvino"):  # the openvino extra: its gated rows and the peer's default run
+        assert {"openvino/int8/ensemble/compute/b1", "openvino-default/fp32/ensemble/end-to-end/b2"} <= ids
+        peer = next(r for r in report["rows"] if r["backend"] == "openvino-default")
+        assert peer["dice"] is None and peer["compute"] in ("f32", "bf16")  # not gated: no Dice of its own
+    # 2 calls in each of 2 interleaved rounds; each round's median kept for the round-by-round ratios
+    assert all(r["stats"]["count"] == 4 and len(r["round_p50_ms"]) == 2 for r in report["rows"])
     int8 = next(r for r in report["rows"] if r["precision"] == "int8")
     assert int8["file"] == "ensemble.int8-cpu.onnx"  # the CPU's own int8 file
     assert int8["gflop_per_slice"] > 0 and 0 < int8["share_of_peak"]
@@ -54,7 +59,7 @@ def test_report_files_are_written_and_the_json_matches_its_schema(bench):
     assert len(stored["samples"]) == len(stored["rows"])
     text = (out / "report.md").read_text()
     assert "| pytorch | fp32 | ensemble | compute | 1 |" in text and "## Conventions" in text
-    assert "PyTorch eager FP32 (mean latency)" in text
+    assert "x PyTorch eager FP32 (rounds " in text
     assert "x the latency without TTA" in text  # what flip TTA costs, row against row
     assert "onnxruntime/int8/ensemble+flip/compute/b1" in {row_id(r) for r in report["rows"]}
 
@@ -104,7 +109,7 @@ def test_end_to_end_runs_the_runtimes_readers_and_writer(tiny_artifacts, tmp_pat
 
 
 def test_gpu_runners_get_their_stage_times_in_the_row_and_the_report(tiny_artifacts):
-    from brainseg.bench.runner import BenchResult, Candidate, _time_candidate
+    from brainseg.bench.runner import BenchResult, Candidate, _cells, _time_cells
 
     class StagedRunner:  # what TensorRTBackend offers besides infer
         def infer(self, batch):
@@ -119,11 +124,20 @@ def test_gpu_runners_get_their_stage_times_in_the_row_and_the_report(tiny_artifa
     result = BenchResult()
     options = BenchOptions(iterations=2, seconds=None, batch_sizes=(2,), modes=("compute",))
     images = np.concatenate([read_for_graph(scan, spec)[1] for scan in scans])
-    _time_candidate(candidate, spec, 0.5, options, scans, images, tiny_artifacts.parent / "staged-out", {}, result)
+    cells = _cells(candidate, spec, 0.5, options, scans, images, tiny_artifacts.parent / "staged-out")
+    _time_cells(cells, options, images, {}, result, progress=lambda message: None)
     assert result.rows[0]["gpu_stages_ms"] == {"h2d_ms": 0.2, "compute_ms": 2.0, "d2h_ms": 0.3}
     report = rp.build_report(result, artifacts=tiny_artifacts, manifest_sha256="0" * 64, environment={},
                              peaks={}, options={})
     assert "| tensorrt/fp16/ensemble/compute/b2 | 0.200 | 2.000 | 0.300 |" in rp.markdown(report)
+
+
+def test_speed_ups_are_taken_round_by_round_with_their_spread():
+    base = {"round_p50_ms": [10.0, 12.0, 30.0], "stats": {"p50_ms": 12.0}}  # a slow spell in round 3 ...
+    row = {"round_p50_ms": [5.0, 4.0, 15.0], "stats": {"p50_ms": 5.0}}  # ... fell on both rows alike
+    assert rp.round_ratio(base, row) == {"median": 2.0, "min": 2.0, "max": 3.0, "rounds": 3}
+    pooled = {"stats": {"p50_ms": 8.0}}  # a report from before rounds: one ratio of the p50s
+    assert rp.round_ratio(pooled, {"stats": {"p50_ms": 2.0}}) == {"median": 4.0, "min": 4.0, "max": 4.0, "rounds": 1}
 
 
 def test_without_torch_the_pytorch_rows_are_listed_as_not_measured_with_the_extra(tiny_artifacts, monkeypatch):

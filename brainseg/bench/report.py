@@ -29,7 +29,10 @@ CONVENTIONS = (
     "compute: inference on slices in memory in the graph's input form; end-to-end: seg-run's own steps per "
     "batch (read the slice files, resize, infer, resize back, threshold, write mask PNGs and row records); "
     "idle: compute at batch 1 with an idle gap "
-    "before each call. Dice: mean per-patient foreground Dice on the export's validation patients, from "
+    "before each call. Rows are timed in interleaved rounds; a speed-up is the median over rounds of the ratio "
+    "of the two rows' medians in that round, with the lowest and highest round. openvino-default: OpenVINO's "
+    "own settings on the fp32 file (bf16 compute on CPUs with native bf16; the compute type is shown). "
+    "Dice: mean per-patient foreground Dice on the export's validation patients, from "
     "the manifest (PyTorch FP32 row = the reference the gate compares against). GFLOP/slice counts 2 x "
     "multiply-adds of Conv/ConvTranspose/MatMul/Gemm; share of peak = achieved / this machine's measured "
     "ONNX Runtime MatMul rate (fp32 peak for fp32/fp16 rows, u8 x s8 MatMulInteger for int8 rows; GFLOP "
@@ -118,6 +121,8 @@ def _table_row(row: dict) -> str:
     backend = row["backend"]
     if backend == "onnxruntime":
         backend = f"onnxruntime ({row['provider'].replace('ExecutionProvider', '')})"
+    elif backend.startswith("openvino") and row.get("compute"):
+        backend = f"{backend} ({row['compute']})"
     share = None if row["share_of_peak"] is None else 100 * row["share_of_peak"]
     cells = [
         backend, row["precision"], row["model"], row["mode"], str(row["batch"]),
@@ -130,20 +135,34 @@ def _table_row(row: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def round_ratio(base: dict, row: dict) -> dict:
+    """How many times faster `row` is than `base`: the ratio of their medians in each interleaved
+    round, summarised as median, min and max (a report without rounds gives one ratio of p50s)."""
+    pairs = list(zip(base.get("round_p50_ms") or [base["stats"]["p50_ms"]],
+                     row.get("round_p50_ms") or [row["stats"]["p50_ms"]], strict=False))
+    ratios = sorted(b / r for b, r in pairs)
+    middle = len(ratios) // 2
+    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    return {"median": round(median, 3), "min": round(ratios[0], 3), "max": round(ratios[-1], 3),
+            "rounds": len(ratios)}
+
+
 def _speedups(rows: list[dict]) -> list[str]:
-    """Each ensemble row against PyTorch eager FP32 (or ONNX Runtime fp32) at the same mode and batch."""
+    """Each ensemble row against PyTorch eager FP32 and against OpenVINO's default run of the fp32
+    file, at the same mode and batch, round by round."""
     out = []
     for row in rows:
         if row["model"] != "ensemble":
             continue
-        base = next((r for r in rows if r["model"] == "ensemble" and r["mode"] == row["mode"]
-                     and r["batch"] == row["batch"] and r["backend"] == "pytorch"), None)
-        if base is None or base is row:
-            continue
-        ratio = base["stats"]["mean_ms"] / row["stats"]["mean_ms"]
-        out.append(f"- {row['backend']} {row['precision']}, {row['mode']}, batch {row['batch']}: "
-                   f"{ratio:.2f}x PyTorch eager FP32 (mean latency)")
-    return out or ["- (no PyTorch eager FP32 rows to compare against)"]
+        for peer, label in (("pytorch", "PyTorch eager FP32"), ("openvino-default", "OpenVINO defaults, fp32 file")):
+            base = next((r for r in rows if r["model"] == "ensemble" and r["mode"] == row["mode"]
+                         and r["batch"] == row["batch"] and r["backend"] == peer), None)
+            if base is None or base is row or row["backend"] in ("pytorch", "openvino-default"):
+                continue
+            ratio = round_ratio(base, row)
+            out.append(f"- {row['backend']} {row['precision']}, {row['mode']}, batch {row['batch']}: "
+                       f"{ratio['median']:.2f}x {label} (rounds {ratio['min']:.2f}-{ratio['max']:.2f})")
+    return out or ["- (no PyTorch eager FP32 or OpenVINO default rows to compare against)"]
 
 
 def _tta_costs(rows: list[dict]) -> list[str]:

@@ -10,10 +10,17 @@ A row is one (backend, precision, model, mode, batch) combination:
   which is what a scanner sending one slice at a time sees.
 
 Backends: PyTorch eager FP32 (the same ensemble module seg-export traced, from the source run;
-needs the `train` extra), ONNX Runtime with every exported precision that passed the gate, and
-TensorRT engines where TensorRT and an engine are present, each opened through the runtime's own
-backend choice, each with and without flip TTA (rows "ensemble+flip"), so the report shows what
-TTA costs. What cannot run here is listed with the reason instead of a row.
+needs the `train` extra), ONNX Runtime and OpenVINO with every exported precision that passed the
+gate, and TensorRT engines where TensorRT and an engine are present, each opened through the
+runtime's own backend choice, each with and without flip TTA (rows "ensemble+flip"), so the report
+shows what TTA costs; and the peer a CPU user would otherwise pick, "openvino-default": OpenVINO's
+default run of the plain fp32 file (its own threads unless --threads, and its own compute type,
+which is bf16 on CPUs with native bf16). What cannot run here is listed with the reason instead of a row.
+
+Rounds: every candidate is opened first, then timed in `rounds` interleaved rounds (each row in
+turn, round after round), so that a slow spell of a noisy machine falls on every row alike. A row's
+statistics pool all its samples; `round_p50_ms` keeps each round's median, from which the report's
+ratios are taken round by round (median and spread).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import itertools
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +49,8 @@ from brainseg.runtime.scans import Scan
 from brainseg.runtime.tta import with_tta
 
 log = logging.getLogger("brainseg.bench")
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+BACKENDS = ("pytorch", "onnxruntime", "openvino", "openvino-default", "tensorrt")
+CPU_DEVICES = (CPU_PROVIDER, "CPU")  # ONNX Runtime's and OpenVINO's names for the CPU
 MODES = ("compute", "end-to-end", "idle")
 
 
@@ -50,8 +59,9 @@ class BenchOptions:
     backends: tuple[str, ...] = BACKENDS
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     batch_sizes: tuple[int, ...] = (1, 8)
-    iterations: int | None = None
-    seconds: float | None = 3.0
+    iterations: int | None = None  # timed calls per row in each round
+    seconds: float | None = 3.0  # or seconds of timed calls per row, over all rounds
+    rounds: int = 5
     modes: tuple[str, ...] = ("compute", "end-to-end")
     members: bool = True
     threads: int | None = None
@@ -72,6 +82,8 @@ class BenchOptions:
             raise ConfigError(f"tta modes must be among {', '.join(TTA_MODES)}, got {', '.join(self.tta) or 'none'}")
         if (self.iterations is None) == (self.seconds is None):
             raise ConfigError("give either --iterations or --seconds")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be at least 1, got {self.rounds}")
 
 
 @dataclass
@@ -105,24 +117,54 @@ def run_bench(manifest: Manifest, options: BenchOptions, *, peaks: dict,
     """Time every candidate of an artifacts folder as `options` asks; `peaks` maps "fp32"/"int8" to GFLOP/s."""
     options.check()
     result = BenchResult()
-    with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp, ExitStack() as opened:
         scans = _slice_scans(Path(tmp) / "slices", manifest.input, max(options.batch_sizes))
         images = np.concatenate([read_for_graph(scan, manifest.input)[1] for scan in scans])  # compute mode's input
+        cells = []
         for candidate in _candidates(manifest, options, result.skipped):
-            try:
-                progress(f"timing {candidate.backend} {candidate.precision} {candidate.model}")
-                _time_candidate(candidate, manifest.input, manifest.threshold, options, scans, images,
-                                Path(tmp) / "out", peaks, result)
-            finally:
-                close = getattr(candidate.runner, "close", None)
-                if close is not None:
-                    close()
+            close = getattr(candidate.runner, "close", None)
+            if close is not None:
+                opened.callback(close)
+            cells += _cells(candidate, manifest.input, manifest.threshold, options, scans, images, Path(tmp) / "out")
+        _time_cells(cells, options, images, peaks, result, progress)
     return result
 
 
-def _time_candidate(candidate: Candidate, spec: InputSpec, threshold: float, options: BenchOptions,
-                    scans: list[Scan], images: np.ndarray, out: Path, peaks: dict, result: BenchResult) -> None:
-    """Time `candidate` in every mode and batch size; `images` are `scans` read into the graph's input form."""
+def _time_cells(cells: list[_Cell], options: BenchOptions, images: np.ndarray, peaks: dict, result: BenchResult,
+                progress: Callable[[str], None]) -> None:
+    """Time every cell once per round, in turn, round after round; one row per cell into `result`."""
+    samples: list[list[float]] = [[] for _ in cells]
+    round_p50: list[list[float]] = [[] for _ in cells]
+    seconds = options.seconds / options.rounds if options.seconds is not None else None
+    for turn in range(options.rounds):
+        progress(f"round {turn + 1} of {options.rounds}: {len(cells)} rows")
+        for index, cell in enumerate(cells):
+            timed = stats.time_calls(cell.call, warmup=options.warmup if turn == 0 else 1,
+                                     iterations=options.iterations, seconds=seconds,
+                                     gap_s=options.idle_gap_s if cell.mode == "idle" else 0.0)
+            samples[index] += timed
+            round_p50[index].append(float(np.median(timed)))
+    for cell, timed, medians in zip(cells, samples, round_p50, strict=True):
+        row = _row(cell.candidate, cell.mode, cell.batch, stats.summarize(timed, batch=cell.batch), peaks)
+        row["round_p50_ms"] = [round(m, 3) for m in medians]
+        if cell.mode == "compute" and hasattr(cell.candidate.runner, "infer_stages"):
+            row["gpu_stages_ms"] = _gpu_stages(cell.candidate.runner, images[:cell.batch], len(timed))
+        result.rows.append(row)
+        result.samples[row_id(row)] = [round(s, 4) for s in timed]
+
+
+@dataclass(frozen=True)
+class _Cell:
+    candidate: Candidate
+    mode: str
+    batch: int
+    call: Callable[[], object]
+
+
+def _cells(candidate: Candidate, spec: InputSpec, threshold: float, options: BenchOptions,
+           scans: list[Scan], images: np.ndarray, out: Path) -> list[_Cell]:
+    """`candidate`'s calls in every mode and batch size; `images` are `scans` read into the graph's input form."""
+    cells = []
     for mode in options.modes:
         for batch in ((1,) if mode == "idle" else options.batch_sizes):
             if mode == "compute" or mode == "idle":
@@ -130,14 +172,8 @@ def _time_candidate(candidate: Candidate, spec: InputSpec, threshold: float, opt
                 call = lambda inputs=inputs: candidate.runner.infer(inputs)  # noqa: E731
             else:
                 call = _end_to_end(candidate.runner, scans[:batch], spec, (threshold, candidate.post), out)
-            samples = stats.time_calls(call, warmup=options.warmup, iterations=options.iterations,
-                                       seconds=options.seconds, gap_s=options.idle_gap_s if mode == "idle" else 0.0)
-            summary = stats.summarize(samples, batch=batch)
-            row = _row(candidate, mode, batch, summary, peaks)
-            if mode == "compute" and hasattr(candidate.runner, "infer_stages"):
-                row["gpu_stages_ms"] = _gpu_stages(candidate.runner, images[:batch], len(samples))
-            result.rows.append(row)
-            result.samples[row_id(row)] = [round(s, 4) for s in samples]
+            cells.append(_Cell(candidate, mode, batch, call))
+    return cells
 
 
 def _gpu_stages(runner, batch: np.ndarray, calls: int) -> dict[str, float]:
@@ -151,8 +187,7 @@ def _row(candidate: Candidate, mode: str, batch: int, summary: stats.LatencyStat
     if candidate.flops_per_slice:
         achieved = candidate.flops_per_slice * summary.throughput_per_s / 1e9
         peak_kind = "int8" if candidate.precision == "int8" else "fp32"
-        peak = peaks.get(peak_kind) if candidate.provider == CPU_PROVIDER or \
-            candidate.backend == "pytorch" else None
+        peak = peaks.get(peak_kind) if candidate.provider in CPU_DEVICES or candidate.backend == "pytorch" else None
         share = achieved / peak if peak else None
     return {
         "backend": candidate.backend, "provider": candidate.provider, "precision": candidate.precision,
@@ -161,6 +196,7 @@ def _row(candidate: Candidate, mode: str, batch: int, summary: stats.LatencyStat
         "gflop_per_slice": round(candidate.flops_per_slice / 1e9, 3) if candidate.flops_per_slice else None,
         "gflops_achieved": round(achieved, 2) if achieved is not None else None,
         "share_of_peak": round(share, 3) if share is not None else None,
+        "compute": getattr(getattr(candidate.runner, "backend", candidate.runner), "compute", None),  # OpenVINO's
     }
 
 
@@ -168,9 +204,11 @@ def _candidates(manifest: Manifest, options: BenchOptions, skipped: list) -> Ite
     ensemble_flops = _flops(manifest.folder / ensemble_file("fp32"))
     if "pytorch" in options.backends and "fp32" in options.precisions:
         yield from _pytorch(manifest, options, ensemble_flops, skipped)
-    for backend in ("onnxruntime", "tensorrt"):
+    for backend in ("onnxruntime", "openvino", "tensorrt"):
         if backend in options.backends:
             yield from _runtime_backends(manifest, backend, options, ensemble_flops, skipped)
+    if "openvino-default" in options.backends:
+        yield from _openvino_default(manifest, options, ensemble_flops, skipped)
     if "onnxruntime" in options.backends and options.members and "fp32" in options.precisions:
         yield from _members(manifest, options)
 
@@ -210,11 +248,24 @@ def _runtime_backends(manifest: Manifest, backend: str, options: BenchOptions, e
             continue
         described = runner.describe()
         provider = described.get("provider") or described.get("device", "gpu")
-        target = "cpu" if provider == CPU_PROVIDER else "gpu"
+        target = "cpu" if provider in CPU_DEVICES else "gpu"
         post = manifest.postprocessing.with_overrides(tta=tta)
         dice = manifest.dice(precision, target) if tta == manifest.postprocessing.tta else None
         yield Candidate(backend, provider, precision, "ensemble" if tta == "none" else "ensemble+flip", choice.file,
                         with_tta(runner, tta, manifest.threshold), dice, ensemble_flops, post)
+
+
+def _openvino_default(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped) -> Iterator[Candidate]:
+    """The peer: OpenVINO as a new user runs the plain fp32 file, with its defaults (not gated, so no Dice)."""
+    from brainseg.runtime.openvino_backend import OpenVinoBackend
+
+    try:
+        runner = OpenVinoBackend(manifest.path_for("fp32", "cpu"), "fp32", threads=options.threads, defaults=True)
+    except BrainsegError as err:
+        skipped.append({"backend": "openvino-default", "precision": "fp32", "reason": str(err)})
+        return
+    yield Candidate("openvino-default", "CPU", "fp32", "ensemble", runner.onnx_path.name, runner, None,
+                    ensemble_flops)
 
 
 def _members(manifest: Manifest, options: BenchOptions) -> Iterator[Candidate]:

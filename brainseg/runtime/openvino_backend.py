@@ -58,11 +58,15 @@ class OpenVinoBackend:
         onnx_path: the ensemble graph (fp32 file for fp32 and bf16, `int8-cpu` file for int8).
         precision: fp32, fp16, int8 or bf16; sets the float layers' compute type (see COMPUTE).
         threads: inference threads; None for OpenVINO's own choice (one per core).
+        defaults: compile with OpenVINO's own settings (its compute type, its streams), as a user
+            trying it would: seg-bench's peer row. Not for seg-run, since that may not be what the
+            export's gate scored.
     """
 
     name = "openvino"
 
-    def __init__(self, onnx_path: Path, precision: str, *, threads: int | None = None) -> None:
+    def __init__(self, onnx_path: Path, precision: str, *, threads: int | None = None,
+                 defaults: bool = False) -> None:
         ov = import_openvino()
         self.onnx_path = Path(onnx_path)
         if not self.onnx_path.is_file():
@@ -74,7 +78,8 @@ class OpenVinoBackend:
         if self.compute == "bf16" and not native_bf16(core):
             raise ConfigError(f"bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX); "
                               f"{core.get_property(DEVICE, 'FULL_DEVICE_NAME')} has none")
-        config = {"INFERENCE_PRECISION_HINT": self.compute, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {} if defaults else \
+            {"INFERENCE_PRECISION_HINT": self.compute, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
@@ -84,7 +89,9 @@ class OpenVinoBackend:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ArtifactError(f"{self.onnx_path}: OpenVINO cannot compile it: {first}") from err
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if ran != self.compute:  # OpenVINO falls back silently; say what ran instead of a wrong label
+        if defaults:
+            self.compute = ran
+        elif ran != self.compute:  # OpenVINO falls back silently; say what ran instead of a wrong label
             raise ConfigError(f"{self.onnx_path.name}: asked OpenVINO for {self.compute}, it chose {ran}")
         self.threads = threads
         self.request = self.compiled.create_infer_request()
