@@ -16,14 +16,12 @@ TensorRT by importing it (as seg-run does), the GPU through cuda-python, never t
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from brainseg.artifacts import cuda
 from brainseg.errors import BrainsegError, ConfigError, is_installed
 
-log = logging.getLogger("brainseg.export")
 ENGINE_CHOICES = ("auto", "yes", "no")
 ENGINE_PRECISIONS = ("fp16", "int8")  # the GPU precisions an export builds engines for, in this order
 
