@@ -99,6 +99,9 @@ def export_command(
     out: Annotated[Path | None, typer.Option(help="Artifacts folder; default artifacts/<run name>.")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also write the float16 ensemble graph.")] = False,
     int8: Annotated[bool, typer.Option("--int8", help="Also write the INT8 (Q/DQ) ensemble graph.")] = False,
+    bf16: Annotated[bool, typer.Option(
+        "--bf16", help="Also score the fp32 file computed in bf16 by OpenVINO (needs a CPU with native bf16).")]
+    = False,
     max_dice_drop: Annotated[float, typer.Option(help="Largest per-patient Dice drop against PyTorch FP32.")] = 0.005,
     calib_slices: Annotated[int, typer.Option(help="Validation slices for INT8 calibration.")] = 256,
     calib_method: Annotated[str, typer.Option(help="minmax, entropy or percentile.")] = "minmax",
@@ -125,7 +128,7 @@ def export_command(
     TensorRT and a GPU here, also the fp16/int8 TensorRT engines, gated the same way."""
     from brainseg.export.pipeline import ExportOptions, export_run
 
-    options = ExportOptions(fp16=fp16, int8=int8, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
+    options = ExportOptions(fp16=fp16, int8=int8, bf16=bf16, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
                             calib_method=calib_method, int8_activations=int8_activations, tta=tta,
                             components=components, min_voxels=min_voxels, weights=weights, engine=engine,
                             overwrite=overwrite)
@@ -226,12 +229,17 @@ def run_command(
 def bench_command(
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
     out: Annotated[Path | None, typer.Option(help="Report folder; default benchmarks/results/<machine>.")] = None,
-    backends: Annotated[str, typer.Option(help="Comma-separated: pytorch, onnxruntime, tensorrt.")]
-    = "pytorch,onnxruntime,tensorrt",
+    backends: Annotated[str, typer.Option(
+        help="Comma-separated: pytorch, onnxruntime, openvino, openvino-default (the peer: OpenVINO's own "
+             "settings on the fp32 file), tensorrt.")]
+    = "pytorch,onnxruntime,openvino,openvino-default,tensorrt",
     precisions: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,2,4,8,16",
-    iterations: Annotated[int | None, typer.Option(help="Timed calls per row (instead of --seconds).")] = None,
-    seconds: Annotated[float | None, typer.Option(help="Seconds of timed calls per row (default 3).")] = None,
+    iterations: Annotated[int | None, typer.Option(help="Timed calls per row in each round (instead of --seconds).")]
+    = None,
+    seconds: Annotated[float | None, typer.Option(help="Seconds of timed calls per row, over all rounds (default 3).")]
+    = None,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds: every row is timed once per round, in turn.")] = 5,
     mode: Annotated[str, typer.Option(help="compute, end-to-end, idle, or all.")] = "all",
     members: Annotated[bool, typer.Option(help="Also time each member model's graph.")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: one per core).")] = None,
@@ -245,7 +253,7 @@ def bench_command(
     options = BenchOptions(
         backends=tuple(_csv(backends)), precisions=tuple(_csv(precisions)),
         batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")), iterations=iterations,
-        seconds=None if iterations is not None else (seconds or 3.0),
+        seconds=None if iterations is not None else (seconds or 3.0), rounds=rounds,
         modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads,
         tta=tuple(_csv(tta)))
     report, written = bench_artifacts(artifacts, out or Path("benchmarks/results") / machine_name(), options)

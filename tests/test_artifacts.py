@@ -74,9 +74,11 @@ def test_invalid_manifest_lists_its_problems(tmp_path):
     raw = _artifacts(tmp_path)
     del raw["input"]["dtype"]
     raw["precisions"]["fp16"] = {"passed": True, "targets": {"gpu": {"file": "nope.onnx", "row": "fp16"}}}
-    raw["precisions"]["bf16"] = {"passed": True, "targets": {}}
+    raw["precisions"]["fp8"] = {"passed": True, "targets": {}}
+    raw["precisions"]["bf16"] = {"passed": True, "targets": {"gpu": {"file": "ensemble.fp32.onnx", "row": "bf16"}}}
     (tmp_path / layout.MANIFEST).write_text(json.dumps(raw))
-    with pytest.raises(ArtifactError, match=r"input lacks 'dtype'.*names 'nope.onnx' for the gpu.*unknown precision"):
+    with pytest.raises(ArtifactError, match=r"input lacks 'dtype'.*names 'nope.onnx' for the gpu.*unknown precision "
+                                            r"'fp8'.*bf16 is computed by OpenVINO on the cpu only"):
         Manifest.load(tmp_path)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -89,25 +91,53 @@ def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_artifacts):
         assert ov.infer(_slices(manifest))["mask"].dtype == np.uint8
 
 
-def test_auto_takes_openvino_on_an_x86_cpu_and_onnxruntime_when_asked(tiny_artifacts, monkeypatch):
+def test_the_export_scores_the_cpu_files_as_openvino_runs_them(tiny_artifacts):
+    manifest = Manifest.load(tiny_artifacts)  # exported here, where the openvino extra is installed
+    for precision, row in (("fp32", "fp32@openvino"), ("int8", "int8-cpu@openvino")):
+        assert row in manifest.accuracy_table and row in manifest.test_table
+        assert manifest.openvino_passed(precision) is manifest.accuracy_table[row]["passed"]
+        assert manifest.dice(precision, "cpu", "test", runtime="openvino") == manifest.test_table[row]["dice_mean"]
+    assert manifest.dice("int8", "cpu", "test") == manifest.test_table["int8-cpu"]["dice_mean"]  # ONNX Runtime's
+
+
+def test_auto_takes_openvino_on_an_x86_cpu_where_its_run_passed_the_gate(tiny_artifacts, monkeypatch):
     monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
     manifest = Manifest.load(tiny_artifacts)
     runner, choice = open_backend(manifest, threads=1)
     with runner:
-        if is_x86():
-            assert (choice.backend, choice.precision, choice.file) == ("openvino", "int8", "ensemble.int8-cpu.onnx")
-            assert "x86 CPU" in choice.reason and runner.describe()["threads"] == 1
-            assert auto_backend()[0] == "openvino"
+        assert (choice.precision, choice.file) == ("int8", "ensemble.int8-cpu.onnx")
+        if is_x86() and manifest.openvino_passed("int8"):
+            assert choice.backend == "openvino" and "x86 CPU" in choice.reason
+            assert runner.describe()["threads"] == 1 and auto_backend()[0] == "openvino"
         else:
             assert choice.backend == "onnxruntime"
     runner, choice = open_backend(manifest, backend="onnxruntime")
     with runner:
         assert choice.backend == "onnxruntime"
-    runner, choice = open_backend(manifest, backend="openvino", precision="fp32")
+    if manifest.openvino_passed("fp32"):
+        runner, choice = open_backend(manifest, backend="openvino", precision="fp32")
+        with runner:
+            assert (choice.backend, choice.file, choice.reason) == ("openvino", "ensemble.fp32.onnx",
+                                                                    "OpenVINO, as asked")
+    if manifest.openvino_passed("fp32") or manifest.openvino_passed("int8"):
+        with pytest.raises(ConfigError, match="fp16 was not exported"):  # the fixture exports fp32 and int8
+            open_backend(manifest, backend="openvino", precision="fp16")
+
+
+def test_a_folder_whose_files_were_not_scored_on_openvino_runs_on_onnxruntime(tiny_artifacts, tmp_path, monkeypatch):
+    # as a folder exported where OpenVINO was not installed: no OpenVINO rows
+    shutil.copytree(tiny_artifacts, tmp_path / "art")
+    raw = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    for entry in raw["precisions"].values():
+        entry["targets"].get("cpu", {}).pop("openvino_row", None)
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(raw))
+    monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
+    manifest = Manifest.load(tmp_path / "art")
+    runner, choice = open_backend(manifest)
     with runner:
-        assert (choice.backend, choice.file, choice.reason) == ("openvino", "ensemble.fp32.onnx", "OpenVINO, as asked")
-    with pytest.raises(ConfigError, match="fp16 was not exported"):  # the fixture exports fp32 and int8
-        open_backend(manifest, backend="openvino", precision="fp16")
+        assert choice.backend == "onnxruntime"
+    with pytest.raises(ConfigError, match="no file was scored as OpenVINO runs it"):
+        open_backend(manifest, backend="openvino")
 
 
 def test_without_the_extra_auto_uses_onnxruntime_and_openvino_alone_names_the_extra(tiny_artifacts):

@@ -14,7 +14,10 @@ ACCURACY_REPORT = "accuracy.md"
 TIMING_CACHE = "tensorrt.timing-cache"  # kernel timings TensorRT reuses between builds on one GPU
 ORT_TENSORRT_CACHE = ".ort-tensorrt-cache"  # engines ONNX Runtime's TensorRT provider keeps
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+# bf16 is a compute type, not a file: OpenVINO runs the fp32 file in bf16 on CPUs with native bf16
+# (AVX512-BF16, AMX). It is exported (scored and gated) only on such a CPU, and only OpenVINO runs it.
+OPENVINO_ONLY = ("bf16",)
 TARGETS = ("gpu", "cpu")
 REFERENCE = "pytorch-fp32"  # the accuracy table's row every exported file is compared with
 
@@ -28,8 +31,8 @@ INT8_ACTIVATIONS = {"gpu": "int8_symmetric", "cpu": "uint8"}
 
 
 def ensemble_file(precision: str, target: str = "gpu") -> str:
-    """"ensemble.fp16.onnx"; the int8 CPU file is "ensemble.int8-cpu.onnx"."""
-    return f"ensemble.{accuracy_row(precision, target)}.onnx"
+    """"ensemble.fp16.onnx"; the int8 CPU file is "ensemble.int8-cpu.onnx"; bf16 runs the fp32 file."""
+    return "ensemble.fp32.onnx" if precision in OPENVINO_ONLY else f"ensemble.{accuracy_row(precision, target)}.onnx"
 
 
 def accuracy_row(precision: str, target: str = "gpu") -> str:

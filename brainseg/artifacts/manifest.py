@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from brainseg.artifacts.layout import MANIFEST, PRECISIONS, PROBABILITY, TARGETS, engine_file
+from brainseg.artifacts.layout import MANIFEST, OPENVINO_ONLY, PRECISIONS, PROBABILITY, TARGETS, engine_file
 from brainseg.errors import ArtifactError
 from brainseg.fileio import sha256_file, write_atomic
 from brainseg.postprocess import PostProcessing
@@ -186,14 +186,22 @@ class Manifest:
         """The same rows scored on the run's held-out test patients ({} when it had none, or for older folders)."""
         return dict(self._raw["accuracy"].get("test_table", {}))
 
-    def dice(self, precision: str, target: str, split: str = "val") -> float | None:
+    def openvino_passed(self, precision: str) -> bool:
+        """Whether the export scored `precision`'s CPU file as OpenVINO runs it and that row passed the
+        gate (brainseg.export.openvino_rows); a folder exported without OpenVINO has no such rows."""
+        row = self._raw["precisions"].get(precision, {}).get("targets", {}).get("cpu", {}).get("openvino_row")
+        return bool(row) and bool(self._raw["accuracy"]["table"].get(row, {}).get("passed"))
+
+    def dice(self, precision: str, target: str, split: str = "val", *, runtime: str | None = None) -> float | None:
         """The mean per-patient Dice of the file `precision` uses on `target`, on the "val" or "test"
-        patients (None when not scored)."""
+        patients, as ONNX Runtime runs it (TensorRT: the ONNX file's row), or with `runtime="openvino"`
+        as OpenVINO runs it (None when not scored)."""
         if split not in ("val", "test"):
             raise ValueError(f"split must be val or test, got {split!r}")
         if not self.has_file(precision, target):
             return None
-        row = self._raw["precisions"][precision]["targets"][target]["row"]
+        use = self._raw["precisions"][precision]["targets"][target]
+        row = use.get("openvino_row") if runtime == "openvino" else use["row"]
         table = self._raw["accuracy"].get("table" if split == "val" else "test_table", {})
         return table.get(row, {}).get("dice_mean")
 
@@ -255,6 +263,8 @@ def _precision_problems(raw: dict, precision: str, entry: dict) -> list[str]:
     for target, use in targets.items():
         if target not in TARGETS:
             problems.append(f"precision {precision}: unknown target {target!r}")
+        elif precision in OPENVINO_ONLY and target != "cpu":
+            problems.append(f"precision {precision} is computed by OpenVINO on the cpu only, not the {target}")
         elif use.get("file") not in raw["files"]:
             problems.append(
                 f"precision {precision} names {use.get('file')!r} for the {target}, which is not in 'files'")

@@ -37,7 +37,7 @@ from brainseg.artifacts.manifest import FORMAT, file_entry, write_manifest
 from brainseg.artifacts.sessions import ort_session, run
 from brainseg.data.volume import Volume
 from brainseg.errors import BrainsegError, ConfigError
-from brainseg.export import accuracy, engine_choice, onnx_io, precision, tensorrt_build
+from brainseg.export import accuracy, engine_choice, onnx_io, openvino_rows, precision, tensorrt_build
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
 from brainseg.export.postprocess_choice import choose_postprocessing, predictor
@@ -58,6 +58,7 @@ INT8_TARGETS = {"both": ("gpu", "cpu"), "int8_symmetric": ("gpu",), "uint8": ("c
 class ExportOptions:
     fp16: bool = False
     int8: bool = False
+    bf16: bool = False  # the fp32 file computed in bf16 by OpenVINO; only on a CPU with it (openvino_rows)
     max_dice_drop: float = 0.005
     calib_slices: int = 256
     calib_method: str = "minmax"
@@ -224,6 +225,7 @@ def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weigh
                 activation_type=activations,
             )
             scorer.score(accuracy_row("int8", target), _onnx_predict(int8))
+    openvino_rows.score(scorer, writer.folder, bf16=options.bf16)  # what seg-run's OpenVINO would run, gated too
     accuracy.apply_gate(scorer.val_table, reference=REFERENCE, max_drop=options.max_dice_drop)
     accuracy.add_drops(scorer.test_table, reference=REFERENCE)
     return scorer, section
@@ -295,7 +297,7 @@ def _precisions(table: dict, int8_targets: tuple[str, ...]) -> dict:
 def _manifest(run: TrainedRun, writer: _Writer, scorer: _Scorer, post_section: dict, parity, weights,
               weights_source, options) -> dict:
     table = scorer.val_table
-    precisions = _precisions(table, INT8_TARGETS[options.int8_activations])
+    precisions = openvino_rows.add_to_precisions(_precisions(table, INT8_TARGETS[options.int8_activations]), table)
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -357,6 +359,7 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
     host = None if options.engine == "no" else engine_choice.probe_host()
     # an --engine yes that cannot be met stops here, before any work
     engine_choice.check_request(options.engine, host, options.gpu_precisions, artifacts=str(out))
+    openvino_rows.check_request(options.bf16)
     run = load_run(run_dir)
     progress(f"reading the {len(run.split.val)} validation and {len(run.split.test)} test patients")
     sets = split_volumes(run, "val"), split_volumes(run, "test")

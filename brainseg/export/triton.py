@@ -26,7 +26,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from brainseg.artifacts.layout import ACCURACY_REPORT, PRECISIONS, provenance_file
+from brainseg.artifacts.layout import ACCURACY_REPORT, OPENVINO_ONLY, PRECISIONS, provenance_file
 from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.provenance import DEFAULT_BATCH, EngineProvenance, stored_provenance
 from brainseg.errors import ArtifactError, ConfigError, DataError
@@ -156,7 +156,7 @@ def export_triton(artifacts: str | Path, out: str | Path, options: TritonOptions
 
 def choose_precisions(manifest: Manifest, wanted: tuple[str, ...] | None, target: str) -> list[str]:
     """The precisions to serve on `target`: `wanted`, each checked, or all that passed the accuracy gate."""
-    usable = manifest.usable_precisions(target)
+    usable = [p for p in manifest.usable_precisions(target) if p not in OPENVINO_ONLY]  # ONNX Runtime's backend
     if wanted is None:
         if not usable:
             raise ConfigError(f"{manifest.folder}: no precision with a {target} file passed the accuracy gate "
@@ -165,8 +165,9 @@ def choose_precisions(manifest: Manifest, wanted: tuple[str, ...] | None, target
     if not wanted:
         raise ConfigError(f"--precision names no precision; usable: {', '.join(usable) or 'none'}")
     for precision in wanted:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"--precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+        if precision not in PRECISIONS or precision in OPENVINO_ONLY:
+            raise ConfigError(f"--precision {precision!r} is not one of: "
+                              f"{', '.join(p for p in PRECISIONS if p not in OPENVINO_ONLY)}")
         manifest.file_for(precision, target)  # ArtifactError: not exported, or no file for this target
         if not manifest.passed(precision):
             raise ConfigError(f"{manifest.folder}: precision {precision} failed the accuracy gate; "

@@ -3,8 +3,9 @@
 `auto` takes a TensorRT engine whose provenance matches this machine, else ONNX Runtime with a
 GPU execution provider (TensorRT, CUDA) where it has one, else, on an x86 CPU with the `openvino`
 extra installed, OpenVINO (faster than ONNX Runtime on the same files on the CPUs measured:
-docs/benchmarks.md), else ONNX Runtime on the CPU. Only precisions that passed the export's
-accuracy gate are offered. Without `--precision`, GPUs get fp16 and the CPU gets int8
+docs/benchmarks.md) where the export scored the file as OpenVINO runs it and that row passed the
+gate, else ONNX Runtime on the CPU. Only precisions that passed the export's accuracy gate are
+offered; bf16 only on OpenVINO with native bf16. Without `--precision`, GPUs get fp16 and the CPU gets int8
 (the file made for it), each falling back to fp32 when that precision is not usable.
 """
 
@@ -16,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from brainseg.artifacts.layout import ORT_TENSORRT_CACHE
+from brainseg.artifacts.layout import OPENVINO_ONLY, ORT_TENSORRT_CACHE
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError, is_installed
 
@@ -45,14 +46,27 @@ class Choice:
     reason: str
 
 
-def choose_precision(manifest: Manifest, asked: str | None, *, target: str) -> str:
+def choose_precision(manifest: Manifest, asked: str | None, *, target: str, bf16: bool = False,
+                     openvino: bool = False) -> str:
     """The precision to run on `target` ("gpu" or "cpu"): `asked` if it is usable there, else the
-    target's preferred one (fp16 on a GPU, int8 on a CPU), else fp32, else any that passed the gate.
+    target's preferred one (fp16 on a GPU; int8, then bf16, on a CPU), else fp32, else any that
+    passed the gate. bf16 only where `bf16` says the backend runs it (OpenVINO on a CPU with native bf16).
+    `openvino`: only precisions whose CPU file the export also scored as OpenVINO runs it, and passed.
 
-    Raises ConfigError when `asked` was not exported, failed the gate or has no file for `target`,
-    and ArtifactError when nothing is usable at all.
+    Raises ConfigError when `asked` was not exported, failed the gate, has no file for `target` or
+    is bf16 where it cannot run, and ArtifactError when nothing is usable at all.
     """
-    usable = manifest.usable_precisions(target)
+    if asked in OPENVINO_ONLY and not bf16:
+        raise ConfigError(f"precision {asked} runs only on OpenVINO (--backend openvino) on a CPU with native "
+                          "bf16 (AVX512-BF16 or AMX)")
+    usable = [p for p in manifest.usable_precisions(target) if (bf16 or p not in OPENVINO_ONLY)
+              and (not openvino or manifest.openvino_passed(p))]
+    if openvino and asked is not None and asked in manifest.usable_precisions(target) and asked not in usable:
+        raise ConfigError(f"precision {asked} was not scored as OpenVINO runs it, or failed the gate there (export "
+                          f"again with the openvino extra installed); on OpenVINO: {', '.join(usable) or 'none'}")
+    if openvino and not usable and manifest.usable_precisions(target):
+        raise ConfigError(f"{manifest.folder}: no file was scored as OpenVINO runs it and passed the gate (export "
+                          "again with the openvino extra installed, or use --backend onnxruntime)")
     if not usable:
         raise ArtifactError(f"{manifest.folder}: no precision with a {target} file passed the export's accuracy gate")
     if asked is not None:
@@ -64,7 +78,7 @@ def choose_precision(manifest: Manifest, asked: str | None, *, target: str) -> s
             raise ConfigError(f"precision {asked} has no {target} file in {manifest.folder}; usable here: "
                               f"{', '.join(usable)}")
         return asked
-    for preferred in ("fp16", "fp32") if target == "gpu" else ("int8", "fp32"):
+    for preferred in ("fp16", "fp32") if target == "gpu" else ("int8", "bf16", "fp32"):
         if preferred in usable:
             return preferred
     return usable[0]
@@ -88,10 +102,16 @@ def open_backend(manifest: Manifest, *, backend: str = "auto", precision: str | 
         opened = _try_tensorrt(manifest, precision, device, cuda_graph_batch, required=backend == "tensorrt")
         if opened is not None:
             return opened
-    if backend == "openvino" or (backend == "auto" and _openvino_preferred()):
-        reason = "OpenVINO, as asked" if backend == "openvino" else \
-            "OpenVINO on this x86 CPU (faster than ONNX Runtime on the same files: docs/benchmarks.md)"
-        return _open_openvino(manifest, precision, threads, reason)
+    if backend == "openvino":
+        return _open_openvino(manifest, precision, threads, "OpenVINO, as asked")
+    if backend == "auto" and _openvino_preferred():
+        wanted = precision or choose_precision(manifest, None, target="cpu")  # what ONNX Runtime would run
+        if wanted in OPENVINO_ONLY or manifest.openvino_passed(wanted):
+            return _open_openvino(manifest, precision, threads,
+                                  "OpenVINO on this x86 CPU (faster than ONNX Runtime on the same files: "
+                                  "docs/benchmarks.md), its run of the file gated by the export")
+        log.info("not using OpenVINO: the export did not score %s as OpenVINO runs it, or it failed the gate "
+                 "there (export again with the openvino extra installed)", wanted)
     return _open_onnxruntime(manifest, precision, device, threads, spinning)
 
 
@@ -134,10 +154,10 @@ def _openvino_preferred() -> bool:
 
 
 def _open_openvino(manifest: Manifest, asked, threads, reason: str):
-    from brainseg.runtime.openvino_backend import OpenVinoBackend, import_openvino
+    from brainseg.runtime.openvino_backend import OpenVinoBackend, import_openvino, native_bf16
 
     import_openvino()  # a missing extra is its one-line error, before any precision question
-    precision = choose_precision(manifest, asked, target="cpu")
+    precision = choose_precision(manifest, asked, target="cpu", bf16=native_bf16(), openvino=True)
     path = manifest.path_for(precision, "cpu")
     runner = OpenVinoBackend(path, precision, threads=threads)
     return runner, Choice("openvino", precision, path.name, reason)

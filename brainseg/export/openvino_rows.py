@@ -1,0 +1,82 @@
+"""The export's OpenVINO rows: the CPU files as OpenVINO runs them, and bf16, each through the gate.
+
+seg-run's `auto` prefers OpenVINO on x86 CPUs, and OpenVINO rounds differently from ONNX Runtime
+(int8 most of all), so what OpenVINO computes from a file is scored on its own: where the
+`openvino` extra is installed, the export runs the fp32 file and the int8 CPU file through the
+runtime's OpenVINO backend on the validation and test patients (rows "fp32@openvino",
+"int8-cpu@openvino") and gates them like every other row. The manifest names each row beside the
+file's ONNX Runtime row (`targets.cpu.openvino_row`); seg-run runs a precision on OpenVINO only
+where that row passed, and a folder exported without OpenVINO runs on ONNX Runtime.
+
+bf16 is a precision like fp16 without a file of its own: OpenVINO computes the fp32 file's float
+layers in bf16 on CPUs with native bf16 (AVX512-BF16 or AMX). `--bf16` scores it so (row "bf16",
+its OpenVINO row too) and records it as a CPU precision whose file is the fp32 file. On a machine
+that cannot run bf16, `--bf16` is refused before any work: what cannot run here cannot be scored here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from brainseg.artifacts.layout import PROBABILITY, accuracy_row, ensemble_file
+from brainseg.errors import BrainsegError, ConfigError, is_installed
+
+ROW = "bf16"
+SUFFIX = "@openvino"
+
+
+def openvino_row(precision: str) -> str:
+    """The accuracy row of `precision`'s CPU file run by OpenVINO: "int8-cpu@openvino"; bf16's is "bf16"."""
+    return ROW if precision == ROW else accuracy_row(precision, "cpu") + SUFFIX
+
+
+def check_request(asked: bool) -> None:
+    """With --bf16, refuse (ConfigError) a machine that cannot run, hence cannot score, bf16."""
+    if not asked:
+        return
+    if not is_installed("openvino"):
+        raise ConfigError("--bf16 runs the fp32 file on OpenVINO, which is not installed here; "
+                          "pip install 'brainseg[openvino]', or leave out --bf16")
+    from brainseg.runtime.openvino_backend import native_bf16
+
+    if not native_bf16():
+        raise ConfigError("--bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX), which this one lacks; "
+                          "export on the CPU that will run it, or leave out --bf16")
+
+
+def predictor(path: Path, precision: str):
+    """The file at `path` as seg-run's OpenVINO backend runs it in `precision`: images -> probabilities."""
+    from brainseg.runtime.openvino_backend import OpenVinoBackend
+
+    try:
+        backend = OpenVinoBackend(Path(path), precision)
+    except BrainsegError as err:
+        raise BrainsegError(f"scoring {precision} on OpenVINO: {err}") from err
+    return lambda images: backend.infer(np.ascontiguousarray(images))[PROBABILITY]
+
+
+def score(scorer, folder: Path, *, bf16: bool) -> None:
+    """Score on OpenVINO, where it is installed, each CPU file already scored on ONNX Runtime (fp32,
+    int8 CPU), and bf16 when asked (check_request has passed). `scorer` is the export's _Scorer."""
+    if not (bf16 or is_installed("openvino")):
+        return
+    for precision in ("fp32", "int8"):
+        path = Path(folder) / ensemble_file(precision, "cpu")
+        if accuracy_row(precision, "cpu") in scorer.val_table and path.is_file():
+            scorer.score(openvino_row(precision), predictor(path, precision))
+    if bf16:
+        scorer.score(ROW, predictor(Path(folder) / ensemble_file("fp32"), ROW))
+
+
+def add_to_precisions(precisions: dict, table: dict) -> dict:
+    """The manifest's `precisions` with each CPU file's OpenVINO row named, and bf16 where it was scored."""
+    for precision, entry in precisions.items():
+        cpu = entry["targets"].get("cpu")
+        if cpu is not None and openvino_row(precision) in table:
+            cpu["openvino_row"] = openvino_row(precision)
+    if ROW in table:
+        precisions[ROW] = {"passed": bool(table[ROW]["passed"]), "compute": "bf16", "targets": {
+            "cpu": {"file": ensemble_file("fp32"), "row": ROW, "openvino_row": ROW}}}
+    return precisions
