@@ -55,12 +55,14 @@ def _tiny_artifacts(folder: Path) -> Path:
     name = "ensemble.fp32.onnx"
     (folder / name).write_bytes(model.SerializeToString())
     use = {"file": name, "row": "fp32"}
+    cpu = {**use, "openvino_row": "fp32@openvino"}  # as the export writes where OpenVINO is installed
     raw = {"format": FORMAT, "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": 3,
                                        "height": 8, "width": 8, "normalisation": {}},
            "outputs": {"probability": {"classes": 1}}, "threshold": 0.5, "ensemble": {},
            "files": {name: file_entry(folder, name, kind="ensemble", precision="fp32")},
-           "precisions": {"fp32": {"passed": True, "targets": {"gpu": use, "cpu": use}}},
-           "accuracy": {"table": {}}, "versions": {}, "source_run": {}}
+           "precisions": {"fp32": {"passed": True, "targets": {"gpu": use, "cpu": cpu}}},
+           "accuracy": {"table": {"fp32": {"passed": True}, "fp32@openvino": {"passed": True}}}, "versions": {},
+           "source_run": {}}
     write_manifest(folder, raw)
     return folder
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tensorrt_standins import FakeCudart
+from test_runtime_tensorrt_gpu import real_cudart_or_skip
 
 from brainseg.artifacts import cuda
-from brainseg.errors import BrainsegError
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--device", "cpu", "--preset", "tiny", "--sizes", "32", "--batch", "2", "--warmup", "0", "--iterations", "2",
@@ -169,13 +169,7 @@ def test_cuda_plumbing_fails_when_an_output_is_wrong(gpu_check, plumbing, tmp_pa
 
 def test_cuda_plumbing_on_a_real_gpu(gpu_check, tmp_path):
     pytest.importorskip("cupy", reason="CuPy is not installed here; the cuda-plumbing part runs on a GPU machine")
-    try:
-        runtime = cuda.import_cudart()
-    except BrainsegError:
-        pytest.skip("cuda-python is not installed here")
-    error, count = runtime.cudaGetDeviceCount()
-    if int(error) != 0 or count < 1:
-        pytest.skip(f"no CUDA device here ({getattr(error, 'name', error)})")
+    real_cudart_or_skip()
     code, result = run_part(gpu_check, tmp_path, "cuda-plumbing", "--sizes", "32", "--plumbing-batches", "1,2",
                             "--plumbing-reps", "3")
     assert code == 0 and result["status"] == "ok", result.get("error")

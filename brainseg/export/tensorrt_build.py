@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.artifacts.layout import PRECISIONS, PROBABILITY, TIMING_CACHE, provenance_file
+from brainseg.artifacts.layout import OPENVINO_ONLY, PRECISIONS, PROBABILITY, TIMING_CACHE, provenance_file
 from brainseg.artifacts.provenance import (
     DEFAULT_BATCH,
     EngineProvenance,
@@ -127,8 +127,9 @@ def remove_engine(engine_path: Path) -> None:
 
 
 def _check_request(onnx_path: Path, precision: str, batch: tuple[int, int, int], aux_streams: int | None) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is not one of: {', '.join(PRECISIONS)}")
+    engine_precisions = [p for p in PRECISIONS if p not in OPENVINO_ONLY]  # bf16 is OpenVINO's compute type
+    if precision not in engine_precisions:
+        raise ConfigError(f"precision {precision!r} is not one of: {', '.join(engine_precisions)}")
     if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
         raise ConfigError(f"batch {tuple(batch)} must be (min, opt, max) with 1 <= min <= opt <= max")
     if aux_streams is not None and aux_streams < 0:
