@@ -138,7 +138,7 @@ def export_command(
         verdict = "pass" if row["passed"] else "FAILED"
         test = result.test_table.get(name)
         test_text = f"  test Dice {test['dice_mean']:.4f}" if test else ""
-        typer.echo(f"  {name:<13} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}{test_text}")
+        typer.echo(f"  {name:<17} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  {verdict}{test_text}")
     typer.echo(result.engines)
     typer.echo(f"Artifacts: {result.out} (accuracy table in {result.out / 'accuracy.md'})")
     if result.failed and not allow_failed:
@@ -233,7 +233,7 @@ def bench_command(
         help="Comma-separated: pytorch, onnxruntime, openvino, openvino-default (the peer: OpenVINO's own "
              "settings on the fp32 file), tensorrt.")]
     = "pytorch,onnxruntime,openvino,openvino-default,tensorrt",
-    precisions: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8.")] = "fp32,fp16,int8",
+    precisions: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8, bf16.")] = "fp32,fp16,int8",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,2,4,8,16",
     iterations: Annotated[int | None, typer.Option(help="Timed calls per row in each round (instead of --seconds).")]
     = None,
@@ -284,7 +284,7 @@ def demo_command(
                "gated on validation, scored on the test patients:")
     for name, row in result.export_table.items():
         test = result.export_test_table.get(name, {}).get("dice_mean")
-        typer.echo(f"  {name:<13} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  "
+        typer.echo(f"  {name:<17} val Dice {row['dice_mean']:.4f}  drop {row['dice_drop']:+.4f}  "
                    f"{'pass' if row['passed'] else 'FAILED'}  test Dice {'n/a' if test is None else f'{test:.4f}'}")
     typer.echo(f"\nseg-run segmented {result.segmented} scan(s), skipped {result.skipped}.")
     typer.echo(f"Stage seconds: {result.seconds}")
