@@ -107,8 +107,9 @@ class OpenVinoBackend:
         if batch.dtype != self.input_dtype or batch.shape[1:] != self.input_shape:
             raise ValueError(f"batch is {batch.dtype}{list(batch.shape)}; the graph takes "
                              f"{self.input_dtype}[n, {', '.join(map(str, self.input_shape))}]")
+        # infer() hands back arrays of their own (share_outputs=False), not views of the request's buffers
         results = self.request.infer({self.input_name: np.ascontiguousarray(batch)})
-        return {name: np.array(results[port]) for name, port in zip(self.outputs, self.compiled.outputs, strict=True)}
+        return {name: results[port] for name, port in zip(self.outputs, self.compiled.outputs, strict=True)}
 
     def describe(self) -> dict:
         ov = import_openvino()
