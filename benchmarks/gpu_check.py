@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -29,8 +28,10 @@ SMP_MODELS = ("fpn", "resunet")  # segmentation-models-pytorch builds these; une
 
 
 def gpu_slug(name: str) -> str:
-    """"NVIDIA H200" -> "nvidia-h200"."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-gpu"
+    """"NVIDIA H200" -> "gpu-h200": the folder seg-bench writes that GPU's results to, so both land together."""
+    from brainseg.bench.environment import gpu_folder
+
+    return gpu_folder(name)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -6,7 +6,7 @@
 #
 # Nothing is installed: brainseg is imported from this checkout (PYTHONPATH=.), with the machine's
 # own torch, CuPy and cuda-python. Results go to RESULTS_PARENT/<gpu>/ (default benchmarks/results/<gpu>/),
-# <gpu> being torch.cuda.get_device_name(0) as a slug, e.g. nvidia-h200. On the device tool, pass
+# <gpu> being the folder seg-bench names for GPU 0 (torch.cuda.get_device_name), e.g. gpu-h200. On the device tool, pass
 # "$OUT" as RESULTS_PARENT so that the files come back.
 #
 # Each part is its own process with its own time limit (`timeout`), so a hung part cannot eat the
@@ -29,7 +29,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 SCRIPT=benchmarks/gpu_check.py
 
 slug=$(timeout -k 5 45 "$PYTHON" "$SCRIPT" --gpu-slug 2>/dev/null | tail -n 1)
-RESULTS="${1:-benchmarks/results}/${slug:-unknown-gpu}"
+RESULTS="${1:-benchmarks/results}/${slug:-gpu-unknown}"
 mkdir -p "$RESULTS"
 echo "gpu_check: results in $RESULTS"
 

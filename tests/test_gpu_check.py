@@ -99,9 +99,13 @@ def test_a_part_that_did_not_finish_keeps_its_rows_and_says_why(tmp_path):
     assert train["status"] == "failed"  # it finished and said why: left as it was
 
 
-def test_gpu_slug(gpu_check):
-    assert gpu_check.gpu_slug("NVIDIA H200") == "nvidia-h200"
-    assert gpu_check.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+def test_gpu_check_writes_where_seg_bench_writes_for_the_same_gpu(gpu_check, monkeypatch):
+    from brainseg.bench import environment
+
+    for name, folder in (("NVIDIA H200", "gpu-h200"), ("NVIDIA H100 80GB HBM3", "gpu-h100-80gb-hbm3"),
+                         ("Orin (nvgpu)", "gpu-orin-nvgpu"), ("???", "gpu-unknown")):
+        monkeypatch.setattr(environment, "_nvidia_gpus", lambda name=name: [{"name": name}])
+        assert gpu_check.gpu_slug(name) == environment.machine_name() == folder
 
 
 # --- cuda-plumbing --------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Sequence
@@ -66,8 +67,14 @@ def machine_name() -> str:
     """
     gpus = _probe(_nvidia_gpus) or []
     if gpus:
-        return "gpu-" + "-".join(gpus[0]["name"].lower().replace("nvidia", "").split())
+        return gpu_folder(gpus[0]["name"])
     return f"cpu-{os.cpu_count()}core-{_probe(_vector_isa) or platform.machine()}"
+
+
+def gpu_folder(name: str) -> str:
+    """"NVIDIA H100 80GB HBM3" -> "gpu-h100-80gb-hbm3": the results folder of every benchmark run on that GPU."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-")
+    return f"gpu-{slug or 'unknown'}"
 
 
 def _vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
