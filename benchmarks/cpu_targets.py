@@ -18,7 +18,8 @@ Each ratio is the median over rounds of the ratio of the two rows' medians in th
 the lowest and highest round: the report's own convention. A target met by less than the
 machine's noise (10-15% between runs) is reported as such ("within noise").
 
-    python benchmarks/cpu_targets.py ARTIFACTS [--rounds 5] [--seconds 10] [--threads 2] [--out DIR] [--data DATA]
+    python benchmarks/cpu_targets.py ARTIFACTS [--rounds 5] [--seconds 10] [--threads 2] [--out DIR]
+                                             [--data DATA] [--reuse]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from brainseg.bench.report import round_ratio
 from brainseg.bench.runner import BenchOptions, row_id
 from brainseg.bench.suite import bench_artifacts
 from brainseg.evaluation.evaluate import EvalOptions, evaluate
+from brainseg.train.config import TrainConfig
+from brainseg.train.dataset import resolve_data
 
 NOISE = 0.15
 TARGETS = {"compute_b1_vs_eager": 5.0, "end_to_end_b1_vs_eager": 5.0, "b1_vs_openvino_default": 1.2,
@@ -61,6 +64,14 @@ def _ratio(rows: list[dict], base: tuple, row: dict | None) -> dict | None:
     return round_ratio(other, row) if other is not None and row is not None else None
 
 
+def _source_data(manifest: Manifest) -> Path:
+    """The data the source run trained on, resolved as seg-train resolved it (the built-in samples'
+    names become their cached folders)."""
+    source = json.loads(manifest.path.read_text())["source_run"]
+    config = TrainConfig.from_json(Path(source["path"]) / "config.json")
+    return resolve_data(source["data"], config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("artifacts", type=Path)
@@ -69,6 +80,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md/json and targets.json")
     parser.add_argument("--data", type=Path, default=None, help="the labelled data (default: the source run's)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the rows from the report.json an earlier run left in --out instead of timing again")
     args = parser.parse_args()
 
     manifest = Manifest.load(args.artifacts)
@@ -78,7 +91,10 @@ def main() -> None:
                            modes=("compute", "end-to-end"), members=False, threads=args.threads,
                            tta=(manifest.postprocessing.tta,))
     out = args.out or Path(tempfile.mkdtemp(prefix="cpu-targets-"))
-    report, _ = bench_artifacts(args.artifacts, out, options, progress=print)
+    if args.reuse:
+        report = json.loads((out / "report.json").read_text())
+    else:
+        report, _ = bench_artifacts(args.artifacts, out, options, progress=print)
     rows = report["rows"]
 
     candidates = [r for r in rows if r["model"] == "ensemble" and r["mode"] == "compute" and r["batch"] == 1
@@ -95,7 +111,7 @@ def main() -> None:
     batch8 = _ratio(rows, ("pytorch", "fp32", "compute", 8), int8_b8)
 
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data or Path(json.loads(manifest.path.read_text())["source_run"]["data"])
+        data = args.data or _source_data(manifest)
         scored = evaluate(data, args.artifacts, Path(scratch) / "eval",
                           EvalOptions(split="test", backend=best["backend"], precision=best["precision"],
                                       threads=args.threads))
