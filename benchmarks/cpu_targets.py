@@ -36,8 +36,6 @@ from brainseg.bench.report import round_ratio
 from brainseg.bench.runner import BenchOptions, row_id
 from brainseg.bench.suite import bench_artifacts
 from brainseg.evaluation.evaluate import EvalOptions, evaluate
-from brainseg.train.config import TrainConfig
-from brainseg.train.dataset import resolve_data
 
 NOISE = 0.15
 TARGETS = {"compute_b1_vs_eager": 5.0, "end_to_end_b1_vs_eager": 5.0, "b1_vs_openvino_default": 1.2,
@@ -62,14 +60,6 @@ def _verdict(value: float | None, target: float, *, at_most: bool = False) -> st
 def _ratio(rows: list[dict], base: tuple, row: dict | None) -> dict | None:
     other = _row(rows, *base)
     return round_ratio(other, row) if other is not None and row is not None else None
-
-
-def _source_data(manifest: Manifest) -> Path:
-    """The data the source run trained on, resolved as seg-train resolved it (the built-in samples'
-    names become their cached folders)."""
-    source = json.loads(manifest.path.read_text())["source_run"]
-    config = TrainConfig.from_json(Path(source["path"]) / "config.json")
-    return resolve_data(source["data"], config)
 
 
 def main() -> None:
@@ -111,7 +101,7 @@ def main() -> None:
     batch8 = _ratio(rows, ("pytorch", "fp32", "compute", 8), int8_b8)
 
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data or _source_data(manifest)
+        data = args.data or json.loads(manifest.path.read_text())["source_run"]["data"]  # "sample": seg-eval finds it
         scored = evaluate(data, args.artifacts, Path(scratch) / "eval",
                           EvalOptions(split="test", backend=best["backend"], precision=best["precision"],
                                       threads=args.threads))

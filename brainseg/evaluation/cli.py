@@ -18,7 +18,9 @@ from brainseg.cli_support import Backend, Components, Precision, Tta, command
 
 @command(error_code=2)
 def eval_command(
-    data: Annotated[Path, typer.Argument(help="Labelled data: a kaggle_3m, BraTS or images/+masks/ folder.")],
+    data: Annotated[Path, typer.Argument(
+        help="Labelled data: a kaggle_3m, BraTS or images/+masks/ folder, or 'sample' / 'sample-brats' for the "
+             "built-in sample the source run trained on.")],
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
     out: Annotated[Path, typer.Option(help="Report folder: report.md, report.json, dice_per_patient.png, overlays/.")],
     split: Annotated[str, typer.Option(help="test or val (the source run's split.json), or all labelled patients.")]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.artifacts.manifest import Manifest
+from brainseg.data.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.names import BRATS_LABEL, BRATS_MODALITIES
 from brainseg.data.readers import read_dataset
 from brainseg.data.split import load_split
@@ -115,6 +116,7 @@ def evaluate(data: str | Path, artifacts: str | Path, out: str | Path, options: 
     out = Path(out)
     check_out(out, overwrite=options.overwrite)
     manifest = Manifest.load(artifacts)
+    data = builtin_data(data, manifest.source_run)
     settings = data_settings(manifest)
     dataset = read_labelled(data, settings, asked_patients(manifest, options))
     split, volumes = select_patients(data, dataset, manifest, options)
@@ -138,6 +140,22 @@ def check_out(out: Path, *, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace the report in it")
+
+
+def builtin_data(data: str | Path, run: Path) -> str | Path:
+    """`data`; or, where it is a built-in sample's name and no folder of that name is here, the sample
+    the run in `run` trained on (its size and seed from the run's config.json)."""
+    if str(data) not in BUILTIN_SAMPLES or Path(data).is_dir():
+        return data
+    path = run / "config.json"
+    if not path.is_file():
+        raise DataError(f"{data} stands for the built-in sample the source run trained on, but {path}, "
+                        "which says its size and seed, is not here: pass the sample's folder instead")
+    try:
+        config = TrainConfig.from_json(path)
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"{path}: the source run's config is unreadable ({err})") from err
+    return builtin_sample(str(data), patients=config.sample_patients, slices=config.sample_slices, seed=config.seed)
 
 
 def data_settings(manifest: Manifest) -> DataSettings:

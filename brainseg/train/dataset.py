@@ -5,23 +5,17 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
+from brainseg.data.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.readers import VolumeStream, read_dataset, stream_dataset
 from brainseg.data.volume import Dataset
 from brainseg.train.config import TrainConfig
 
 
 def resolve_data(data: str, cfg: TrainConfig) -> Path:
-    """The folder behind `data`, generated on first use for the built-in samples: itself; for
-    "sample" the cached kaggle_3m sample the config describes; for "sample-brats" the cached BraTS
-    sample with the config's seed and `BratsSampleSpec`'s default sizes."""
-    if data == "sample":
-        from brainseg.data.sample import SampleSpec, cached_sample_dataset
-
-        return cached_sample_dataset(SampleSpec(patients=cfg.sample_patients, slices=cfg.sample_slices, seed=cfg.seed))
-    if data == "sample-brats":
-        from brainseg.data.sample_brats import BratsSampleSpec, cached_brats_sample
-
-        return cached_brats_sample(BratsSampleSpec(seed=cfg.seed))
+    """The folder behind `data`: itself, or for a built-in sample's name the cached sample the config
+    describes (its sample_patients, sample_slices and seed), generated on first use."""
+    if data in BUILTIN_SAMPLES:
+        return builtin_sample(data, patients=cfg.sample_patients, slices=cfg.sample_slices, seed=cfg.seed)
     return Path(data)
 
 
