@@ -11,12 +11,12 @@ baseline of each runtime) and with one setting changed at a time:
   optimisations, as an export could ship it, then opened as usual). What the offline file is
   meant to save is the time to open a session, so that is timed too (median of 3 opens each).
 
-Every variant is timed at batch 1 and 8 in `--rounds` interleaved rounds (variants in turn, a
-short pause between them so that spinning threads go idle), on random slices of the graph's
-input. A variant's speed-up is the median over rounds of the baseline's median over its own in
-the same round, with the lowest and highest round. A change is "faster" (or "slower") only when
-its median moves by more than this machine's noise (15%) and every round agrees; anything else is
-"within noise" and not worth a default.
+Every variant is timed at batch 1 and 8 in `--rounds` interleaved rounds (variants in turn, each
+round starting at a different one, a short pause between them so that spinning threads go idle),
+on random slices of the graph's input. A variant's speed-up is the median over rounds of the
+baseline's median over its own in the same round, with the lowest and highest round. A change is
+"faster" (or "slower") only when its median moves by more than this machine's noise (15%) and
+every round agrees; anything else is "within noise" and not worth a default.
 
     python benchmarks/session_knobs.py ARTIFACTS [--threads 2] [--rounds 5] [--seconds 4] [--out FILE]
 """
@@ -155,9 +155,11 @@ def _measure(path: Path, images: np.ndarray, threads: int, rounds: int, seconds:
         for _ in range(2):
             run(images)
     per_round: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, run in variants.items():
-            per_round[name].append(round(_time(run, images, seconds / rounds), 3))
+    names = list(variants)
+    for index in range(rounds):
+        shift = index * len(names) // rounds  # each round starts elsewhere: no variant always follows the same one
+        for name in names[shift:] + names[:shift]:
+            per_round[name].append(round(_time(variants[name], images, seconds / rounds), 3))
             time.sleep(PAUSE_S)
     rows = {}
     for name, p50s in per_round.items():
