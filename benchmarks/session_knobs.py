@@ -34,7 +34,7 @@ import numpy as np
 from _report import emit
 
 from brainseg.artifacts.manifest import Manifest
-from brainseg.artifacts.sessions import import_onnxruntime, ort_session
+from brainseg.artifacts.sessions import import_onnxruntime, ort_session, session_options
 from brainseg.bench.environment import cpu_description
 from brainseg.bench.report import round_ratio
 from brainseg.runtime.openvino_backend import OpenVinoBackend, import_openvino
@@ -68,10 +68,9 @@ def _preoptimised(path: Path, folder: Path) -> Path:
     ort = import_onnxruntime()
     saved = folder / f"{path.stem}.ort-extended.onnx"
     if not saved.exists():
-        options = ort.SessionOptions()
+        options = session_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(saved)
-        options.log_severity_level = 3
         ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     return saved
 
@@ -87,20 +86,12 @@ def _open_ms(path: Path, threads: int) -> float:
 
 def _onnxruntime(path: Path, threads: int, batch: int, change: str, scratch: Path) -> Runner:
     """An ONNX Runtime session as seg-run opens it (threads sleeping between calls), with one change."""
-    if change == "pre-optimised file":
-        session = ort_session(_preoptimised(path, scratch), threads=threads)
-    elif change == "spinning":
-        session = ort_session(path, threads=threads, spinning=True)
-    elif change == "":
-        session = ort_session(path, threads=threads)
+    if change in ("", "spinning", "pre-optimised file"):
+        file = _preoptimised(path, scratch) if change == "pre-optimised file" else path
+        session = ort_session(file, threads=threads, spinning=change == "spinning")
     else:
         ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        options = session_options(threads=threads)
         if change == "no arena":
             options.enable_cpu_mem_arena = False
         elif change == "no memory pattern":

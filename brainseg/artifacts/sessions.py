@@ -42,6 +42,13 @@ def ort_session(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: ONNX file not found")
+    options = session_options(threads=threads, spinning=spinning)
+    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+
+
+def session_options(*, threads: int | None = None, spinning: bool = False) -> onnxruntime.SessionOptions:
+    """The options `ort_session` opens every session with, for a caller that changes one of them."""
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -52,7 +59,7 @@ def ort_session(
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    return options
 
 
 def run(session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
