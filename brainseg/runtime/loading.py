@@ -1,8 +1,18 @@
 """Read a discovered scan into the artifacts' input form: (S, H, W, C) slices of the graph's dtype.
 
-Everything else (normalisation, layout, the models) happens inside the exported graph; this
-module only decodes files, orders slices and matches the channel count and dtype the manifest
-names. Sizes are left as they are (the pipeline resizes to the graph's input).
+Normalisation is split between this module and the graph, by the manifest's scheme
+(`brainseg.data.preprocess.Normalisation`):
+- float32 artifacts (NIfTI-trained, "volume_nonzero"): this module z-scores each volume and
+  channel over its non-zero voxels (`zscore_nonzero`, as training does), since that statistic
+  needs the whole volume; the graph passes the values on.
+- uint8 artifacts: this module only brings pixels to 8-bit (16-bit images by the scan's maximum,
+  volumes per channel by `volume_to_input`'s percentile stretch); the graph divides by 255 and
+  z-scores each slice and channel over its own foreground ("slice_foreground"; runs older than
+  it: fixed mean and std).
+Besides, this module decodes files, reads volumes in RAS+ and cuts them into axial slices, and
+matches the channel count and dtype the manifest names. The layout change to (B, C, H, W), the
+models and the post-processing happen inside the graph (`brainseg.export.graphs`); sizes are
+left as they are (the pipeline resizes to the graph's input).
 """
 
 from __future__ import annotations
