@@ -32,10 +32,11 @@ def ort_session(
 ) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session with all graph optimisations; its threads sleep between calls unless `spinning`.
 
-    Spinning threads keep a core busy after each call; with several sessions run in turn (the
-    members of an ensemble, a benchmark) that made each ~38% slower on a 2-core machine. One
-    session called back to back is the opposite case: waking the sleeping workers for each of
-    the graph's few hundred ops cost the quick int8 ensemble 27 ms against 21 ms spinning.
+    Spinning threads keep a core busy after each call, so with several sessions run in turn (the
+    members of an ensemble, a benchmark) each one's cores are taken by the others' spinning.
+    One session called back to back is the opposite case: spinning spares waking the sleeping
+    workers for each of the graph's few hundred ops. Both are measured in docs/benchmarks.md
+    ("Export latency", `export_latency_quick.json`; the session levers, `session_knobs_quick.json`).
     `threads` sets the intra-op thread count (None: one per physical core).
     """
     ort = import_onnxruntime()

@@ -17,8 +17,9 @@ post-processing is never quantized. Two activation types, because the two target
   pair, float biases, one Q/DQ pair per consumer: what TensorRT's explicit quantization parses
   (it rejects int32 bias DequantizeLinear and non-zero zero points).
 - "uint8": asymmetric uint8 activations, int8 weights and int32 biases: ONNX Runtime's CPU
-  provider fuses these into QLinearConv (u8s8 VNNI kernels) and runs ~2.5x faster than
-  int8_symmetric on this machine, but TensorRT cannot build it.
+  provider fuses these into QLinearConv (u8 x s8 kernels, VNNI where the CPU has it) and runs
+  them faster than int8_symmetric, whose int8 activations get no such kernel (docs/benchmarks.md,
+  "Export latency": `export_latency_quick.json`), but TensorRT cannot build it.
 
 Importable without torch: torch is imported inside `export_fp16` only.
 """
