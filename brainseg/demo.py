@@ -2,7 +2,8 @@
 
 sample data -> seg-train (three models) -> seg-export fp32/fp16/int8 with the accuracy gate ->
 seg-run over the held-out test patients -> seg-bench -> where to look. The `quick` preset is the
-README's demo (under 15 minutes on a 2-core AVX2 CPU); `tiny` runs in about a minute, for CI.
+README's demo (target: 15 minutes on 2 CPU cores; its measured time is in
+benchmarks/results/cpu-2core-avx2/demo_quick.json); `tiny` is a far smaller run, for CI.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The benchmarks run their CPU models through ONNX Runtime, so a large matrix product through the
 same engine (same kernels, same threads, same session options) is the fairest ceiling to report
-achieved throughput against: "the int8 ensemble reaches 40% of what MatMulInteger reaches here".
+achieved throughput against: the share of MatMulInteger's rate here that the int8 ensemble reaches.
 A vendor's datasheet peak would hide how far the engine itself is from the silicon.
 """
 
