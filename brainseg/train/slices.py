@@ -31,13 +31,6 @@ class SliceTable:
     masks: np.ndarray  # (N, S, S, K) uint8 {0, 1}
     has_tumour: np.ndarray  # (N,) bool
 
-    @classmethod
-    def from_volumes(cls, volumes: list[Volume], size: int) -> SliceTable:
-        images = np.concatenate([resize_slices(v.image, size, is_mask=False) for v in volumes])
-        masks = np.concatenate([resize_slices(v.mask, size, is_mask=True) for v in volumes])
-        has_tumour = masks.reshape(len(masks), -1).any(axis=1)
-        return cls(images=images, masks=masks, has_tumour=has_tumour)
-
     def __len__(self) -> int:
         return len(self.images)
 
