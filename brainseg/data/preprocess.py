@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-from brainseg.data.volume import Volume
 from brainseg.errors import ConfigError
 
 SCHEMES = ("slice_foreground", "volume_nonzero", "fixed")
@@ -80,14 +79,12 @@ class Normalisation:
         return "x / 255, then (x - mean) / std per channel with constants fitted on the training slices"
 
 
-def fit_normalisation(volumes: list[Volume]) -> Normalisation:
-    """The normalisation of new runs: per-slice foreground z-score for 8-bit sources, the reader's
-    per-volume z-score for NIfTI. Nothing is fitted: neither depends on the training scans' scale."""
-    return normalisation_for(volumes[0].image.dtype.name, volumes[0].image.shape[-1])
-
-
 def normalisation_for(dtype: str, channels: int) -> Normalisation:
-    """`fit_normalisation` for slices of `dtype` ("uint8" or "float32") with `channels` channels."""
+    """The normalisation of new runs on slices of `dtype` ("uint8" or "float32") with `channels` channels.
+
+    Per-slice foreground z-score for 8-bit sources, the reader's per-volume z-score for NIfTI.
+    Nothing is fitted: neither depends on the training scans' scale.
+    """
     if dtype == "uint8":
         return Normalisation("uint8", scheme="slice_foreground")
     return Normalisation("float", (0.0,) * channels, (1.0,) * channels, scheme="volume_nonzero")
