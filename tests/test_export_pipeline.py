@@ -14,7 +14,7 @@ from brainseg.cli import app
 from brainseg.errors import is_installed
 from brainseg.export import accuracy, pipeline, precision
 from brainseg.export.pipeline import ExportOptions, export_run
-from brainseg.export.trained_run import load_run, validation_volumes
+from brainseg.export.trained_run import load_run, split_volumes
 
 pytest.importorskip("onnxruntime")
 
@@ -197,7 +197,7 @@ def test_int8_segments_like_fp32_on_the_validation_patients(artifacts, tiny_run)
     """Independently of the gate: the CPU int8 file's masks agree with fp32's, and its Dice is close."""
     out, _ = artifacts
     manifest = Manifest.load(out)
-    volumes = validation_volumes(load_run(tiny_run))
+    volumes = split_volumes(load_run(tiny_run), "val")
     probabilities = {}
     for precision_name in ("fp32", "int8"):
         session = ort_session(manifest.path_for(precision_name, "cpu"))

@@ -8,14 +8,14 @@ import pytest
 from brainseg.data.volume import Volume
 from brainseg.errors import CheckpointError, DataError
 from brainseg.export.calibration import calibration_slices
-from brainseg.export.trained_run import load_run, validation_volumes
+from brainseg.export.trained_run import load_run, split_volumes
 
 
 def test_load_run_reads_every_member_and_the_shared_facts(tiny_run):
     run = load_run(tiny_run)
     assert [m.name for m in run.members] == ["unet", "fpn", "resunet"]
     assert (run.img_size, run.in_channels, run.classes, run.input_dtype) == (64, 3, 1, "uint8")
-    volumes = validation_volumes(run)
+    volumes = split_volumes(run, "val")
     assert sorted(v.patient_id for v in volumes) == sorted(run.split.val)
 
 

@@ -100,8 +100,3 @@ def split_volumes(run: TrainedRun, which: str) -> list[Volume]:
         missing = sorted(wanted - {v.patient_id for v in volumes})
         raise DataError(f"{root}: {which} patients missing from the data: {', '.join(missing[:5])}")
     return volumes
-
-
-def validation_volumes(run: TrainedRun) -> list[Volume]:
-    """The run's validation patients (see `split_volumes`)."""
-    return split_volumes(run, "val")
