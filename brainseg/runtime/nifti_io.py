@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.data.names import NIFTI_SUFFIXES
 from brainseg.errors import InputSkipped, require
-from brainseg.fileio import write_atomic
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)  # the orientation of a RAS+ array
 
@@ -91,18 +89,6 @@ def to_original(axial: np.ndarray, info: dict) -> np.ndarray:
     if original.shape[:3] != tuple(info["shape"]):
         raise ValueError(f"axial array {axial.shape} does not fit the input's voxel shape {tuple(info['shape'])}")
     return np.ascontiguousarray(original)
-
-
-def write_like(path: Path, data: np.ndarray, info: dict, *, dtype=np.uint8) -> None:
-    """Write (X, Y, Z[, K]) `data` as NIfTI with the input's affine and a copy of its header.
-
-    `path` must end in .nii.gz (gzip-compressed) or .nii; the file appears atomically (a
-    temporary file in the same folder, then a rename). See `nifti_bytes` for the header.
-    """
-    path = Path(path)
-    if not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise ValueError(f"{path}: a NIfTI output must end in .nii.gz or .nii")
-    write_atomic(path, nifti_bytes(data, info, dtype=dtype, compress=path.name.lower().endswith(".gz")))
 
 
 def nifti_bytes(data: np.ndarray, info: dict, *, dtype=np.uint8, compress: bool = True) -> bytes:
