@@ -10,14 +10,12 @@ and torch must not be needed where the runtime runs. `diagnose()` is the library
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,8 +25,9 @@ from typing import Annotated, Any
 
 import typer
 
-from brainseg.bench.environment import COMMAND_TIMEOUT_S, DISTRIBUTIONS
+from brainseg import machine
 from brainseg.errors import BrainsegError
+from brainseg.machine import DISTRIBUTIONS
 
 # x86 flags that decide CPU inference speed: int8 kernels (VNNI) and native bf16 (AVX512-BF16, AMX)
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
@@ -74,10 +73,11 @@ class Report:
     def to_dict(self) -> dict:
         probes = {name: {"status": p.status, "detail": p.detail, **({"hint": p.hint} if p.hint else {}),
                          **({"error": p.error} if p.error else {}), **p.facts} for name, p in self.probes.items()}
-        return {"brainseg": _version("brainseg"), "probes": probes, "auto": self.auto, "artifacts": self.artifacts}
+        return {"brainseg": machine.package_version("brainseg"), "probes": probes, "auto": self.auto,
+                "artifacts": self.artifacts}
 
     def lines(self) -> list[str]:
-        lines = [f"brainseg {_version('brainseg')} doctor"]
+        lines = [f"brainseg {machine.package_version('brainseg')} doctor"]
         for name, probe in self.probes.items():
             text = probe.error or probe.detail
             lines.append(f"{name:<13} {probe.status:<7} {text}" + (f"  -> {probe.hint}" if probe.hint else ""))
@@ -127,16 +127,9 @@ def _cause(err: BrainsegError) -> str:
     return f"does not import ({_one_line(cause)})" if cause is not None else "does not import"
 
 
-def _version(*distributions: str) -> str | None:
-    for name in distributions:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            return importlib.metadata.version(name)
-    return None
-
-
 def _installed(library: str) -> list[str]:
     """The distributions of `library` installed (onnxruntime and onnxruntime-gpu can both be, wrongly)."""
-    return [name for name in DISTRIBUTIONS[library] if _version(name)]
+    return [name for name in DISTRIBUTIONS[library] if machine.package_version(name)]
 
 
 def _python() -> Probe:
@@ -145,43 +138,14 @@ def _python() -> Probe:
                  facts=facts)
 
 
-def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str | None, set[str] | None]:
-    """(model name, flags) of the first CPU in /proc/cpuinfo; (None, None) where there is none (not Linux)."""
-    if not path.is_file():
-        return None, None
-    model, flags = None, set()
-    for line in path.read_text(errors="replace").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and model is None:
-            model = value.strip()
-        elif key.strip() in ("flags", "Features") and not flags:  # Features: aarch64
-            flags = set(value.split())
-    return model, flags
-
-
 def _cpu() -> Probe:
-    model, flags = _cpuinfo()
-    model = model or platform.processor() or platform.machine()
+    model, flags = machine.cpu_model() or platform.machine(), machine.cpu_flags()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     isa = None if flags is None else {flag: flag in flags for flag in ISA_FLAGS}
     present = "unknown (no /proc/cpuinfo)" if isa is None else ", ".join(f for f, on in isa.items() if on) or "no AVX2"
     detail = f"{model}, {platform.machine()}, {os.cpu_count()} cores ({usable} usable); ISA: {present}"
     return Probe(True, detail, facts={"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
                                       "cores_usable": usable, "isa_flags": isa})
-
-
-def _smi_gpus() -> tuple[list[dict], str]:
-    """GPUs from nvidia-smi, and why there are none; compute_cap is asked only of drivers that know it."""
-    fields = ["name", "driver_version", "memory.total", "compute_cap"]
-    for query in (fields, fields[:3]):
-        done = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
-        if done.returncode == 0:
-            rows = [[cell.strip() for cell in line.split(",")] for line in done.stdout.splitlines() if line.strip()]
-            return [dict(zip(("name", "driver", "memory_mib", "compute_capability"), row, strict=False))
-                    for row in rows], ""
-    failure = (done.stdout + done.stderr).strip().splitlines()
-    return [], f"nvidia-smi failed: {failure[0] if failure else f'exit code {done.returncode}'}"
 
 
 def _cuda_version(number: int) -> str:
@@ -203,14 +167,12 @@ def _nvidia_gpu() -> Probe:
     """The NVIDIA driver and GPUs: nvidia-smi where it is on PATH, else the driver through cuda-python."""
     from brainseg.artifacts.cuda import cuda_call, import_cudart
 
-    smi_note = "no nvidia-smi on PATH"
-    if shutil.which("nvidia-smi"):
-        gpus, smi_note = _smi_gpus()
-        if gpus:
-            names = ", ".join(f"{g['name']} ({g['memory_mib']} MiB, cc {g.get('compute_capability', '?')})"
-                              for g in gpus)
-            return Probe(True, f"driver {gpus[0]['driver']}; {names}",
-                         facts={"source": "nvidia-smi", "driver": gpus[0]["driver"], "gpus": gpus})
+    # compute_cap is asked only of drivers that know it
+    gpus, smi_note = machine.nvidia_gpus(("name", "driver_version", "memory.total"), optional=("compute_cap",))
+    if gpus:
+        names = ", ".join(f"{g['name']} ({g['memory_mib']} MiB, cc {g.get('compute_capability', '?')})" for g in gpus)
+        return Probe(True, f"driver {gpus[0]['driver']}; {names}",
+                     facts={"source": "nvidia-smi", "driver": gpus[0]["driver"], "gpus": gpus})
     try:
         cudart = import_cudart()
     except BrainsegError:
@@ -282,9 +244,9 @@ def _onnxruntime() -> Probe:
 
 
 def _openvino() -> Probe:
-    from brainseg.runtime.openvino_backend import DEVICE, import_openvino, is_x86, native_bf16
+    from brainseg.runtime.openvino_backend import DEVICE, import_openvino, native_bf16
 
-    not_x86 = "" if is_x86() else " (auto never takes it on this CPU: it is not x86)"
+    not_x86 = "" if machine.is_x86() else " (auto never takes it on this CPU: it is not x86)"
     try:
         ov = import_openvino()
     except BrainsegError as err:
@@ -297,7 +259,7 @@ def _openvino() -> Probe:
     detail = (f"{version}; {DEVICE} {core.get_property(DEVICE, 'FULL_DEVICE_NAME')}: {', '.join(shown)}"
               f"{'' if bf16 else ' (no native bf16)'}{not_x86}")
     return Probe(True, detail, facts={"version": version, "capabilities": capabilities, "native_bf16": bf16,
-                                      "x86": is_x86()})
+                                      "x86": machine.is_x86()})
 
 
 def _cuda_python() -> Probe:
@@ -307,7 +269,7 @@ def _cuda_python() -> Probe:
         cudart = import_cudart()
     except BrainsegError as err:
         return Probe(False, _cause(err), hint=CUDA_PYTHON_HINT)
-    version = _version("cuda-python", "cuda-bindings")
+    version = machine.package_version("cuda-python", "cuda-bindings")
     return Probe(True, f"{version} ({cudart.__name__})", facts={"version": version, "module": cudart.__name__})
 
 
@@ -315,7 +277,7 @@ def _looked_up(module: str, distribution: str, hint: str, note: str = "") -> Pro
     """Whether `module` is installed, without importing it (find_spec reads the path, runs nothing)."""
     if importlib.util.find_spec(module) is None:
         return Probe(False, "not installed", hint=hint)
-    version = _version(distribution)
+    version = machine.package_version(distribution)
     return Probe(True, f"{version or '?'}{note}", facts={"version": version})
 
 

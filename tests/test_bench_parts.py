@@ -1,5 +1,6 @@
 """seg-bench building blocks: latency statistics, timing loop, environment probe, peak rates, graph FLOPs."""
 
+import importlib.metadata
 import math
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from brainseg import machine
 from brainseg.bench import environment
 from brainseg.bench.stats import CV_WARNING, LatencyStats, summarize, time_calls
 from brainseg.errors import ConfigError
@@ -106,17 +108,9 @@ def test_time_calls_rejects_bad_options(options):
 VERSION_KEYS = ("tensorrt", "onnxruntime", "torch", "numpy", "opencv")
 
 
-@pytest.mark.parametrize(("flags", "isa"), [("fpu avx2 avx512f avx512_vnni", "avx512-vnni"),
-                                            ("avx2 avx512f", "avx512"), ("sse4_2 avx avx2", "avx2"), ("neon", None)])
-def test_the_vector_isa_names_the_widest_set_the_cpu_has(tmp_path, flags, isa):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
-    assert environment._vector_isa(cpuinfo) == isa
-
-
 def test_cpu_results_folders_are_named_by_cores_and_vector_isa(monkeypatch):
     monkeypatch.setattr(environment, "_nvidia_gpus", lambda: [])
-    monkeypatch.setattr(environment, "_vector_isa", lambda: "avx2")
+    monkeypatch.setattr(machine, "vector_isa", lambda: "avx2")
     assert environment.machine_name() == f"cpu-{os.cpu_count()}core-avx2"
     monkeypatch.setattr(environment, "_nvidia_gpus", lambda: [{"name": "NVIDIA H100 80GB HBM3"}])
     assert environment.machine_name() == "gpu-h100-80gb-hbm3"
@@ -170,7 +164,7 @@ def test_describe_environment_failed_probes_are_none(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("probe exploded")
 
-    monkeypatch.setattr(environment.importlib.metadata, "version", broken)
+    monkeypatch.setattr(importlib.metadata, "version", broken)
     monkeypatch.setattr(environment.os, "sched_getaffinity", broken, raising=False)
     monkeypatch.setattr(subprocess, "run", broken)
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")

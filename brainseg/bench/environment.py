@@ -8,28 +8,15 @@ left out on purpose: reports get shared.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import re
-import shutil
-import subprocess
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from brainseg import machine
 from brainseg.artifacts.cuda import import_cudart
-
-COMMAND_TIMEOUT_S = 10.0
-
-# Distribution names that provide each library, first match wins (GPU builds, headless builds).
-DISTRIBUTIONS = {
-    "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12"),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "torch": ("torch",),
-    "numpy": ("numpy",),
-    "opencv": ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless"),
-}
+from brainseg.machine import DISTRIBUTIONS
 
 
 def describe_environment() -> dict:
@@ -43,8 +30,8 @@ def describe_environment() -> dict:
     Anything unknown is None.
     """
     info: dict[str, Any] = {
-        "cpu_model": _probe(_cpu_model),
-        "cpu_vector_isa": _probe(_vector_isa),
+        "cpu_model": _probe(machine.cpu_model),
+        "cpu_vector_isa": _probe(machine.vector_isa),
         "cpu_cores_logical": _probe(os.cpu_count),
         "cpu_cores_usable": _probe(lambda: len(os.sched_getaffinity(0))),
         "os": _probe(platform.platform),
@@ -53,9 +40,9 @@ def describe_environment() -> dict:
         "cuda": _probe(_cuda_runtime_version),
     }
     for key, names in DISTRIBUTIONS.items():
-        info[key] = _probe(lambda names=names: _installed_version(names))
+        info[key] = _probe(lambda names=names: machine.package_version(*names))
     info["onnxruntime_providers"] = _probe(_onnxruntime_providers) if info["onnxruntime"] else None
-    info["jetson_power_mode"] = _probe(_jetson_power_mode)
+    info["jetson_power_mode"] = _probe(machine.jetson_power_mode)
     return info
 
 
@@ -68,7 +55,7 @@ def machine_name() -> str:
     gpus = _probe(_nvidia_gpus) or []
     if gpus:
         return gpu_folder(gpus[0]["name"])
-    return f"cpu-{os.cpu_count()}core-{_probe(_vector_isa) or platform.machine()}"
+    return f"cpu-{os.cpu_count()}core-{_probe(machine.vector_isa) or platform.machine()}"
 
 
 def gpu_folder(name: str) -> str:
@@ -77,23 +64,9 @@ def gpu_folder(name: str) -> str:
     return f"gpu-{slug or 'unknown'}"
 
 
-def _vector_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
-    """"avx512-vnni", "avx512", "avx2" from the CPU flags (x86 Linux); None elsewhere."""
-    flags: set[str] = set()
-    for line in cpuinfo.read_text(errors="replace").splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            flags = set(value.split())
-            break
-    for isa, needed in (("avx512-vnni", {"avx512f", "avx512_vnni"}), ("avx512", {"avx512f"}), ("avx2", {"avx2"})):
-        if needed <= flags:
-            return isa
-    return None
-
-
 def cpu_description() -> str:
     """"<CPU model>, <N> cores, <vector ISA>", for benchmark results."""
-    return f"{_probe(_cpu_model) or platform.machine()}, {os.cpu_count()} cores, {_probe(_vector_isa)}"
+    return f"{_probe(machine.cpu_model) or platform.machine()}, {os.cpu_count()} cores, {_probe(machine.vector_isa)}"
 
 
 def _probe(fn: Callable[[], Any]) -> Any:
@@ -104,35 +77,10 @@ def _probe(fn: Callable[[], Any]) -> Any:
         return None
 
 
-def _cpu_model() -> str | None:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    return platform.processor() or None
-
-
-def _command_output(args: Sequence[str]) -> str | None:
-    """stdout of a command, or None when the binary is absent, fails or exceeds COMMAND_TIMEOUT_S."""
-    if shutil.which(args[0]) is None:
-        return None
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
-    return done.stdout if done.returncode == 0 else None
-
-
 def _nvidia_gpus() -> list[dict]:
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
-    output = _command_output(query)
-    gpus = []
-    for line in (output or "").splitlines():
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) != 3:
-            continue
-        name, driver, memory = fields
-        gpus.append({"name": name, "driver": driver, "memory_mib": int(memory) if memory.isdigit() else None})
-    return gpus
+    """{"name", "driver", "memory_mib"} per GPU nvidia-smi lists, the memory as an int where it says one."""
+    gpus, _ = machine.nvidia_gpus(("name", "driver_version", "memory.total"))
+    return [gpu | {"memory_mib": int(gpu["memory_mib"]) if gpu["memory_mib"].isdigit() else None} for gpu in gpus]
 
 
 def _cuda_runtime_version() -> str | None:
@@ -147,22 +95,7 @@ def _cuda_runtime_version() -> str | None:
     return f"{version // 1000}.{version % 1000 // 10}"  # 12060 -> "12.6"
 
 
-def _installed_version(names: Sequence[str]) -> str | None:
-    for name in names:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def _onnxruntime_providers() -> list[str]:
     import onnxruntime
 
     return list(onnxruntime.get_available_providers())
-
-
-def _jetson_power_mode() -> str | None:
-    output = _command_output(["nvpmodel", "-q"])
-    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
-    return lines[0] if lines else None

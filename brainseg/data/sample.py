@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import importlib.metadata
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ from brainseg.data.phantom import (
 )
 from brainseg.data.tumour import synthesize_patient
 from brainseg.errors import ConfigError, DataError
+from brainseg.machine import package_version
 
 VERSION = 1  # bump whenever the same spec would produce different files
 INFO_FILE = "sample_info.json"
@@ -207,10 +207,7 @@ def _write_patients(root: Path, spec: SampleSpec, *, progress: bool) -> None:
 
 
 def _installed_version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return package_version(package) or "unknown"
 
 
 def _write_patient(root: Path, spec: SampleSpec, template: Template, index: int) -> dict:

@@ -44,6 +44,7 @@ from brainseg.export.postprocess_choice import choose_postprocessing, predictor
 from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
 from brainseg.export.trained_run import TrainedRun, load_run, split_volumes
 from brainseg.fileio import write_atomic
+from brainseg.machine import package_version
 from brainseg.postprocess import DEFAULT_MIN_VOXELS, PostProcessing
 
 log = logging.getLogger("brainseg.export")
@@ -268,15 +269,8 @@ def _export_engines(folder: Path, scorer: _Scorer, choice: engine_choice.EngineC
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    versions = {}
-    for package in ("brainseg", "torch", "segmentation-models-pytorch", "onnx", "onnxruntime", "onnxslim"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+    packages = ("brainseg", "torch", "segmentation-models-pytorch", "onnx", "onnxruntime", "onnxslim")
+    return {package: package_version(package) or "not installed" for package in packages}
 
 
 def _precisions(table: dict, int8_targets: tuple[str, ...]) -> dict:

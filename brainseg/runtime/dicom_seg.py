@@ -25,11 +25,11 @@ are imported inside the functions that need them.
 from __future__ import annotations
 
 import io
-from importlib import metadata
 
 import numpy as np
 
 from brainseg.errors import BrainsegError, DataError, require
+from brainseg.machine import package_version
 from brainseg.runtime.dicom_io import slice_order
 from brainseg.runtime.nifti_io import one_line, to_original
 from brainseg.runtime.scans import Prediction, ScanData
@@ -141,10 +141,7 @@ def _segment_descriptions(hd, labels: tuple[str, ...], version: str, manifest_sh
 
 
 def _installed_version() -> str:
-    try:
-        return metadata.version("brainseg")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    return package_version("brainseg") or "unknown"
 
 
 def _require(module: str):

@@ -14,7 +14,6 @@ graph) and compiles them for the CPU. Two of its defaults matter for honest numb
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from types import ModuleType
 
@@ -22,20 +21,16 @@ import numpy as np
 
 from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS
 from brainseg.errors import ArtifactError, ConfigError, DataError, require
+from brainseg.machine import is_x86 as is_x86  # re-exported: the backend choice and tests ask it here
 
 EXTRA = "openvino"
 DEVICE = "CPU"
 # what each precision computes its float layers in (the int8 file's Q/DQ layers run in int8 either way)
 COMPUTE = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
-X86 = ("x86_64", "amd64", "i686", "x86")
 
 
 def import_openvino() -> ModuleType:
     return require("openvino", EXTRA)
-
-
-def is_x86() -> bool:
-    return platform.machine().lower() in X86
 
 
 def native_bf16(core=None) -> bool:
