@@ -223,6 +223,37 @@ def test_bad_requests_get_a_4xx_json_line_and_the_service_stays_healthy(service,
     assert _healthy(service)
 
 
+def _post_chunked(service, body: bytes, content_type: str, piece: int = 64 * 2**10):
+    """(status, headers, body) of a POST whose body goes out chunked, with no Content-Length: the
+    server learns its size only by reading it. The server may answer and close before all is sent."""
+    connection = http.client.HTTPConnection(*service, timeout=60)
+    try:
+        pieces = (body[start:start + piece] for start in range(0, len(body), piece))
+        try:
+            connection.request("POST", "/v1/segment", body=pieces, headers={"Content-Type": content_type},
+                               encode_chunked=True)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it stopped reading at the limit; its answer is still there to read
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+@slow
+def test_a_chunked_body_over_the_limit_gets_413_and_the_service_stays_healthy(service):
+    # no Content-Length, so the declared-size check has nothing to go on: only the count of the
+    # bytes as they arrive stops it (a body of zeros read to the end would get 422, not an image)
+    status, headers, body = _post_chunked(service, b"\0" * int(1.5 * MAX_BODY_MB * 2**20), "image/png")
+    assert status == 413, body
+    assert headers["content-type"] == "application/json"
+    assert "over the limit" in json.loads(body)["error"]
+    assert _healthy(service)
+    small = _post_chunked(service, b"hello, not a PNG", "image/png")  # chunked under the limit: read, then judged
+    assert small[0] == 422, small[2]
+    assert _healthy(service)
+
+
 @slow
 def test_a_model_that_cannot_load_says_503_and_why(service, tiny_artifacts, tmp_path):
     from ray import serve
