@@ -59,6 +59,21 @@ def test_openvino_matches_onnxruntime_on_the_same_file(tiny_artifacts, precision
     assert described["compute"] == "f32" and described["threads"] == 2 and described["file"] == path.name
 
 
+def test_a_second_call_does_not_overwrite_the_first_calls_results(tiny_artifacts):
+    # OpenVINO can hand back views of the request's own output buffers, which its next call fills
+    # again: the first results must stay what they were when they were returned
+    manifest = Manifest.load(tiny_artifacts)
+    first_batch = _slices(manifest, 4)
+    second_batch = (255 - first_batch).copy()  # another input of the same shape: other outputs
+    with OpenVinoBackend(manifest.path_for("fp32", "cpu"), "fp32", threads=1) as ov:
+        first = ov.infer(first_batch)
+        kept = {name: array.copy() for name, array in first.items()}
+        second = ov.infer(second_batch)
+    assert not np.array_equal(second["probability"], kept["probability"]), "the two inputs gave the same outputs"
+    for name in first:
+        np.testing.assert_array_equal(first[name], kept[name], err_msg=f"{name} changed under the second call")
+
+
 def test_a_batch_of_the_wrong_form_is_refused(tiny_artifacts):
     manifest = Manifest.load(tiny_artifacts)
     with OpenVinoBackend(manifest.path_for("fp32", "cpu"), "fp32") as ov:
