@@ -24,10 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from auto_choice import expected_auto_backend
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError
-from brainseg.runtime.backends import auto_backend
 from brainseg.runtime.pipeline import RunOptions, segment
 from brainseg.serve.service import ServeOptions, build_application, running_service, wait_until_healthy
 
@@ -165,7 +165,7 @@ def test_health_model_and_stats(service, tiny_artifacts):
     assert model["manifest_sha256"] == manifest.sha256
     assert model["threshold"] == manifest.threshold
     assert model["precision"] in manifest.usable_precisions()
-    assert model["backend"]["backend"] == auto_backend()[0]  # no TensorRT here: OpenVINO or ONNX Runtime
+    assert model["backend"]["backend"] == expected_auto_backend()  # no TensorRT here: OpenVINO or ONNX Runtime
     assert (model["input"]["height"], model["input"]["width"], model["input"]["dtype"]) == (64, 64, "uint8")
     assert model["batching"] == {"max_batch": 8, "batch_wait_ms": 100, "replicas": 1}
     status, _, body = _request(service, "GET", "/v1/stats")
