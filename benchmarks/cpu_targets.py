@@ -101,7 +101,7 @@ def main() -> None:
     batch8 = _ratio(rows, ("pytorch", "fp32", "compute", 8), int8_b8)
 
     with tempfile.TemporaryDirectory() as scratch:
-        data = args.data or json.loads(manifest.path.read_text())["source_run"]["data"]  # "sample": seg-eval finds it
+        data = args.data or manifest.source.data  # "sample": seg-eval finds it
         scored = evaluate(data, args.artifacts, Path(scratch) / "eval",
                           EvalOptions(split="test", backend=best["backend"], precision=best["precision"],
                                       threads=args.threads))

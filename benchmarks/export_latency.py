@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
-from brainseg.artifacts.layout import INPUT_NAME, ensemble_file
+from brainseg.artifacts.layout import INPUT_NAME
 from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.sessions import ort_session, run
+from brainseg.artifacts.variants import variant
 
 
 def _time_interleaved(calls: dict, rounds: int, block: int = 20, settle: int = 5) -> dict:
@@ -62,7 +63,7 @@ def bench(folder: Path, rounds: int, threads: int) -> dict:
     # one session called back to back: its threads spin between ops (what the runtime's loop does)
     sessions = {name: ort_session(folder / name, threads=threads, spinning=True) for name in manifest.files}
     calls = {name: (lambda s=session: call(s)) for name, session in sessions.items()}
-    fp32_file = ensemble_file("fp32")
+    fp32_file = variant("fp32", "cpu").onnx_file
     fused_asleep = ort_session(folder / fp32_file, threads=threads)
     calls[f"{fp32_file}, threads asleep between ops"] = lambda: call(fused_asleep)
     members = list(manifest.member_files().values())

@@ -18,12 +18,9 @@ import time
 import types
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from gpu_check import PartRecord
+from gpu_check_record import PartRecord
 
 ENGINE_BYTES = b"brainseg gpu_check stand-in engine"
 STANDIN_VERSION = "stand-in (CuPy kernel)"

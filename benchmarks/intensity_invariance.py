@@ -1,7 +1,7 @@
 """Benchmark: does the deployed file's Dice hold when a scan is darker, brighter or gamma-shifted?
 
 Scores the artifacts' CPU default (the int8 CPU file where it passed the gate), run as seg-run
-runs it (its TTA and component rule, `brainseg.runtime.pipeline.predict_image`), on the source
+runs it (its TTA and component rule: `Segmenter.predict`, ONNX Runtime), on the source
 run's held-out test patients: each scan as it is and under every shift of
 `brainseg.data.intensity_shifts.SHIFTS` (x0.3, x0.5, x1.5 clipped, gamma 0.67, gamma 1.5).
 Reports per-patient foreground Dice per shift, the drop of the mean against the unshifted scans,
@@ -27,9 +27,7 @@ from brainseg.bench.environment import cpu_description
 from brainseg.data.intensity_shifts import SHIFTS, shift_intensities
 from brainseg.data.split import load_split
 from brainseg.metrics import dice
-from brainseg.runtime.backends import open_backend
-from brainseg.runtime.pipeline import predict_image
-from brainseg.runtime.tta import with_tta
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 from brainseg.train.config import TrainConfig
 from brainseg.train.dataset import read_run_dataset
 
@@ -47,20 +45,15 @@ def main() -> None:
     test = set(load_split(run / "split.json").test)
     data = json.loads((run / "run.json").read_text())["data"]
     volumes = [v for v in read_run_dataset(data, config).volumes if v.patient_id in test and v.mask.any()]
-    post = manifest.postprocessing
-    backend, choice = open_backend(manifest, backend="onnxruntime", spinning=False)
-    runner = with_tta(backend, post.tta, manifest.threshold)
     per_patient: dict[str, dict[str, float]] = {}
-    try:
+    with Segmenter(manifest, SegmenterOptions(backend="onnxruntime")) as segmenter:
         for volume in volumes:
             scores = {}
             for name in ("original", *SHIFTS):
                 image = volume.image if name == "original" else shift_intensities(volume.image, name)
-                prediction = predict_image(runner, image, manifest.input, manifest.threshold, post)
-                scores[name] = dice(prediction.mask[..., 0], volume.mask[..., 0])
+                scores[name] = dice(segmenter.predict(image).mask[..., 0], volume.mask[..., 0])
             per_patient[volume.patient_id] = scores
-    finally:
-        runner.close()
+    choice, post = segmenter.choice, segmenter.post
     means = {name: float(np.mean([s[name] for s in per_patient.values()])) for name in ("original", *SHIFTS)}
     drops = {name: means["original"] - means[name] for name in SHIFTS}
     patient_drops = {name: max(s["original"] - s[name] for s in per_patient.values()) for name in SHIFTS}

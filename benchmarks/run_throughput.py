@@ -26,23 +26,23 @@ from brainseg.artifacts.manifest import Manifest
 from brainseg.bench.environment import cpu_description
 from brainseg.data.sample import SampleSpec, cached_sample_dataset
 from brainseg.runtime import discovery
-from brainseg.runtime.backends import open_backend
-from brainseg.runtime.pipeline import RunOptions, read_for_graph, segment
+from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.segmenter import Segmenter
 
 
-def _bare(artifacts: Path, scans_dir: Path, batch_size: int, precision: str | None, spinning: bool) -> dict:
+def _bare(artifacts: Path, scans_dir: Path, options: RunOptions) -> dict:
+    """The same Segmenter seg-run opens, on slices already read: inference alone."""
     manifest = Manifest.load(artifacts)
     scans, _ = discovery.discover([scans_dir], manifest.input.modalities)
-    images = np.concatenate([read_for_graph(scan, manifest.input)[1] for scan in scans])
-    backend, choice = open_backend(manifest, backend="onnxruntime", precision=precision, spinning=spinning)
-    with backend:
-        backend.infer(images[:batch_size])  # warm-up
+    with Segmenter(manifest, options) as segmenter:
+        images = np.concatenate([segmenter.steps.read(scan)[1] for scan in scans])
+        segmenter.infer(images[:options.batch_size])  # warm-up
         started = time.perf_counter()
-        for start in range(0, len(images), batch_size):
-            backend.infer(images[start : start + batch_size])
+        for start in range(0, len(images), options.batch_size):
+            segmenter.infer(images[start : start + options.batch_size])
         seconds = time.perf_counter() - started
     return {"slices": len(images), "seconds": round(seconds, 3), "slices_per_s": round(len(images) / seconds, 2),
-            "file": choice.file, "precision": choice.precision}
+            "file": segmenter.choice.file, "precision": segmenter.precision}
 
 
 def main() -> None:
@@ -60,9 +60,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scans_dir = Path(tmp) / "scans"
         scans_dir.symlink_to(sample, target_is_directory=True)
-        bare = _bare(args.artifacts, scans_dir, args.batch_size, args.precision, args.spin)
         options = RunOptions(backend="onnxruntime", precision=args.precision, batch_size=args.batch_size,
                              readers=args.readers, spinning=args.spin)
+        bare = _bare(args.artifacts, scans_dir, options)
         summary = segment([scans_dir], args.artifacts, Path(tmp) / "out", options)
         shutil.rmtree(Path(tmp) / "out")
     end_to_end = summary.slices / summary.timings_s["wall"]

@@ -42,9 +42,7 @@ from brainseg.bench.environment import cpu_description
 from brainseg.bench.stats import summarize, time_calls
 from brainseg.data.sample import SampleSpec, cached_sample_dataset
 from brainseg.runtime import discovery
-from brainseg.runtime.backends import open_backend
-from brainseg.runtime.pipeline import read_for_graph
-from brainseg.runtime.tta import with_tta
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 from brainseg.serve.service import wait_until_healthy
 
 TARGET_OVERHEAD_MS = 5.0
@@ -59,17 +57,14 @@ def _slices(count: int) -> list[Path]:
 def _bare(args: argparse.Namespace, files: list[Path]) -> dict:
     manifest = Manifest.load(args.artifacts)
     scans, _ = discovery.discover(files, manifest.input.modalities)
-    images = [read_for_graph(scan, manifest.input)[1] for scan in scans]  # (1, h, w, C) each
-    backend, choice = open_backend(manifest, backend=args.backend, precision=args.precision, threads=args.threads,
-                                   spinning=False)
-    post = manifest.postprocessing
-    backend = with_tta(backend, post.tta, manifest.threshold)
-    turn = iter(range(10**9))
-    samples = time_calls(lambda: backend.infer(images[next(turn) % len(images)]), warmup=5,
-                         iterations=args.bare_calls)
-    backend.close()
-    stats = summarize(samples)
-    return {"backend": choice.backend, "precision": choice.precision, "file": choice.file, "tta": post.tta,
+    options = SegmenterOptions(backend=args.backend, precision=args.precision, threads=args.threads)
+    with Segmenter(manifest, options) as segmenter:  # what each seg-serve replica opens
+        images = [segmenter.steps.read(scan)[1] for scan in scans]  # (1, h, w, C) each
+        turn = iter(range(10**9))
+        samples = time_calls(lambda: segmenter.infer(images[next(turn) % len(images)]), warmup=5,
+                             iterations=args.bare_calls)
+    stats, choice = summarize(samples), segmenter.choice
+    return {"backend": choice.backend, "precision": choice.precision, "file": choice.file, "tta": segmenter.post.tta,
             "threads": args.threads or "per core", "calls": stats.count, "p50_ms": round(stats.p50_ms, 3),
             "p99_ms": round(stats.p99_ms, 3)}
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
 from brainseg.cli_support import Backend, Components, Precision, Tta, scan_progress
 from brainseg.cli_support import command as _command
 from brainseg.errors import ConfigError
@@ -108,12 +109,10 @@ def export_command(
     int8_activations: Annotated[str, typer.Option(
         help="both (a TensorRT file and a CPU file), int8_symmetric (TensorRT) or uint8 (ONNX Runtime CPU).")]
     = "both",
-    tta: Annotated[str, typer.Option(
-        help="Flip test-time augmentation by default: auto (only if it raises validation Dice), none or flip.")]
-    = "auto",
-    components: Annotated[str, typer.Option(
-        help="3-D component rule by default: auto (only if it raises validation Dice), none, largest or min_volume.")]
-    = "auto",
+    tta: Annotated[TtaMode, typer.Option(
+        help="Flip test-time augmentation by default; auto: only if it raises validation Dice.")] = TtaMode.AUTO,
+    components: Annotated[ComponentRule, typer.Option(
+        help="3-D component rule by default; auto: only if it raises validation Dice.")] = ComponentRule.AUTO,
     min_voxels: Annotated[int, typer.Option(help="min_volume: smallest component kept, in voxels.")] = 64,
     weights: Annotated[str, typer.Option(help="Ensemble weights: auto (fitted on validation), equal, or a,b,c.")]
     = "auto",
@@ -151,7 +150,8 @@ def export_command(
 @_command()
 def engine_command(
     artifacts: Annotated[Path, typer.Argument(help="An artifacts folder written by seg-export.")],
-    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8 (must have passed the gate).")] = "fp16",
+    precision: Annotated[PrecisionName, typer.Option(help="Precision of the engine (must have passed the gate).")]
+    = PrecisionName.FP16,
     batch: Annotated[str, typer.Option(help="Batch profile min:opt:max.")] = "1:8:32",
     workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit in GiB.")] = 4.0,
 ) -> None:
@@ -178,7 +178,7 @@ def run_command(
     scans: Annotated[list[Path], typer.Argument(help="Files or folders of scans (searched recursively).")],
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
     out: Annotated[Path, typer.Option(help="Output folder: masks/, overlays/, volumes/, results.csv.")] = Path("out"),
-    backend: Backend = "auto",
+    backend: Backend = BackendName.AUTO,
     precision: Precision = None,
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Slices per inference call.")] = 8,
@@ -193,8 +193,8 @@ def run_command(
     = False,
     spin: Annotated[bool, typer.Option(help="ONNX Runtime CPU threads spin between ops: lower latency per call, "
                                             "but they compete with the reader and writer threads.")] = False,
-    tta: Tta = "auto",
-    components: Components = "auto",
+    tta: Tta = TtaMode.AUTO,
+    components: Components = ComponentRule.AUTO,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ray: Annotated[str | None, typer.Option(
         help="Run on Ray Data: 'local', or a cluster's address (HOST:6379, auto, ray://HOST:10001).")] = None,

@@ -18,14 +18,16 @@ from typing import Annotated
 
 import typer
 
+from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
 from brainseg.errors import BrainsegError
 
-# the options of every command that runs an artifacts folder (seg-run, seg-eval, seg-serve), worded once
-Backend = Annotated[str, typer.Option(help="auto, tensorrt, onnxruntime or openvino.")]
-Precision = Annotated[str | None, typer.Option(help="fp32, fp16 or int8; default: fp16 on GPU, int8 on CPU.")]
-Tta = Annotated[str, typer.Option(help="Flip test-time augmentation: auto (the artifacts' choice), none or flip.")]
-Components = Annotated[str, typer.Option(
-    help="3-D component rule: auto (the artifacts' choice), none, largest or min_volume.")]
+# the options of every command that runs an artifacts folder (seg-run, seg-eval, seg-serve), worded once;
+# typer lists each enum's values in the help and refuses any other
+Backend = Annotated[BackendName, typer.Option(help="Runtime; auto picks (seg-doctor says which and why).")]
+Precision = Annotated[PrecisionName | None, typer.Option(
+    help="Precision to run; default: fp16 on a GPU, int8 on a CPU (each only if it passed the gate).")]
+Tta = Annotated[TtaMode, typer.Option(help="Flip test-time augmentation; auto: the artifacts' choice.")]
+Components = Annotated[ComponentRule, typer.Option(help="3-D component rule; auto: the artifacts' choice.")]
 
 
 def command(*, error_code: int = 1) -> Callable[[Callable], Callable]:

@@ -87,12 +87,13 @@ class Report:
             a = self.artifacts
             lines.append(f"--artifacts {a['folder']}: {a['backend']}, {a['precision']}, {a['file']} — {a['reason']}")
             lines += [f"  passed over: {note}" for note in a["passed_over"]]
+            lines += [f"  {note}" for note in a["export_notes"]]
         return lines
 
 
 def diagnose(artifacts: Path | None = None) -> Report:
     """Run every probe, ask `auto_backend()` what it takes here and, with `artifacts`, open that
-    folder with `open_backend(..., backend="auto")` and close it. Never raises: failures are in the report."""
+    folder as seg-run would (a `Segmenter` with its defaults) and close it. Never raises: failures are in the report."""
     probes = {name: _run_probe(probe) for name, probe in PROBES.items()}
     try:
         auto = _auto_choice()
@@ -326,16 +327,23 @@ def _auto_choice() -> dict:
 
 def _artifacts_choice(folder: Path) -> dict:
     """Open `folder` as `seg-run --backend auto` would, say what it chose and why, and close it."""
-    from brainseg.artifacts.manifest import Manifest
-    from brainseg.runtime.backends import open_backend
+    from brainseg.runtime.segmenter import Segmenter
 
-    with _passed_over() as notes:
-        runner, choice = open_backend(Manifest.load(folder), backend="auto")
-        try:
-            described = runner.describe()
-        finally:
-            runner.close()
-    return {"folder": str(folder), **asdict(choice), "passed_over": notes, "opened": described}
+    with _passed_over() as notes, Segmenter(folder) as segmenter:
+        described = segmenter.describe()
+    return {"folder": str(folder), **asdict(segmenter.choice), "passed_over": notes, "opened": described,
+            "export_notes": _export_notes(segmenter.manifest)}
+
+
+def _export_notes(manifest) -> list[str]:
+    """What the export recorded about TensorRT for this folder: the engines it built and why, and the
+    files TensorRT's parser would refuse (seg-export engine builds from those)."""
+    notes = [manifest.engines.reason] if manifest.engines is not None else []
+    for name, check in manifest.tensorrt_checks.items():
+        problems = [*(f"op {op} x{count}" for op, count in check.unsupported_ops.items()), *check.qdq_problems]
+        if problems:
+            notes.append(f"TensorRT would refuse {name}: {'; '.join(problems)}")
+    return notes
 
 
 def doctor_command(

@@ -17,8 +17,8 @@ from brainseg.bench.runner import MODES, BenchOptions, row_id
 from brainseg.bench.suite import bench_artifacts
 from brainseg.cli import app
 from brainseg.errors import ConfigError, is_installed
-from brainseg.runtime.backends import open_backend
-from brainseg.runtime.pipeline import read_for_graph
+from brainseg.postprocess import PostProcessing
+from brainseg.runtime.segmenter import ScanSteps, Segmenter, SegmenterOptions
 
 pytest.importorskip("onnxruntime")
 
@@ -98,10 +98,8 @@ def test_seg_demo_tiny_runs_the_whole_pipeline(tmp_path, monkeypatch):
 def test_end_to_end_runs_the_runtimes_readers_and_writer(tiny_artifacts, tmp_path):
     manifest = Manifest.load(tiny_artifacts)
     scans = runner._slice_scans(tmp_path / "slices", manifest.input, 2)
-    backend, _ = open_backend(manifest, backend="onnxruntime", precision="fp32")
-    with backend:
-        runner._end_to_end(backend, scans, manifest.input, (manifest.threshold, manifest.postprocessing),
-                           tmp_path / "out")()
+    with Segmenter(manifest, SegmenterOptions(backend="onnxruntime", precision="fp32")) as segmenter:
+        runner._end_to_end(segmenter, scans, segmenter.steps, tmp_path / "out")()
     for scan in scans:  # what seg-run writes for a slice: its mask at the slice's own size, and its row
         mask = cv2.imread(str(tmp_path / "out" / "masks" / f"{scan.key}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (2 * manifest.input.height, 2 * manifest.input.width)
@@ -120,11 +118,18 @@ def test_gpu_runners_get_their_stage_times_in_the_row_and_the_report(tiny_artifa
 
     spec = Manifest.load(tiny_artifacts).input
     scans = runner._slice_scans(tiny_artifacts.parent / "staged-slices", spec, 2)
-    candidate = Candidate("tensorrt", "Fake GPU", "fp16", "ensemble", "ensemble.fp16.engine", StagedRunner(), 0.9, 10)
+    steps = ScanSteps(spec, 0.5, PostProcessing())
+
+    class FakeSegmenter:  # a Segmenter holding a TensorRT backend
+        backend = StagedRunner()
+        infer = backend.infer
+
+    candidate = Candidate("tensorrt", "Fake GPU", "fp16", "ensemble", "ensemble.fp16.engine", FakeSegmenter(), 0.9,
+                          10, steps)
     result = BenchResult()
     options = BenchOptions(iterations=2, seconds=None, batch_sizes=(2,), modes=("compute",))
-    images = np.concatenate([read_for_graph(scan, spec)[1] for scan in scans])
-    cells = _cells(candidate, spec, 0.5, options, scans, images, tiny_artifacts.parent / "staged-out")
+    images = np.concatenate([steps.read(scan)[1] for scan in scans])
+    cells = _cells(candidate, options, scans, images, tiny_artifacts.parent / "staged-out")
     _time_cells(cells, options, images, {}, result, progress=lambda message: None)
     assert result.rows[0]["gpu_stages_ms"] == {"h2d_ms": 0.2, "compute_ms": 2.0, "d2h_ms": 0.3}
     report = rp.build_report(result, artifacts=tiny_artifacts, manifest_sha256="0" * 64, environment={},

@@ -17,7 +17,7 @@ from no_torch import run_without_torch
 from typer.testing import CliRunner
 
 from brainseg import doctor
-from brainseg.artifacts.manifest import FORMAT, file_entry, write_manifest
+from brainseg.artifacts.manifest import FORMAT, ManifestData, file_entry, write_manifest
 from brainseg.cli import app
 from brainseg.errors import is_installed
 
@@ -59,11 +59,11 @@ def _tiny_artifacts(folder: Path) -> Path:
     raw = {"format": FORMAT, "input": {"name": "image", "dtype": "uint8", "layout": "NHWC", "channels": 3,
                                        "height": 8, "width": 8, "normalisation": {}},
            "outputs": {"probability": {"classes": 1}}, "threshold": 0.5, "ensemble": {},
-           "files": {name: file_entry(folder, name, kind="ensemble", precision="fp32")},
+           "files": {name: file_entry(folder, name, kind="ensemble", precision="fp32").to_dict()},
            "precisions": {"fp32": {"passed": True, "targets": {"gpu": use, "cpu": cpu}}},
            "accuracy": {"table": {"fp32": {"passed": True}, "fp32@openvino": {"passed": True}}}, "versions": {},
            "source_run": {}}
-    write_manifest(folder, raw)
+    write_manifest(folder, ManifestData.from_dict(raw))
     return folder
 
 

@@ -73,17 +73,17 @@ def test_hd95_mean_is_over_defined_cases_with_the_undefined_count_next_to_it():
 
 
 def test_a_missed_tumour_is_counted_as_undefined_hd95_end_to_end(tiny_sample, tiny_artifacts, tmp_path, monkeypatch):
-    real = evaluate_module.predict_image
+    real = evaluate_module.Segmenter.predict
     calls = []
 
-    def miss_the_first_patient(backend, image, *args, **kwargs):
-        prediction = real(backend, image, *args, **kwargs)
+    def miss_the_first_patient(segmenter, image):
+        prediction = real(segmenter, image)
         calls.append(image)
         if len(calls) > 1:
             return prediction
         return dataclasses.replace(prediction, mask=np.zeros_like(prediction.mask))
 
-    monkeypatch.setattr(evaluate_module, "predict_image", miss_the_first_patient)
+    monkeypatch.setattr(evaluate_module.Segmenter, "predict", miss_the_first_patient)
     report = evaluate(tiny_sample, tiny_artifacts, tmp_path / "out", EvalOptions(split="all")).report
     rows = {row["patient_id"]: row for row in report["per_patient"]}
     missed = rows[report["patient_ids"][0]]
@@ -161,16 +161,21 @@ def test_the_default_split_is_the_source_runs_test_patients(tiny_sample, tiny_ar
     assert report["patient_ids"] == load_split(tiny_run / "split.json").test
 
 
-def test_a_split_that_is_not_on_this_machine_suggests_all_or_patients(tiny_sample, tiny_artifacts, tmp_path):
+def test_the_split_and_reader_settings_come_from_the_manifest_not_the_run_folder(tiny_sample, tiny_artifacts,
+                                                                                  tiny_run, tmp_path):
     moved = tmp_path / "artifacts"
     shutil.copytree(tiny_artifacts, moved)
     manifest = json.loads((moved / "manifest.json").read_text())
-    manifest["source_run"]["path"] = str(tmp_path / "elsewhere")
+    manifest["source_run"]["path"] = str(tmp_path / "elsewhere")  # the run folder is not on this machine
     (moved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match="not on this machine; use --split all or --patients"):
-        evaluate(tiny_sample, moved, tmp_path / "out", EvalOptions(split="val"))
+    report = evaluate(tiny_sample, moved, tmp_path / "out", EvalOptions(split="val")).report
+    assert report["patient_ids"] == load_split(tiny_run / "split.json").val
+    assert report["data_settings"]["source"] == "the artifacts' manifest"
+    # a folder exported before the reader settings were recorded, whose run is gone: read_dataset's defaults
+    del manifest["source_run"]["reader"]
+    (moved / "manifest.json").write_text(json.dumps(manifest))
     patient = sorted(p.name for p in tiny_sample.iterdir() if p.is_dir())[0]
-    report = evaluate(tiny_sample, moved, tmp_path / "out", EvalOptions(patients=(patient,))).report
+    report = evaluate(tiny_sample, moved, tmp_path / "out2", EvalOptions(patients=(patient,))).report
     assert report["patient_ids"] == [patient] and report["split"] == "patients"
     assert "read_dataset defaults" in report["data_settings"]["source"]
 

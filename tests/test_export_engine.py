@@ -251,11 +251,10 @@ def test_engines_are_scored_through_the_gate_and_an_engine_that_is_off_is_remove
     assert provenance_file(out / "ensemble.fp16.engine").is_file()
     assert not (out / "ensemble.int8.engine").exists() and not provenance_file(out / "ensemble.int8.engine").exists()
     # seg-run's choice: the engine that passed runs, the one that failed is not there to be picked
-    from brainseg.runtime.backends import open_backend
+    from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
-    backend, choice = open_backend(manifest, backend="tensorrt", precision="fp16")
-    backend.close()
-    assert (choice.backend, choice.file) == ("tensorrt", "ensemble.fp16.engine")
+    with Segmenter(manifest, SegmenterOptions(backend="tensorrt", precision="fp16")) as segmenter:
+        assert (segmenter.choice.backend, segmenter.choice.file) == ("tensorrt", "ensemble.fp16.engine")
     with pytest.raises(ArtifactError, match="no int8 engine"):
-        open_backend(manifest, backend="tensorrt", precision="int8")
+        Segmenter(manifest, SegmenterOptions(backend="tensorrt", precision="int8"))
 

@@ -65,20 +65,13 @@ def test_the_shipped_files_are_scored_on_the_test_patients_too(artifacts, tiny_r
     assert "## Validation patients" in report and "## Held-out test patients" in report
     # the test row of the file seg-run uses on a CPU is that file run as seg-run runs it
     from brainseg.metrics import headline_dice, score_volumes
-    from brainseg.runtime.backends import open_backend
-    from brainseg.runtime.pipeline import predict_image
-    from brainseg.runtime.tta import with_tta
+    from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
-    post = manifest.postprocessing
-    backend, choice = open_backend(manifest, threads=1)
-    assert choice.file == "ensemble.int8-cpu.onnx"
-    runtime = "openvino" if choice.backend == "openvino" else None  # auto's runtime: its own gated row
-    backend = with_tta(backend, post.tta, manifest.threshold)
-    try:
+    with Segmenter(manifest, SegmenterOptions(threads=1)) as segmenter:
+        assert segmenter.choice.file == "ensemble.int8-cpu.onnx"
+        runtime = "openvino" if segmenter.choice.backend == "openvino" else None  # auto's runtime: its own row
         volumes = pipeline.split_volumes(run_, "test")
-        masks = [predict_image(backend, v.image, manifest.input, manifest.threshold, post).mask for v in volumes]
-    finally:
-        backend.close()
+        masks = [segmenter.predict(v.image).mask for v in volumes]
     expected = headline_dice(score_volumes(volumes, [m.astype(np.float32) for m in masks], threshold=0.5))
     assert manifest.dice("int8", "cpu", split="test", runtime=runtime) == pytest.approx(expected, abs=1e-3)
     assert manifest.postprocessing_choice["decided_on"].startswith("validation Dice")
@@ -89,8 +82,8 @@ def test_int8_has_a_tensorrt_file_and_a_cpu_file_gated_together(artifacts):
     manifest = Manifest.load(out)
     assert (manifest.file_for("int8", "gpu"), manifest.file_for("int8", "cpu")) == (
         "ensemble.int8.onnx", "ensemble.int8-cpu.onnx")
-    assert manifest.files["ensemble.int8.onnx"]["target"] == "gpu"
-    assert manifest.files["ensemble.int8-cpu.onnx"]["target"] == "cpu"
+    assert manifest.files["ensemble.int8.onnx"].target == "gpu"
+    assert manifest.files["ensemble.int8-cpu.onnx"].target == "cpu"
     assert manifest.graph_notes["ensemble.int8.onnx"]["activation_type"] == "int8_symmetric"
     assert manifest.graph_notes["ensemble.int8-cpu.onnx"]["activation_type"] == "uint8"
     assert manifest.dice("int8", "cpu") == result.table["int8-cpu"]["dice_mean"]

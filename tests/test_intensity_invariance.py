@@ -28,26 +28,22 @@ def test_per_patient_dice_holds_when_a_scan_is_darker(tiny_artifacts, tiny_sampl
     pytest.importorskip("onnxruntime")
     from brainseg.artifacts.manifest import Manifest
     from brainseg.data.readers import read_dataset
-    from brainseg.runtime.backends import open_backend
-    from brainseg.runtime.pipeline import predict_image
-    from brainseg.runtime.tta import with_tta
+    from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
     manifest = Manifest.load(tiny_artifacts)
-    post = manifest.postprocessing
-    backend, _ = open_backend(manifest, threads=1)  # the CPU default: the int8 CPU file
-    backend = with_tta(backend, post.tta, manifest.threshold)
+    segmenter = Segmenter(manifest, SegmenterOptions(threads=1))  # the CPU default: the int8 CPU file
     volumes = [v for v in read_dataset(tiny_sample).volumes if v.mask.any()]
     drops = {}
     try:
         for volume in volumes:
             def score(image, volume=volume):
-                return dice(predict_image(backend, image, manifest.input, manifest.threshold, post).mask, volume.mask)
+                return dice(segmenter.predict(image).mask, volume.mask)
 
             base = score(volume.image)
             assert base > 0.0, f"{volume.patient_id}: the tiny model finds no tumour, the check would be vacuous"
             for name in SCALE_SHIFTS:
                 drops[volume.patient_id, name] = base - score(shift_intensities(volume.image, name))
     finally:
-        backend.close()
+        segmenter.close()
     worst = max(drops, key=lambda key: abs(drops[key]))
     assert abs(drops[worst]) <= 0.03, f"Dice moved by {drops[worst]:+.3f} for {worst}: {drops}"

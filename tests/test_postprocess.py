@@ -111,19 +111,16 @@ def test_a_fixed_choice_is_recorded_with_its_numbers(one_blob_volumes):
 
 def test_flip_tta_around_a_real_backend_averages_both_passes(tiny_artifacts, tiny_sample):
     from brainseg.artifacts.manifest import Manifest
-    from brainseg.runtime.backends import open_backend
-    from brainseg.runtime.tta import FlipTTA
+    from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
     manifest = Manifest.load(tiny_artifacts)
-    backend, _ = open_backend(manifest, precision="fp32", threads=1)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (2, *manifest.input.size, manifest.input.channels), dtype=np.uint8)
-    try:
-        plain = {k: v.copy() for k, v in backend.infer(batch).items()}
-        mirrored = {k: v.copy() for k, v in backend.infer(np.ascontiguousarray(batch[:, :, ::-1])).items()}
-        both = FlipTTA(backend, manifest.threshold).infer(batch)
-    finally:
-        backend.close()
+    with Segmenter(manifest, SegmenterOptions(precision="fp32", threads=1, tta="none")) as plain_run:
+        plain = plain_run.infer(batch)
+        mirrored = plain_run.infer(np.ascontiguousarray(batch[:, :, ::-1]))
+    with Segmenter(manifest, SegmenterOptions(precision="fp32", threads=1, tta="flip")) as flipped:
+        both = flipped.infer(batch)
     expected = 0.5 * (plain["probability"] + mirrored["probability"][..., ::-1])
     np.testing.assert_allclose(both["probability"], expected, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(both["mask"], (expected >= manifest.threshold).astype(np.uint8))

@@ -10,7 +10,8 @@ import pytest
 from brainseg.artifacts.manifest import FORMAT, Manifest
 from brainseg.errors import ArtifactError, ConfigError
 from brainseg.runtime import backends
-from brainseg.runtime.backends import choose_precision, open_backend
+from brainseg.runtime.backends import choose_precision
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 pytest.importorskip("onnxruntime")
 
@@ -74,20 +75,19 @@ def test_auto_falls_back_to_onnxruntime_and_tensorrt_alone_is_an_error_when_abse
     monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
     monkeypatch.setattr(backends, "openvino_present", lambda: False)  # OpenVINO's turn: test_runtime_openvino.py
     manifest = Manifest.load(tiny_artifacts)
-    runner, choice = open_backend(manifest)
-    with runner:
+    with Segmenter(manifest) as segmenter:
+        choice = segmenter.choice
         assert (choice.backend, choice.precision, choice.file) == ("onnxruntime", "int8", "ensemble.int8-cpu.onnx")
         assert "CPUExecutionProvider" in choice.reason
-        options = runner.session.get_session_options()
+        options = segmenter.backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"  # the one default
+    with Segmenter(manifest, SegmenterOptions(spinning=True)) as segmenter:
+        options = segmenter.backend.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    runner, _ = open_backend(manifest, spinning=False)  # seg-run's default, beside its threads
-    with runner:
-        options = runner.session.get_session_options()
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ArtifactError, match="--backend tensorrt: TensorRT is not installed"):
-        open_backend(manifest, backend="tensorrt")
-    with pytest.raises(ConfigError, match="unknown backend"):
-        open_backend(manifest, backend="cuda")
+        Segmenter(manifest, SegmenterOptions(backend="tensorrt"))
+    with pytest.raises(ConfigError, match="--backend must be one of auto, tensorrt, onnxruntime, openvino"):
+        Segmenter(manifest, SegmenterOptions(backend="cuda"))
 
 
 def test_a_manifest_from_another_format_is_refused_with_how_to_fix(tiny_artifacts, tmp_path):

@@ -13,7 +13,8 @@ import pytest
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError
 from brainseg.runtime import backends
-from brainseg.runtime.backends import auto_backend, open_backend
+from brainseg.runtime.backends import auto_backend
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino", reason="needs the openvino extra")
@@ -118,25 +119,24 @@ def test_the_export_scores_the_cpu_files_as_openvino_runs_them(tiny_artifacts):
 def test_auto_takes_openvino_on_an_x86_cpu_where_its_run_passed_the_gate(tiny_artifacts, monkeypatch):
     monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
     manifest = Manifest.load(tiny_artifacts)
-    runner, choice = open_backend(manifest, threads=1)
-    with runner:
+    with Segmenter(manifest, SegmenterOptions(threads=1)) as segmenter:
+        choice = segmenter.choice
         assert (choice.precision, choice.file) == ("int8", "ensemble.int8-cpu.onnx")
         if is_x86() and manifest.openvino_passed("int8"):
             assert choice.backend == "openvino" and "x86 CPU" in choice.reason
-            assert runner.describe()["threads"] == 1 and auto_backend()[0] == "openvino"
+            assert segmenter.describe()["threads"] == 1 and auto_backend()[0] == "openvino"
         else:
             assert choice.backend == "onnxruntime"
-    runner, choice = open_backend(manifest, backend="onnxruntime")
-    with runner:
-        assert choice.backend == "onnxruntime"
+    with Segmenter(manifest, SegmenterOptions(backend="onnxruntime")) as segmenter:
+        assert segmenter.choice.backend == "onnxruntime"
     if manifest.openvino_passed("fp32"):
-        runner, choice = open_backend(manifest, backend="openvino", precision="fp32")
-        with runner:
+        with Segmenter(manifest, SegmenterOptions(backend="openvino", precision="fp32")) as segmenter:
+            choice = segmenter.choice
             assert (choice.backend, choice.file, choice.reason) == ("openvino", "ensemble.fp32.onnx",
                                                                     "OpenVINO, as asked")
     if manifest.openvino_passed("fp32") or manifest.openvino_passed("int8"):
         with pytest.raises(ConfigError, match="fp16 was not exported"):  # the fixture exports fp32 and int8
-            open_backend(manifest, backend="openvino", precision="fp16")
+            Segmenter(manifest, SegmenterOptions(backend="openvino", precision="fp16"))
 
 
 def test_a_folder_whose_files_were_not_scored_on_openvino_runs_on_onnxruntime(tiny_artifacts, tmp_path, monkeypatch):
@@ -148,11 +148,10 @@ def test_a_folder_whose_files_were_not_scored_on_openvino_runs_on_onnxruntime(ti
     (tmp_path / "art" / "manifest.json").write_text(json.dumps(raw))
     monkeypatch.setattr(backends, "tensorrt_present", lambda: False)
     manifest = Manifest.load(tmp_path / "art")
-    runner, choice = open_backend(manifest)
-    with runner:
-        assert choice.backend == "onnxruntime"
+    with Segmenter(manifest) as segmenter:
+        assert segmenter.choice.backend == "onnxruntime"
     with pytest.raises(ConfigError, match="no file was scored as OpenVINO runs it"):
-        open_backend(manifest, backend="openvino")
+        Segmenter(manifest, SegmenterOptions(backend="openvino"))
 
 
 def test_without_the_extra_auto_uses_onnxruntime_and_openvino_alone_names_the_extra(tiny_artifacts):
@@ -163,12 +162,12 @@ sys.modules["openvino"] = None
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError
 from brainseg.runtime import backends
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 backends.tensorrt_present = lambda: False
 manifest = Manifest.load({str(tiny_artifacts)!r})
-runner, choice = backends.open_backend(manifest)
-print(choice.backend)
+print(Segmenter(manifest).choice.backend)
 try:
-    backends.open_backend(manifest, backend="openvino")
+    Segmenter(manifest, SegmenterOptions(backend="openvino"))
 except BrainsegError as err:
     print(err)
 """

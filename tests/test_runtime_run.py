@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.cli import app
-from brainseg.runtime import pipeline
-from brainseg.runtime.backends import auto_backend, open_backend
+from brainseg.runtime import loading, outputs
+from brainseg.runtime.backends import auto_backend
 from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 nib = pytest.importorskip("nibabel")
 pytest.importorskip("onnxruntime")
@@ -96,9 +97,10 @@ def test_masks_equal_the_ensemble_graphs_own_output_with_the_folders_post_proces
     post = manifest.postprocessing
     assert summary.postprocessing["tta"] == post.tta and summary.postprocessing["components"] == post.components
     # the graph as the backend seg-run chose runs it (ONNX Runtime and OpenVINO differ in int8 rounding)
-    backend, _ = open_backend(manifest, backend=summary.backend["backend"], precision="int8")
     image = cv2.cvtColor(cv2.imread(str(scans / "slices" / "a.png")), cv2.COLOR_BGR2RGB)[None]
-    with backend:
+    options = SegmenterOptions(backend=summary.backend["backend"], precision="int8", tta="none", components="none")
+    with Segmenter(manifest, options) as plain:  # the graph alone; TTA and the component rule done here
+        backend = plain.backend
         probability = backend.infer(image)["probability"][0, 0]
         if post.tta == "flip":
             mirrored = backend.infer(np.ascontiguousarray(image[:, :, ::-1]))["probability"][0, 0]
@@ -166,8 +168,8 @@ def test_memory_stays_flat_over_thousands_of_slices(tiny_sample, tiny_artifacts,
     first = _png(root / "s0.png", slice_).read_bytes()
     for index in range(1, 2000):
         (root / f"s{index}.png").write_bytes(first)
-    monkeypatch.setattr(pipeline.outputs, "write_scan", lambda out, data, pred, options: None)  # no disk I/O
-    monkeypatch.setattr(pipeline.outputs, "collect_rows", lambda out, scans: [])
+    monkeypatch.setattr(outputs, "write_scan", lambda out, data, pred, options: None)  # no disk I/O
+    monkeypatch.setattr(outputs, "collect_rows", lambda out, scans: [])
 
     def peak(paths: list[Path]) -> int:
         tracemalloc.start()
@@ -217,21 +219,19 @@ class _ReaderCrash(BaseException):
 
 def test_a_reader_dying_while_the_queue_is_full_stops_the_run_instead_of_hanging(
         scans, tiny_artifacts, tmp_path, monkeypatch):
-    real_load, real_open = pipeline.loading.load, pipeline.open_backend
+    real_load, real_infer = loading.load, Segmenter.infer
 
     def load(scan, spec):
         if scan.key == "c":  # keys are relative to the root given, scans/slices
             raise _ReaderCrash(f"reader crashed on {scan.key}")
         return real_load(scan, spec)
 
-    def slow_backend(*args, **kwargs):  # inference slower than reading keeps the queue full
-        runner, choice = real_open(*args, **kwargs)
-        infer = runner.infer
-        runner.infer = lambda batch: (time.sleep(0.5), infer(batch))[1]
-        return runner, choice
+    def slow_infer(segmenter, batch):  # inference slower than reading keeps the queue full
+        time.sleep(0.5)
+        return real_infer(segmenter, batch)
 
-    monkeypatch.setattr(pipeline.loading, "load", load)
-    monkeypatch.setattr(pipeline, "open_backend", slow_backend)
+    monkeypatch.setattr(loading, "load", load)
+    monkeypatch.setattr(Segmenter, "infer", slow_infer)
     outcome = []
 
     def run_segment():

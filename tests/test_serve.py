@@ -29,7 +29,8 @@ from auto_choice import expected_auto_backend
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError
 from brainseg.runtime.pipeline import RunOptions, segment
-from brainseg.serve.service import ServeOptions, build_application, running_service, wait_until_healthy
+from brainseg.serve.options import ServeOptions
+from brainseg.serve.service import build_application, running_service, wait_until_healthy
 
 nib = pytest.importorskip("nibabel")
 REPO = Path(__file__).parents[1]
@@ -50,7 +51,7 @@ def service(tiny_artifacts):
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
-    options = ServeOptions(port=_free_port(), max_batch=8, batch_wait_ms=100, max_body_mb=MAX_BODY_MB)
+    options = ServeOptions(port=_free_port(), batch_size=8, batch_wait_ms=100, max_body_mb=MAX_BODY_MB)
     try:
         with running_service(tiny_artifacts, options, startup_timeout_s=180):
             yield "127.0.0.1", options.port
@@ -262,7 +263,7 @@ def test_a_model_that_cannot_load_says_503_and_why(service, tiny_artifacts, tmp_
     shutil.copytree(tiny_artifacts, broken)
     graph = next(broken.glob("ensemble.*.onnx"))
     graph.write_bytes(graph.read_bytes() + b"tampered")
-    serve.run(build_application(broken, ServeOptions(max_batch=2)), name="broken", route_prefix="/broken")
+    serve.run(build_application(broken, ServeOptions(batch_size=2)), name="broken", route_prefix="/broken")
     try:
         with pytest.raises(BrainsegError, match="sha256"):
             wait_until_healthy(f"http://{service[0]}:{service[1]}/broken", timeout_s=120)

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 # onnx 1.23 writes IR version 14, which onnxruntime 1.31 refuses; TensorRT 10's parser is built
 # against onnx 1.16 (IR 10). Opset 17 needs IR 8, so capping files at 10 costs nothing.
 MAX_IR_VERSION = 10
+# ONNX Runtime's CPU threads sleep between ops unless told to spin. This is the one default of that
+# setting (`SegmenterOptions.spinning` takes it): spinning threads keep cores busy between calls,
+# which seg-run's reader and writer threads need, and slow sessions that run in turn (docs/benchmarks.md).
+DEFAULT_SPINNING = False
 
 
 def import_onnxruntime() -> Any:
@@ -28,7 +32,7 @@ def import_onnxruntime() -> Any:
 
 def ort_session(
     path: str | Path, *, threads: int | None = None, providers: Sequence[Any] = ("CPUExecutionProvider",),
-    spinning: bool = False,
+    spinning: bool = DEFAULT_SPINNING,
 ) -> onnxruntime.InferenceSession:
     """An ONNX Runtime session with all graph optimisations; its threads sleep between calls unless `spinning`.
 
@@ -47,7 +51,7 @@ def ort_session(
     return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
 
 
-def session_options(*, threads: int | None = None, spinning: bool = False) -> onnxruntime.SessionOptions:
+def session_options(*, threads: int | None = None, spinning: bool = DEFAULT_SPINNING) -> onnxruntime.SessionOptions:
     """The options `ort_session` opens every session with, for a caller that changes one of them."""
     ort = import_onnxruntime()
     options = ort.SessionOptions()

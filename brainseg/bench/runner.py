@@ -36,17 +36,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from brainseg.artifacts.layout import PRECISIONS, ensemble_file
 from brainseg.artifacts.manifest import InputSpec, Manifest
+from brainseg.artifacts.variants import PRECISIONS, variant
 from brainseg.bench import flops, stats
 from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.fileio import write_atomic
 from brainseg.postprocess import TTA_MODES, PostProcessing
 from brainseg.runtime import discovery, outputs
-from brainseg.runtime.backends import CPU_PROVIDER, open_backend
-from brainseg.runtime.pipeline import prediction_at_scan_size, read_for_graph
+from brainseg.runtime.backends import CPU_PROVIDER
 from brainseg.runtime.scans import Scan
-from brainseg.runtime.tta import with_tta
+from brainseg.runtime.segmenter import ScanSteps, Segmenter, SegmenterOptions
 
 log = logging.getLogger("brainseg.bench")
 BACKENDS = ("pytorch", "onnxruntime", "openvino", "openvino-default", "tensorrt")
@@ -88,7 +87,8 @@ class BenchOptions:
 
 @dataclass
 class Candidate:
-    """Something to time: a backend object with `infer(batch) -> {name: array}` and its facts."""
+    """Something to time: a `Segmenter` (or PyTorch's eager ensemble) with `infer(batch) -> {name: array}`,
+    the per-scan steps its end-to-end rows take around it, and its facts."""
 
     backend: str
     provider: str
@@ -98,7 +98,7 @@ class Candidate:
     runner: object
     dice: float | None
     flops_per_slice: int | None
-    post: PostProcessing = PostProcessing()  # its component rule runs in end-to-end rows
+    steps: ScanSteps
 
 
 @dataclass
@@ -119,13 +119,13 @@ def run_bench(manifest: Manifest, options: BenchOptions, *, peaks: dict,
     result = BenchResult()
     with tempfile.TemporaryDirectory(prefix="brainseg-bench-") as tmp, ExitStack() as opened:
         scans = _slice_scans(Path(tmp) / "slices", manifest.input, max(options.batch_sizes))
-        images = np.concatenate([read_for_graph(scan, manifest.input)[1] for scan in scans])  # compute mode's input
+        images = np.concatenate([_plain_steps(manifest).read(scan)[1] for scan in scans])  # compute mode's input
         cells = []
         for candidate in _candidates(manifest, options, result.skipped):
             close = getattr(candidate.runner, "close", None)
             if close is not None:
                 opened.callback(close)
-            cells += _cells(candidate, manifest.input, manifest.threshold, options, scans, images, Path(tmp) / "out")
+            cells += _cells(candidate, options, scans, images, Path(tmp) / "out")
         _time_cells(cells, options, images, peaks, result, progress)
     return result
 
@@ -147,8 +147,9 @@ def _time_cells(cells: list[_Cell], options: BenchOptions, images: np.ndarray, p
     for cell, timed, medians in zip(cells, samples, round_p50, strict=True):
         row = _row(cell.candidate, cell.mode, cell.batch, stats.summarize(timed, batch=cell.batch), peaks)
         row["round_p50_ms"] = [round(m, 3) for m in medians]
-        if cell.mode == "compute" and hasattr(cell.candidate.runner, "infer_stages"):
-            row["gpu_stages_ms"] = _gpu_stages(cell.candidate.runner, images[:cell.batch], len(timed))
+        backend = getattr(cell.candidate.runner, "backend", None)  # a Segmenter's: TensorRT's has stages
+        if cell.mode == "compute" and cell.candidate.model == "ensemble" and hasattr(backend, "infer_stages"):
+            row["gpu_stages_ms"] = _gpu_stages(backend, images[:cell.batch], len(timed))
         result.rows.append(row)
         result.samples[row_id(row)] = [round(s, 4) for s in timed]
 
@@ -161,8 +162,8 @@ class _Cell:
     call: Callable[[], object]
 
 
-def _cells(candidate: Candidate, spec: InputSpec, threshold: float, options: BenchOptions,
-           scans: list[Scan], images: np.ndarray, out: Path) -> list[_Cell]:
+def _cells(candidate: Candidate, options: BenchOptions, scans: list[Scan], images: np.ndarray,
+           out: Path) -> list[_Cell]:
     """`candidate`'s calls in every mode and batch size; `images` are `scans` read into the graph's input form."""
     cells = []
     for mode in options.modes:
@@ -171,7 +172,7 @@ def _cells(candidate: Candidate, spec: InputSpec, threshold: float, options: Ben
                 inputs = images[:batch]
                 call = lambda inputs=inputs: candidate.runner.infer(inputs)  # noqa: E731
             else:
-                call = _end_to_end(candidate.runner, scans[:batch], spec, (threshold, candidate.post), out)
+                call = _end_to_end(candidate.runner, scans[:batch], candidate.steps, out)
             cells.append(_Cell(candidate, mode, batch, call))
     return cells
 
@@ -201,7 +202,7 @@ def _row(candidate: Candidate, mode: str, batch: int, summary: stats.LatencyStat
 
 
 def _candidates(manifest: Manifest, options: BenchOptions, skipped: list) -> Iterator[Candidate]:
-    ensemble_flops = _flops(manifest.folder / ensemble_file("fp32"))
+    ensemble_flops = _flops(manifest.folder / variant("fp32", "cpu").onnx_file)
     if "pytorch" in options.backends and "fp32" in options.precisions:
         yield from _pytorch(manifest, options, ensemble_flops, skipped)
     for backend in ("onnxruntime", "openvino", "tensorrt"):
@@ -231,50 +232,54 @@ def _pytorch(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped)
         skipped.append({"backend": "pytorch", "reason": str(err)})
         return
     yield Candidate("pytorch", "eager", "fp32", "ensemble", "(source run checkpoints)", runner,
-                    manifest.reference_dice, ensemble_flops)
+                    manifest.reference_dice, ensemble_flops, _plain_steps(manifest))
 
 
 def _runtime_backends(manifest: Manifest, backend: str, options: BenchOptions, ensemble_flops,
                       skipped: list) -> Iterator[Candidate]:
-    """The ensemble in each asked precision, opened by seg-run's own backend choice, with the
-    folder's component rule and each asked TTA mode ("ensemble+flip" rows: what TTA costs); what
-    cannot be opened is listed with the reason. Dice is the export's, which used the folder's TTA."""
+    """The ensemble in each asked precision, opened as seg-run opens it (a Segmenter with seg-run's
+    defaults), with the folder's component rule and each asked TTA mode ("ensemble+flip" rows: what
+    TTA costs); what cannot be opened is listed with the reason. Dice is the export's, which used the
+    folder's TTA."""
     for precision, tta in itertools.product(options.precisions, options.tta):
         try:
-            runner, choice = open_backend(manifest, backend=backend, precision=precision, threads=options.threads)
+            segmenter = Segmenter(manifest, SegmenterOptions(backend=backend, precision=precision,
+                                                             threads=options.threads, tta=tta))
         except BrainsegError as err:
             if tta == options.tta[0]:
                 skipped.append({"backend": backend, "precision": precision, "reason": str(err)})
             continue
-        described = runner.describe()
+        described = segmenter.describe()
         provider = described.get("provider") or described.get("device", "gpu")
         target = "cpu" if provider in CPU_DEVICES else "gpu"
-        post = manifest.postprocessing.with_overrides(tta=tta)
         dice = manifest.dice(precision, target) if tta == manifest.postprocessing.tta else None
-        yield Candidate(backend, provider, precision, "ensemble" if tta == "none" else "ensemble+flip", choice.file,
-                        with_tta(runner, tta, manifest.threshold), dice, ensemble_flops, post)
+        yield Candidate(backend, provider, precision, "ensemble" if tta == "none" else "ensemble+flip",
+                        segmenter.choice.file, segmenter, dice, ensemble_flops, segmenter.steps)
 
 
 def _openvino_default(manifest: Manifest, options: BenchOptions, ensemble_flops, skipped) -> Iterator[Candidate]:
     """The peer: OpenVINO as a new user runs the plain fp32 file, with its defaults (not gated, so no Dice)."""
-    from brainseg.runtime.openvino_backend import OpenVinoBackend
-
+    file = manifest.file_for("fp32", "cpu")
     try:
-        runner = OpenVinoBackend(manifest.path_for("fp32", "cpu"), "fp32", threads=options.threads, defaults=True)
+        runner = Segmenter(manifest, SegmenterOptions(backend="openvino", precision="fp32", threads=options.threads),
+                           file=file, openvino_defaults=True)
     except BrainsegError as err:
         skipped.append({"backend": "openvino-default", "precision": "fp32", "reason": str(err)})
         return
-    yield Candidate("openvino-default", "CPU", "fp32", "ensemble", runner.onnx_path.name, runner, None,
-                    ensemble_flops)
+    yield Candidate("openvino-default", "CPU", "fp32", "ensemble", file, runner, None, ensemble_flops, runner.steps)
 
 
 def _members(manifest: Manifest, options: BenchOptions) -> Iterator[Candidate]:
-    from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
     for model, name in manifest.member_files().items():
-        runner = OnnxRuntimeBackend(manifest.folder / name, "fp32", threads=options.threads)
-        yield Candidate("onnxruntime", runner.provider, "fp32", model, name, runner, None,
-                        _flops(manifest.folder / name))
+        runner = Segmenter(manifest, SegmenterOptions(backend="onnxruntime", precision="fp32", threads=options.threads),
+                           file=name)
+        yield Candidate("onnxruntime", runner.describe()["provider"], "fp32", model, name, runner, None,
+                        _flops(manifest.folder / name), runner.steps)
+
+
+def _plain_steps(manifest: Manifest) -> ScanSteps:
+    """The runtime's per-scan steps with no TTA and no component rule (the compute rows' input, the eager row)."""
+    return ScanSteps(manifest.input, manifest.threshold, PostProcessing())
 
 
 def _slice_scans(folder: Path, spec: InputSpec, count: int) -> list[Scan]:
@@ -302,17 +307,17 @@ def _slice_scans(folder: Path, spec: InputSpec, count: int) -> list[Scan]:
     return scans
 
 
-def _end_to_end(runner, scans: Sequence[Scan], spec: InputSpec, finish: tuple[float, PostProcessing],
-                out: Path) -> Callable[[], None]:
+def _end_to_end(runner, scans: Sequence[Scan], steps: ScanSteps, out: Path) -> Callable[[], None]:
+    """One call of what seg-run does per batch: read, infer, finish and write each scan."""
     options = outputs.OutputOptions(overwrite=True, overlays=False)
 
     def call() -> None:
-        read = [read_for_graph(scan, spec) for scan in scans]
+        read = [steps.read(scan) for scan in scans]
         result = runner.infer(np.concatenate([image for _, image in read]))
         offset = 0
         for data, image in read:
             arrays = {name: array[offset:offset + len(image)] for name, array in result.items()}
-            outputs.write_scan(out, data, prediction_at_scan_size(data, arrays, *finish), options)
+            outputs.write_scan(out, data, steps.finish_scan(data, arrays), options)
             offset += len(image)
 
     return call

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from brainseg.choices import BackendName, ComponentRule, TtaMode
 from brainseg.cli_support import Backend, Components, Precision, Tta, command
 
 
@@ -27,10 +28,10 @@ def eval_command(
     = "test",
     patients: Annotated[str | None, typer.Option(help="Comma-separated patient ids to score instead of --split.")]
     = None,
-    backend: Backend = "auto",
+    backend: Backend = BackendName.AUTO,
     precision: Precision = None,
-    tta: Tta = "auto",
-    components: Components = "auto",
+    tta: Tta = TtaMode.AUTO,
+    components: Components = ComponentRule.AUTO,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime CPU threads (default: one per core).")] = None,
     batch_size: Annotated[int, typer.Option(help="Slices per inference call.")] = 8,
     overwrite: Annotated[bool, typer.Option(help="Write into an --out folder that is not empty.")] = False,

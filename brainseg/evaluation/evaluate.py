@@ -1,16 +1,18 @@
 """`seg-eval` as a library call: an artifacts folder's ensemble, run as seg-run runs it, scored on labelled data.
 
 DATA is read with the training readers, with the source run's layout, modalities, target and
-patient regex when its config.json is on this machine (read_dataset's defaults otherwise). The
-patients are the source run's test or val set (its split.json), every labelled patient, or a list.
-The backend, precision, TTA and component rule are chosen exactly as seg-run chooses them, each
-patient's volume goes through `predict_image`, and the masks are scored with `brainseg.metrics`
+patient regex as the manifest records them (for folders exported before that: the run's
+config.json where it is still here, else read_dataset's defaults). The patients are the source
+run's test or val set (the manifest's split), every labelled patient, or a list.
+The ensemble is opened as seg-run opens it (one `Segmenter`: backend, precision, TTA and component
+rule), each patient's volume goes through `Segmenter.predict`, and the masks are scored with `brainseg.metrics`
 per target region (the first region is the headline). Patients without masks are listed as
 unlabelled, never scored; data without any masks is a DataError. Never imports torch.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -23,18 +25,15 @@ from brainseg.artifacts.manifest import Manifest
 from brainseg.data.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.names import BRATS_LABEL, BRATS_MODALITIES
 from brainseg.data.readers import read_dataset
-from brainseg.data.split import load_split
 from brainseg.data.volume import Dataset, SkippedInput, Volume
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation import report as report_files
 from brainseg.evaluation.report import OverlaySlice
 from brainseg.metrics import REGION_NAMES, PatientScore, score_patient, summarize
 from brainseg.postprocess import PostProcessing
-from brainseg.runtime.backends import Choice, open_backend
-from brainseg.runtime.pipeline import predict_image
+from brainseg.runtime.backends import Choice
 from brainseg.runtime.scans import Prediction
-from brainseg.runtime.tta import with_tta
-from brainseg.train.config import TrainConfig
+from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 SPLITS = ("test", "val", "all")
 FORMAT = "brainseg-eval/1"
@@ -46,26 +45,17 @@ OnPatient = Callable[[str, int, int], None]  # (patient id, patients done, patie
 
 
 @dataclass(frozen=True)
-class EvalOptions:
-    """How `evaluate` picks patients and runs the ensemble; the defaults are seg-run's.
+class EvalOptions(SegmenterOptions):
+    """How `evaluate` picks patients, and how it runs the ensemble (`SegmenterOptions`, seg-run's defaults).
 
     Attributes:
         split: "test" or "val" (the source run's split.json) or "all" (every labelled patient).
         patients: patient ids to score instead of `split`.
-        backend, precision, threads: as seg-run (`open_backend`); precision None = the backend's default.
-        tta, components: "auto" keeps the artifacts' post-processing (`PostProcessing.with_overrides`).
-        batch_size: slices per inference call.
         overwrite: write into an `out` that is not empty.
     """
 
     split: str = "test"
     patients: tuple[str, ...] | None = None
-    backend: str = "auto"
-    precision: str | None = None
-    tta: str = "auto"
-    components: str = "auto"
-    threads: int | None = None
-    batch_size: int = 8
     overwrite: bool = False
 
 
@@ -78,6 +68,7 @@ class DataSettings:
     target: str = "wt"
     patient_regex: str | None = None
     source: str = "read_dataset defaults (the source run's config.json is not on this machine)"
+    sample: tuple[int, int, int] | None = None  # the built-in sample's patients, slices and seed
 
 
 @dataclass
@@ -116,8 +107,8 @@ def evaluate(data: str | Path, artifacts: str | Path, out: str | Path, options: 
     out = Path(out)
     check_out(out, overwrite=options.overwrite)
     manifest = Manifest.load(artifacts)
-    data = builtin_data(data, manifest.source_run)
     settings = data_settings(manifest)
+    data = builtin_data(data, settings)
     dataset = read_labelled(data, settings, asked_patients(manifest, options))
     split, volumes = select_patients(data, dataset, manifest, options)
     check_fits(data, volumes, manifest)
@@ -130,8 +121,7 @@ def evaluate(data: str | Path, artifacts: str | Path, out: str | Path, options: 
 def _check_options(options: EvalOptions) -> None:
     if options.split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {options.split!r}")
-    if options.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {options.batch_size}")
+    options.check()
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:
@@ -142,32 +132,39 @@ def check_out(out: Path, *, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} is not empty; pass --overwrite to replace the report in it")
 
 
-def builtin_data(data: str | Path, run: Path) -> str | Path:
+def builtin_data(data: str | Path, settings: DataSettings) -> str | Path:
     """`data`; or, where it is a built-in sample's name and no folder of that name is here, the sample
-    the run in `run` trained on (its size and seed from the run's config.json)."""
+    the source run trained on (its size and seed as the reader settings record them)."""
     if str(data) not in BUILTIN_SAMPLES or Path(data).is_dir():
         return data
-    path = run / "config.json"
-    if not path.is_file():
-        raise DataError(f"{data} stands for the built-in sample the source run trained on, but {path}, "
-                        "which says its size and seed, is not here: pass the sample's folder instead")
-    try:
-        config = TrainConfig.from_json(path)
-    except (OSError, ValueError, TypeError) as err:
-        raise DataError(f"{path}: the source run's config is unreadable ({err})") from err
-    return builtin_sample(str(data), patients=config.sample_patients, slices=config.sample_slices, seed=config.seed)
+    if settings.sample is None:
+        raise DataError(f"{data} stands for the built-in sample the source run trained on, but neither the manifest "
+                        "nor the source run's config.json is here to say its size and seed: pass the sample's folder")
+    patients, slices, seed = settings.sample
+    return builtin_sample(str(data), patients=patients, slices=slices, seed=seed)
 
 
 def data_settings(manifest: Manifest) -> DataSettings:
-    """The source run's reader settings from its config.json, or the defaults when it is not here."""
+    """The source run's reader settings: from the manifest, or for a folder exported before they were
+    recorded from the run's config.json where it is still here, else read_dataset's defaults."""
+    reader = manifest.reader
+    if reader is not None:
+        return DataSettings(reader.layout, tuple(reader.modalities), reader.target, reader.patient_regex,
+                            "the artifacts' manifest", _sample(vars(reader)))
     path = manifest.source_run / "config.json"
     if not path.is_file():
         return DataSettings()
     try:
-        config = TrainConfig.from_json(path)
-    except (OSError, ValueError, TypeError) as err:
+        config = json.loads(path.read_text())
+        return DataSettings(config.get("layout", "auto"), tuple(config.get("modalities", BRATS_MODALITIES)),
+                            config.get("target", "wt"), config.get("patient_regex"), str(path), _sample(config))
+    except (OSError, ValueError, TypeError, AttributeError) as err:
         raise DataError(f"{path}: the source run's config is unreadable ({err})") from err
-    return DataSettings(config.layout, tuple(config.modalities), config.target, config.patient_regex, str(path))
+
+
+def _sample(settings: dict) -> tuple[int, int, int] | None:
+    values = tuple(settings.get(key) for key in ("sample_patients", "sample_slices", "seed"))
+    return None if None in values else values
 
 
 def asked_patients(manifest: Manifest, options: EvalOptions) -> list[str] | None:
@@ -226,14 +223,11 @@ def select_patients(data: str | Path, dataset: Dataset, manifest: Manifest,
 
 
 def split_ids(manifest: Manifest, split: str) -> list[str]:
-    """The source run's `split` ("test" or "val") patient ids, from its split.json."""
-    path = manifest.source_run / "split.json"
-    if not path.is_file():
-        raise DataError(f"--split {split} needs the source run's {path}, which is not on this machine; "
-                        "use --split all or --patients ID,ID")
-    ids = list(getattr(load_split(path), split))
+    """The source run's `split` ("test" or "val") patient ids, as the manifest records them."""
+    ids = manifest.split_ids(split)
     if not ids:
-        raise DataError(f"the source run's {split} set is empty ({path}); use --split all or --patients ID,ID")
+        raise DataError(f"the source run's {split} set is empty ({manifest.path}); use --split all or "
+                        "--patients ID,ID")
     return ids
 
 
@@ -262,17 +256,12 @@ def region_names(classes: int) -> tuple[str, ...]:
 
 def score_ensemble(volumes: list[Volume], manifest: Manifest, options: EvalOptions, *,
                    on_patient: OnPatient | None = None) -> _Scored:
-    """Predict each volume with the backend, TTA and component rule seg-run would use, and score it."""
-    post = manifest.postprocessing.with_overrides(tta=options.tta, components=options.components)
-    backend, choice = open_backend(manifest, backend=options.backend, precision=options.precision,
-                                   threads=options.threads, spinning=False)
+    """Predict each volume with the Segmenter seg-run would open (backend, TTA, component rule), and score it."""
     regions: dict[str, list[PatientScore]] = {name: [] for name in region_names(manifest.classes)}
     overlays = []
-    try:
-        backend = with_tta(backend, post.tta, manifest.threshold)
+    with Segmenter(manifest, options) as segmenter:
         for done, volume in enumerate(volumes, start=1):
-            prediction = predict_image(backend, volume.image, manifest.input, manifest.threshold, post,
-                                       batch_size=options.batch_size)
+            prediction = segmenter.predict(volume.image)
             for k, scores in enumerate(regions.values()):
                 scores.append(score_patient(volume.patient_id, prediction.mask[..., k] > 0, volume.mask[..., k] > 0,
                                             spacing=volume.spacing, slice_step=volume.slice_step))
@@ -281,10 +270,7 @@ def score_ensemble(volumes: list[Volume], manifest: Manifest, options: EvalOptio
                 overlays.append(worst)
             if on_patient is not None:
                 on_patient(volume.patient_id, done, len(volumes))
-        described = backend.describe()
-    finally:
-        backend.close()
-    return _Scored(regions, overlays, described, choice, post)
+        return _Scored(regions, overlays, segmenter.describe(), segmenter.choice, segmenter.post)
 
 
 def worst_slice(volume: Volume, prediction: Prediction) -> OverlaySlice | None:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from brainseg.artifacts import cuda
+from brainseg.artifacts.variants import variant
 from brainseg.errors import BrainsegError, ConfigError, is_installed
 
 ENGINE_CHOICES = ("auto", "yes", "no")
@@ -48,11 +49,6 @@ class EngineChoice:
 
     build: tuple[str, ...]
     reason: str
-
-
-def engine_row(precision: str) -> str:
-    """The accuracy table's row of the engine compiled from `precision`'s GPU file: "engine-fp16"."""
-    return f"engine-{precision}"
 
 
 def probe_host() -> Host:
@@ -136,7 +132,7 @@ def with_outcome(choice: EngineChoice, passed: Mapping[str, bool]) -> str:
     failed = [precision for precision in choice.build if not passed.get(precision, False)]
     if not failed:
         return choice.reason
-    rows = " and ".join(engine_row(p) for p in failed)
+    rows = " and ".join(variant(p, "gpu", "tensorrt").row for p in failed)
     one = len(failed) == 1
     return f"{choice.reason}; {rows} failed it and {'was' if one else 'were'} removed (seg-run never sees " \
            f"{'it' if one else 'them'})"

@@ -16,20 +16,22 @@ that cannot run bf16, `--bf16` is refused before any work: what cannot run here 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from brainseg.artifacts.layout import PROBABILITY, accuracy_row, ensemble_file
+from brainseg.artifacts.layout import PROBABILITY
+from brainseg.artifacts.sections import PrecisionEntry, TargetUse
+from brainseg.artifacts.variants import variant
 from brainseg.errors import BrainsegError, ConfigError, is_installed
 
-ROW = "bf16"
-SUFFIX = "@openvino"
+BF16 = variant("bf16", "cpu", "openvino")
 
 
 def openvino_row(precision: str) -> str:
-    """The accuracy row of `precision`'s CPU file run by OpenVINO: "int8-cpu@openvino"; bf16's is "bf16"."""
-    return ROW if precision == ROW else accuracy_row(precision, "cpu") + SUFFIX
+    """The accuracy row of `precision`'s CPU file run by OpenVINO (the variant table's): "int8-cpu@openvino"."""
+    return variant(precision, "cpu", "openvino").row
 
 
 def check_request(asked: bool) -> None:
@@ -63,20 +65,22 @@ def score(scorer, folder: Path, *, bf16: bool) -> None:
     if not (bf16 or is_installed("openvino")):
         return
     for precision in ("fp32", "int8"):
-        path = Path(folder) / ensemble_file(precision, "cpu")
-        if accuracy_row(precision, "cpu") in scorer.val_table and path.is_file():
+        path = Path(folder) / variant(precision, "cpu").onnx_file
+        if variant(precision, "cpu").row in scorer.val_table and path.is_file():
             scorer.score(openvino_row(precision), predictor(path, precision))
     if bf16:
-        scorer.score(ROW, predictor(Path(folder) / ensemble_file("fp32"), ROW))
+        scorer.score(BF16.row, predictor(Path(folder) / BF16.onnx_file, BF16.precision))
 
 
-def add_to_precisions(precisions: dict, table: dict) -> dict:
+def add_to_precisions(precisions: dict[str, PrecisionEntry], table: dict) -> dict[str, PrecisionEntry]:
     """The manifest's `precisions` with each CPU file's OpenVINO row named, and bf16 where it was scored."""
+    added = {}
     for precision, entry in precisions.items():
-        cpu = entry["targets"].get("cpu")
+        cpu = entry.targets.get("cpu")
         if cpu is not None and openvino_row(precision) in table:
-            cpu["openvino_row"] = openvino_row(precision)
-    if ROW in table:
-        precisions[ROW] = {"passed": bool(table[ROW]["passed"]), "compute": "bf16", "targets": {
-            "cpu": {"file": ensemble_file("fp32"), "row": ROW, "openvino_row": ROW}}}
-    return precisions
+            entry = replace(entry, targets={**entry.targets, "cpu": replace(cpu, openvino_row=openvino_row(precision))})
+        added[precision] = entry
+    if BF16.row in table:
+        added[BF16.precision] = PrecisionEntry(passed=bool(table[BF16.row]["passed"]), compute="bf16", targets={
+            "cpu": TargetUse(file=BF16.onnx_file, row=BF16.row, openvino_row=BF16.row)})
+    return added

@@ -11,7 +11,6 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,39 +18,39 @@ import torch
 
 from brainseg.artifacts.layout import (
     ACCURACY_REPORT,
-    DISAGREEMENT,
     ENSEMBLE_OUTPUTS,
     INPUT_NAME,
-    INT8_ACTIVATIONS,
-    MASK,
     MEMBER_OUTPUTS,
     PROBABILITY,
     REFERENCE,
     TIMING_CACHE,
-    accuracy_row,
-    engine_file,
-    ensemble_file,
-    member_file,
 )
-from brainseg.artifacts.manifest import FORMAT, file_entry, write_manifest
+from brainseg.artifacts.manifest import file_entry, write_manifest
+from brainseg.artifacts.sections import (
+    BuiltEngine,
+    Engines,
+    Ensemble,
+    FileEntry,
+    TensorRTCheck,
+)
 from brainseg.artifacts.sessions import ort_session, run
+from brainseg.artifacts.variants import member_file, variant
 from brainseg.data.volume import Volume
 from brainseg.errors import BrainsegError, ConfigError
-from brainseg.export import accuracy, engine_choice, onnx_io, openvino_rows, precision, tensorrt_build
+from brainseg.export import accuracy, engine_choice, onnx_io, openvino_rows, precision, record, tensorrt_build
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
 from brainseg.export.postprocess_choice import choose_postprocessing, predictor
 from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
 from brainseg.export.trained_run import TrainedRun, load_run, split_volumes
 from brainseg.fileio import write_atomic
-from brainseg.machine import package_version
 from brainseg.postprocess import DEFAULT_MIN_VOXELS, PostProcessing
 
 log = logging.getLogger("brainseg.export")
 
 # The targets --int8-activations writes an int8 file for. Each file serves only its own target:
 # TensorRT refuses uint8 activations, and ONNX Runtime's CPU kernels run symmetric int8
-# activations no faster than fp32 (see INT8_ACTIVATIONS).
+# activations no faster than fp32 (see brainseg.artifacts.variants).
 INT8_TARGETS = {"both": ("gpu", "cpu"), "int8_symmetric": ("gpu",), "uint8": ("cpu",)}
 
 
@@ -144,7 +143,7 @@ class _Writer:
         self.files[name] = facts
         return self.folder / name
 
-    def finalise(self) -> dict[str, dict]:
+    def finalise(self) -> dict[str, FileEntry]:
         return {name: file_entry(self.folder, name, **facts) for name, facts in self.files.items()}
 
 
@@ -203,7 +202,7 @@ def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weigh
                           input_dtype=run.input_dtype, threshold=run.threshold)
     example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
     names = dict(input_names=[INPUT_NAME], output_names=list(ENSEMBLE_OUTPUTS))
-    fp32 = writer.add(ensemble_file("fp32"), kind="ensemble", precision="fp32")
+    fp32 = writer.add(variant("fp32", "gpu").onnx_file, kind="ensemble", precision="fp32")
     onnx_io.export_onnx(graph, fp32, example=example, **names)
     if options.simplify:
         writer.notes[fp32.name] = onnx_io.simplify(fp32)
@@ -214,112 +213,59 @@ def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weigh
     reference = scorer.score(REFERENCE, _torch_predict(graph))
     parity["ensemble"] = accuracy.max_abs_difference(reference, scorer.score("fp32", _onnx_predict(fp32)))
     if options.fp16:
-        fp16 = writer.add(ensemble_file("fp16"), kind="ensemble", precision="fp16")
+        fp16 = writer.add(variant("fp16", "gpu").onnx_file, kind="ensemble", precision="fp16")
         writer.notes[fp16.name] = precision.export_fp16(graph, fp16, example=example, **names)
         scorer.score("fp16", _onnx_predict(fp16))
     if options.int8:
         for target in INT8_TARGETS[options.int8_activations]:
-            activations = INT8_ACTIVATIONS[target]
-            int8 = writer.add(ensemble_file("int8", target), kind="ensemble", precision="int8", target=target)
+            int8_variant = variant("int8", target)
+            int8 = writer.add(int8_variant.onnx_file, kind="ensemble", precision="int8", target=target)
             writer.notes[int8.name] = precision.quantize_int8(
                 fp32, int8, calibration=_calibration(run, volumes, options), method=options.calib_method,
-                activation_type=activations,
+                activation_type=int8_variant.int8_activations,
             )
-            scorer.score(accuracy_row("int8", target), _onnx_predict(int8))
+            scorer.score(int8_variant.row, _onnx_predict(int8))
     openvino_rows.score(scorer, writer.folder, bf16=options.bf16)  # what seg-run's OpenVINO would run, gated too
     accuracy.apply_gate(scorer.val_table, reference=REFERENCE, max_drop=options.max_dice_drop)
     accuracy.add_drops(scorer.test_table, reference=REFERENCE)
     return scorer, section
 
 
-def _tensorrt_checks(writer: _Writer) -> dict[str, dict]:
+def _tensorrt_checks(writer: _Writer) -> dict[str, TensorRTCheck]:
     """Ops outside TensorRT's parser list and Q/DQ placements TensorRT would reject, per file."""
     checks = {}
     for name in writer.files:
         path = writer.folder / name
-        checks[name] = {"unsupported_ops": unsupported_ops(path),
-                        "qdq_problems": check_qdq_for_tensorrt(path)
-                        if writer.files[name].get("target") == "gpu" else []}
+        checks[name] = TensorRTCheck(unsupported_ops=unsupported_ops(path), qdq_problems=check_qdq_for_tensorrt(path)
+                                     if writer.files[name].get("target") == "gpu" else [])
     return checks
 
 
-def _export_engines(folder: Path, scorer: _Scorer, choice: engine_choice.EngineChoice, options: ExportOptions) -> dict:
+def _export_engines(folder: Path, scorer: _Scorer, choice: engine_choice.EngineChoice,
+                    options: ExportOptions) -> Engines:
     """Build each chosen engine and score it like the ONNX files, through the same gate; a failed one is
     removed, so seg-run (which runs any engine it finds) never picks it. Returns the manifest's "engines"."""
     built = {}
     for name in choice.build:
-        onnx_path = folder / ensemble_file(name)
-        engine = folder / engine_file(onnx_path.name)
+        engine_variant = variant(name, "gpu", "tensorrt")
+        onnx_path, engine = folder / engine_variant.onnx_file, folder / engine_variant.engine_file
         try:
             record = tensorrt_build.build_engine(onnx_path, engine, precision=name, timing_cache=folder / TIMING_CACHE)
         except BrainsegError as err:
             raise BrainsegError(f"building the {name} engine: {err} (--engine no exports without engines)") from err
         with tensorrt_build.engine_predictor(engine, onnx_path, name) as predict:
-            scorer.score(engine_choice.engine_row(name), predict)
-        built[name] = {"file": engine.name, "row": engine_choice.engine_row(name), "provenance": asdict(record)}
+            scorer.score(engine_variant.row, predict)
+        built[name] = (engine, engine_variant.row, asdict(record))
     accuracy.apply_gate(scorer.val_table, reference=REFERENCE, max_drop=options.max_dice_drop)
     accuracy.add_drops(scorer.test_table, reference=REFERENCE)
-    for entry in built.values():
-        entry["passed"] = scorer.val_table[entry["row"]]["passed"]
-        if not entry["passed"]:
-            tensorrt_build.remove_engine(folder / entry["file"])
-            entry["file"] = None
-    reason = engine_choice.with_outcome(choice, {name: entry["passed"] for name, entry in built.items()})
-    return {"asked": options.engine, "reason": reason, "built": built}
-
-
-def _versions() -> dict[str, str]:
-    packages = ("brainseg", "torch", "segmentation-models-pytorch", "onnx", "onnxruntime", "onnxslim")
-    return {package: package_version(package) or "not installed" for package in packages}
-
-
-def _precisions(table: dict, int8_targets: tuple[str, ...]) -> dict:
-    """Manifest `precisions`: for each exported precision, the file and accuracy row of each target
-    it serves, and whether it passed the gate (every one of its files must pass)."""
-    precisions = {}
-    for name in ("fp32", "fp16", "int8"):
-        targets = int8_targets if name == "int8" else ("gpu", "cpu")
-        rows = {target: accuracy_row(name, target) for target in targets if accuracy_row(name, target) in table}
-        if rows:
-            precisions[name] = {
-                "passed": all(table[row]["passed"] for row in rows.values()),
-                "targets": {target: {"file": ensemble_file(name, target), "row": row} for target, row in rows.items()},
-            }
-    return precisions
-
-
-def _manifest(run: TrainedRun, writer: _Writer, scorer: _Scorer, post_section: dict, parity, weights,
-              weights_source, options) -> dict:
-    table = scorer.val_table
-    precisions = openvino_rows.add_to_precisions(_precisions(table, INT8_TARGETS[options.int8_activations]), table)
-    return {
-        "format": FORMAT,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "input": {"name": INPUT_NAME, "dtype": run.input_dtype, "layout": "NHWC", "channels": run.in_channels,
-                  "height": run.img_size, "width": run.img_size, "normalisation": run.norm.to_dict(),
-                  "modalities": list(run.config.modalities) if run.input_dtype == "float32" else None,
-                  "resize": "area to shrink, linear to grow; probabilities resized back linearly"},
-        "outputs": {
-            PROBABILITY: {"dtype": "float32", "layout": "NCHW", "classes": run.classes},
-            MASK: {"dtype": "uint8", "layout": "NCHW", "values": [0, 1]},
-            DISAGREEMENT: {"dtype": "float32", "layout": "NCHW", "meaning": "max minus min member probability"},
-        },
-        "threshold": float(run.threshold),
-        "ensemble": {"members": [m.name for m in run.members], "weights": weights, "weights_source": weights_source},
-        "postprocessing": post_section,
-        "files": writer.finalise(),
-        "precisions": precisions,
-        "accuracy": {"reference": REFERENCE, "max_dice_drop": options.max_dice_drop, "table": table,
-                     "test_table": scorer.test_table, "fp32_parity_max_abs": parity,
-                     "patients": len(run.split.val), "test_patients": len(run.split.test),
-                     "scored_as_deployed": post_section["description"]},
-        "graph_notes": writer.notes,
-        "tensorrt": _tensorrt_checks(writer),
-        "versions": _versions(),
-        "source_run": {"path": str(run.run_dir.resolve()), "data": run.data, "val_patients": run.split.val,
-                       "test_patients": run.split.test,
-                       "members": {m.name: {"best_epoch": m.best_epoch, "val_dice": m.val_dice} for m in run.members}},
-    }
+    entries = {}
+    for name, (engine, row, provenance) in built.items():
+        passed = bool(scorer.val_table[row]["passed"])
+        if not passed:
+            tensorrt_build.remove_engine(engine)
+        entries[name] = BuiltEngine(row=row, passed=passed, file=engine.name if passed else None, provenance=provenance)
+    reason = engine_choice.with_outcome(choice, {name: entry.passed for name, entry in entries.items()})
+    return Engines(asked=options.engine, reason=reason, built=entries)
 
 
 def _staging_folder(out: Path, overwrite: bool) -> Path:
@@ -366,16 +312,19 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         weights, weights_source = _choose_weights(run, member_probs, volumes, options.weights)
         progress("exporting the ensemble graph and the precisions asked for")
         scorer, post_section = _export_ensemble(run, writer, sets, weights, options, parity)
-        gated = _precisions(scorer.val_table, INT8_TARGETS[options.int8_activations])
+        gated = record.gated_precisions(scorer.val_table, INT8_TARGETS[options.int8_activations])
         choice = engine_choice.choose_engines(options.engine, host, options.gpu_precisions,
-                                              [name for name, entry in gated.items() if entry["passed"]],
+                                              [name for name, entry in gated.items() if entry.passed],
                                               artifacts=str(out))
         if choice.build:
             progress(f"building TensorRT engines for {', '.join(choice.build)} and scoring them")
         engines = _export_engines(staging, scorer, choice, options)
         table = scorer.val_table
-        manifest = {**_manifest(run, writer, scorer, post_section, parity, weights, weights_source, options),
-                    "engines": engines}
+        manifest = record.build_manifest(
+            run, files=writer.finalise(), notes=writer.notes, tensorrt=_tensorrt_checks(writer),
+            tables=(scorer.val_table, scorer.test_table), post_section=post_section, parity=parity,
+            ensemble=Ensemble(members=[m.name for m in run.members], weights=weights, weights_source=weights_source),
+            max_dice_drop=options.max_dice_drop, int8_targets=INT8_TARGETS[options.int8_activations], engines=engines)
         write_atomic(staging / ACCURACY_REPORT,
                      accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity,
                                              test_table=scorer.test_table, postprocessing=post_section))
@@ -386,4 +335,4 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         raise
     failed = [name for name, row in table.items() if not row["passed"]]
     return ExportResult(out=out, table=table, failed=failed, test_table=scorer.test_table,
-                        postprocessing=post_section["description"], engines=engines["reason"])
+                        postprocessing=post_section["description"], engines=engines.reason)

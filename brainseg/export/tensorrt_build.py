@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.artifacts.layout import OPENVINO_ONLY, PRECISIONS, PROBABILITY, TIMING_CACHE, provenance_file
+from brainseg.artifacts.layout import PROBABILITY, TIMING_CACHE, provenance_file
 from brainseg.artifacts.provenance import (
     DEFAULT_BATCH,
     EngineProvenance,
@@ -27,6 +27,7 @@ from brainseg.artifacts.provenance import (
     engine_problems,
     import_tensorrt,
 )
+from brainseg.artifacts.variants import VARIANTS
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError, DataError
 from brainseg.fileio import write_atomic
 
@@ -127,7 +128,7 @@ def remove_engine(engine_path: Path) -> None:
 
 
 def _check_request(onnx_path: Path, precision: str, batch: tuple[int, int, int], aux_streams: int | None) -> None:
-    engine_precisions = [p for p in PRECISIONS if p not in OPENVINO_ONLY]  # bf16 is OpenVINO's compute type
+    engine_precisions = [v.precision for v in VARIANTS if v.runtime == "tensorrt"]
     if precision not in engine_precisions:
         raise ConfigError(f"precision {precision!r} is not one of: {', '.join(engine_precisions)}")
     if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:

@@ -26,9 +26,10 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from brainseg.artifacts.layout import ACCURACY_REPORT, OPENVINO_ONLY, PRECISIONS, provenance_file
+from brainseg.artifacts.layout import ACCURACY_REPORT, provenance_file
 from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.provenance import DEFAULT_BATCH, EngineProvenance, stored_provenance
+from brainseg.artifacts.variants import FILE_PRECISIONS
 from brainseg.errors import ArtifactError, ConfigError, DataError
 from brainseg.export.triton_config import (
     INSTANCE_KINDS,
@@ -156,7 +157,7 @@ def export_triton(artifacts: str | Path, out: str | Path, options: TritonOptions
 
 def choose_precisions(manifest: Manifest, wanted: tuple[str, ...] | None, target: str) -> list[str]:
     """The precisions to serve on `target`: `wanted`, each checked, or all that passed the accuracy gate."""
-    usable = [p for p in manifest.usable_precisions(target) if p not in OPENVINO_ONLY]  # ONNX Runtime's backend
+    usable = [p for p in manifest.usable_precisions(target) if p in FILE_PRECISIONS]  # ONNX Runtime's backend
     if wanted is None:
         if not usable:
             raise ConfigError(f"{manifest.folder}: no precision with a {target} file passed the accuracy gate "
@@ -165,9 +166,8 @@ def choose_precisions(manifest: Manifest, wanted: tuple[str, ...] | None, target
     if not wanted:
         raise ConfigError(f"--precision names no precision; usable: {', '.join(usable) or 'none'}")
     for precision in wanted:
-        if precision not in PRECISIONS or precision in OPENVINO_ONLY:
-            raise ConfigError(f"--precision {precision!r} is not one of: "
-                              f"{', '.join(p for p in PRECISIONS if p not in OPENVINO_ONLY)}")
+        if precision not in FILE_PRECISIONS:
+            raise ConfigError(f"--precision {precision!r} is not one of: {', '.join(FILE_PRECISIONS)}")
         manifest.file_for(precision, target)  # ArtifactError: not exported, or no file for this target
         if not manifest.passed(precision):
             raise ConfigError(f"{manifest.folder}: precision {precision} failed the accuracy gate; "
@@ -203,7 +203,7 @@ def _served_graph(manifest: Manifest, precision: str, target: str) -> _ServedGra
     path = manifest.path_for(precision, target)
     signature = read_signature(path)
     inputs, outputs = graph_tensors(manifest, signature)
-    return _ServedGraph(precision, path, manifest.files[path.name]["sha256"], signature.batch, inputs, outputs)
+    return _ServedGraph(precision, path, manifest.files[path.name].sha256, signature.batch, inputs, outputs)
 
 
 def _write_onnx_model(manifest: Manifest, graph: _ServedGraph, repo: Path, options: TritonOptions) -> TritonModel:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from brainseg.choices import TritonKind
 from brainseg.cli_support import command
 
 app = typer.Typer(add_completion=False, help="Write an NVIDIA Triton model repository from an artifacts folder.")
@@ -37,8 +38,8 @@ def triton_command(
     out: Annotated[Path, typer.Option(help="Model repository folder to write (empty or absent).")],
     precision: Annotated[str | None, typer.Option(
         help="Comma-separated fp32, fp16, int8; default: every precision that passed the accuracy gate.")] = None,
-    kind: Annotated[str, typer.Option(help="Where model instances run: gpu or cpu (cpu writes no TensorRT models).")]
-    = "gpu",
+    kind: Annotated[TritonKind, typer.Option(help="Where model instances run (cpu writes no TensorRT models).")]
+    = TritonKind.GPU,
     instances: Annotated[int, typer.Option(help="Instances of each model per device.")] = 1,
     max_batch: Annotated[int, typer.Option(help="max_batch_size of ONNX models whose batch axis is dynamic.")] = 32,
     preferred_batch: Annotated[str | None, typer.Option(

@@ -43,7 +43,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, onnx_path: Path, precision: str, *, provider: str | None = None, device: int = 0,
-                 threads: int | None = None, spinning: bool = True, cache_dir: Path | None = None) -> None:
+                 threads: int | None = None, spinning: bool, cache_dir: Path | None = None) -> None:
         self.onnx_path = Path(onnx_path)
         self.precision = precision
         present = available_providers()

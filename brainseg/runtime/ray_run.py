@@ -5,11 +5,11 @@ What runs where:
 - the driver (this process): discovery, the output folder's lock, which scans an earlier run did
   (resume), and at the end results.csv, summary.json and report.html from the row records: the
   same `RunPlan` steps as `segment`;
-- one Ray task with an actor's resources, before any scan is read: it opens the backend as an
+- one Ray task with an actor's resources, before any scan is read: it opens the Segmenter as an
   actor will and describes it for summary.json, so that bad artifacts or a precision that is not
   there stop the run as the BrainsegError they are (an actor that fails to start says it in text);
 - Ray tasks (`TASK_CPUS` each): each scan read and brought to the graph's input size (`RunPlan.read`);
-- an actor pool (`ScanSegmenter`, `ray_actors` of them): one backend per actor, opened once; each
+- an actor pool (`ScanSegmenter`, `ray_actors` of them): one `Segmenter` per actor, opened once; each
   call takes about one batch of slices' worth of read scans (`_scans_per_call`: one volume or
   series, or `batch_size` single slices) and runs their slices in batches of `batch_size`.
   An actor asks for one GPU where the cluster has GPUs (Ray then shows it only that GPU, so
@@ -52,7 +52,7 @@ from brainseg.data.volume import SkippedInput
 from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.runtime import outputs
 from brainseg.runtime.out_lock import LOCK_NAME, OutputLock
-from brainseg.runtime.pipeline import RunOptions, RunPlan, RunSummary, infer_in_batches, plan_run
+from brainseg.runtime.plan import RunOptions, RunPlan, RunSummary, plan_run
 from brainseg.runtime.scans import Scan
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def _run(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: R
          seconds: dict[str, float], on_scan: Callable[[str, int], None] | None) -> float:
     """Check the backend, then run the dataset and count each scan as its write task ends; returns
     the time (perf_counter) the scans started."""
-    shared = replace(plan, scans=[], skipped=[])  # what the workers need: manifest, post-processing, outputs
+    shared = replace(plan, scans=[], skipped=[])  # what the workers need: manifest, scan steps, outputs
     actor_options = replace(options, device=0)  # Ray shows an actor only the GPU it gave it
     resources = _actor_resources(ray, options)
     described = _checked_backend(ray, shared, actor_options, resources)
@@ -181,12 +181,9 @@ def _checked_backend(ray: ModuleType, plan: RunPlan, options: RunOptions, resour
 
 
 def describe_backend(plan: RunPlan, options: RunOptions) -> dict:
-    """Open the run's backend and close it again: what it is, why it was chosen, its precision."""
-    backend, choice = plan.open_backend(options)
-    try:
-        return {**backend.describe(), "reason": choice.reason, "precision": choice.precision}
-    finally:
-        backend.close()
+    """Open the run's Segmenter and close it again: what it runs, why it was chosen, its precision."""
+    with plan.open_segmenter(options) as segmenter:
+        return {**segmenter.describe(), "precision": segmenter.precision}
 
 
 def _dataset(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: RunOptions,
@@ -226,23 +223,21 @@ def _read(row: dict, *, plan: RunPlan) -> dict:
 
 
 class ScanSegmenter:
-    """Ray Data actor: opens the run's backend once, then segments batches of read scans.
+    """Ray Data actor: opens the run's Segmenter once, then segments batches of read scans.
 
-    Each call gets a few scans (`_scans_per_call`), runs all their slices through the backend in
+    Each call gets a few scans (`_scans_per_call`), runs all their slices through the Segmenter in
     batches of `batch_size` (slices of consecutive scans share a batch, as in `segment`) and gives
     each scan its graph outputs; skipped scans pass through.
     """
 
     def __init__(self, plan: RunPlan, options: RunOptions) -> None:
-        self.backend, _ = plan.open_backend(options)
-        self.batch_size = min(options.batch_size, self.backend.max_batch or options.batch_size)
+        self.segmenter = plan.open_segmenter(options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = {i: pickle.loads(payload) for i, payload in enumerate(batch["image"]) if payload}
         slices = sum(len(image) for image in images.values())
         started = time.perf_counter()
-        arrays = infer_in_batches(self.backend, np.concatenate(list(images.values())), self.batch_size) \
-            if images else {}
+        arrays = self.segmenter.infer_all(np.concatenate(list(images.values()))) if images else {}
         seconds = time.perf_counter() - started
         per_scan, infer_s, offset = [], [], 0
         for i in range(len(batch["image"])):

@@ -1,7 +1,8 @@
 """Flip test-time augmentation around any backend: two passes, probabilities averaged, mask again.
 
-It wraps a `Backend` and is one itself, so seg-run, seg-eval and seg-bench run it the same way
-(and seg-bench times what it costs). See `brainseg.postprocess` for when it is used.
+It wraps a `Backend` and is one itself; `Segmenter` wraps its backend in it when the folder's (or
+the options') TTA is "flip", so seg-run, seg-eval, seg-serve and seg-bench run it alike (and
+seg-bench times what it costs). See `brainseg.postprocess` for when it is used.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ class FlipTTA:
         self.max_batch = backend.max_batch
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        plain = self.backend.infer(batch)
-        plain = {name: array.copy() for name, array in plain.items()}  # a backend may reuse its buffers
+        plain = self.backend.infer(batch)  # the caller's own arrays (Backend), so the second call leaves them be
         mirrored = self.backend.infer(flip_slices(batch))
         probability = 0.5 * (plain[PROBABILITY] + unflip_maps(mirrored[PROBABILITY]))
         result = {PROBABILITY: probability.astype(np.float32), MASK: (probability >= self.threshold).astype(np.uint8)}
@@ -39,8 +39,3 @@ class FlipTTA:
 
     def close(self) -> None:
         self.backend.close()
-
-
-def with_tta(backend: Backend, tta: str, threshold: float) -> Backend:
-    """`backend` itself for tta "none", wrapped in FlipTTA for "flip"."""
-    return FlipTTA(backend, threshold) if tta == "flip" else backend

@@ -39,23 +39,16 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from brainseg.artifacts.manifest import Manifest
-from brainseg.postprocess import PostProcessing
-from brainseg.runtime.backends import Backend, Choice, open_backend
-from brainseg.runtime.pipeline import prediction_at_scan_size
 from brainseg.runtime.scans import ScanData
-from brainseg.runtime.tta import with_tta
+from brainseg.runtime.segmenter import Segmenter
 from brainseg.serve import payloads
+from brainseg.serve.options import ServeOptions
 from brainseg.serve.payloads import JSON, RequestError
-
-if TYPE_CHECKING:
-    from brainseg.serve.service import ServeOptions
 
 log = logging.getLogger("brainseg.serve")
 ROUTES = {"/v1/segment": ("POST", "_segment"), "/healthz": ("GET", "_healthz"), "/v1/model": ("GET", "_describe"),
@@ -64,10 +57,7 @@ ROUTES = {"/v1/segment": ("POST", "_segment"), "/healthz": ("GET", "_healthz"), 
 
 @dataclass(frozen=True)
 class _Model:
-    manifest: Manifest
-    backend: Backend
-    choice: Choice
-    post: PostProcessing
+    segmenter: Segmenter
     sha256: str  # of the manifest as loaded: names the model in every answer
 
 
@@ -114,24 +104,19 @@ class SegmentationService:
         self._loading.add_done_callback(_log_load_failure)
 
     def _load(self) -> _Model:
-        manifest = Manifest.load(self.artifacts)
-        o = self.options
-        backend, choice = open_backend(manifest, backend=o.backend, precision=o.precision, device=o.device,
-                                       threads=o.threads, spinning=False)
-        post = manifest.postprocessing.with_overrides(tta=o.tta, components=o.components)
-        backend = with_tta(backend, post.tta, manifest.threshold)
-        if backend.max_batch is not None and backend.max_batch < o.max_batch:  # a TensorRT engine's profile
-            self._max_batch = backend.max_batch
-            self._batcher.set_max_batch_size(backend.max_batch)
-        spec = manifest.input
+        segmenter = Segmenter(self.artifacts, self.options)
+        if segmenter.batch_size < self._max_batch:  # a TensorRT engine's profile
+            self._max_batch = segmenter.batch_size
+            self._batcher.set_max_batch_size(segmenter.batch_size)
+        spec = segmenter.spec
         warm_up = np.zeros((1, spec.height, spec.width, spec.channels), spec.dtype)
-        backend.infer(warm_up)
+        segmenter.infer(warm_up)
         started = time.perf_counter()
-        backend.infer(warm_up)
+        segmenter.infer(warm_up)
         self._slice_seconds = time.perf_counter() - started
-        log.info("serving %s: %s %s (%s); %s", self.artifacts, choice.backend, choice.precision, choice.reason,
-                 post.describe())
-        return _Model(manifest, backend, choice, post, manifest.sha256)
+        log.info("serving %s: %s %s (%s); %s", self.artifacts, segmenter.choice.backend, segmenter.precision,
+                 segmenter.choice.reason, segmenter.post.describe())
+        return _Model(segmenter, segmenter.manifest.sha256)
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path[len(request.scope.get("root_path", "")):] or "/"
@@ -168,13 +153,13 @@ class SegmentationService:
         return self._loading.result()
 
     async def _describe(self, request: Request) -> Response:
-        model = self._model()
-        manifest, o = model.manifest, self.options
+        model, o = self._model(), self.options
+        segmenter = model.segmenter
         return _json(200, {
-            "artifacts": str(self.artifacts), "manifest_sha256": model.sha256, "precision": model.choice.precision,
-            "backend": {**model.backend.describe(), "file": model.choice.file, "reason": model.choice.reason},
-            "input": asdict(manifest.input), "classes": manifest.classes, "threshold": manifest.threshold,
-            "postprocessing": {**model.post.to_dict(), "description": model.post.describe()},
+            "artifacts": str(self.artifacts), "manifest_sha256": model.sha256,
+            "precision": segmenter.precision, "backend": {**segmenter.describe(), "file": segmenter.choice.file},
+            "input": asdict(segmenter.spec), "classes": segmenter.manifest.classes, "threshold": segmenter.threshold,
+            "postprocessing": {**segmenter.post.to_dict(), "description": segmenter.post.describe()},
             "batching": {"max_batch": self._max_batch, "batch_wait_ms": o.batch_wait_ms,
                          "replicas": o.replicas},
             "max_body_bytes": o.max_body_bytes, "media_types": list(payloads.MEDIA_KINDS),
@@ -190,7 +175,7 @@ class SegmentationService:
         marks = [time.perf_counter()]
         body = await self._read_body(request)
         marks.append(time.perf_counter())
-        data, image = await asyncio.to_thread(payloads.read_body, body, kind, model.manifest.input, self._workdir)
+        data, image = await asyncio.to_thread(payloads.read_body, body, kind, model.segmenter.steps, self._workdir)
         marks.append(time.perf_counter())
         arrays, backend_seconds = await self._infer(image)
         marks.append(time.perf_counter())
@@ -250,13 +235,12 @@ class SegmentationService:
 
     def _infer_now(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
         started = time.perf_counter()
-        outputs = self._loading.result().backend.infer(batch)
-        seconds = time.perf_counter() - started
-        return {name: np.array(array, copy=True) for name, array in outputs.items()}, seconds  # buffers may be reused
+        outputs = self._loading.result().segmenter.infer(batch)  # arrays of our own (Segmenter.infer)
+        return outputs, time.perf_counter() - started
 
     @staticmethod
     def _answer(model: _Model, data: ScanData, arrays: dict[str, np.ndarray], as_json: bool) -> payloads.Answer:
-        prediction = prediction_at_scan_size(data, arrays, model.manifest.threshold, model.post)
+        prediction = model.segmenter.steps.finish_scan(data, arrays)
         return payloads.answer(data, prediction, as_json=as_json, manifest_sha256=model.sha256)
 
     def __del__(self) -> None:
@@ -265,7 +249,7 @@ class SegmentationService:
         if loading is None:
             return
         if loading.done() and loading.exception() is None:
-            self._executor.submit(loading.result().backend.close)
+            self._executor.submit(loading.result().segmenter.close)
         self._executor.shutdown(wait=True)
         shutil.rmtree(self._workdir, ignore_errors=True)
 

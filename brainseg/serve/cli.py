@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from brainseg.choices import BackendName, ComponentRule, TtaMode
 from brainseg.cli_support import Backend, Components, Precision, Tta, command
 
 
@@ -27,21 +28,22 @@ def serve_command(
              "an idle replica never waits).")]
     = 5.0,
     precision: Precision = None,
-    backend: Backend = "auto",
+    backend: Backend = BackendName.AUTO,
     device: Annotated[int, typer.Option(help="CUDA device index.")] = 0,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime CPU threads per replica (default: per core).")]
     = None,
-    tta: Tta = "auto",
-    components: Components = "auto",
+    tta: Tta = TtaMode.AUTO,
+    components: Components = ComponentRule.AUTO,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; bigger ones get 413.")] = 64.0,
 ) -> None:
     """Serve an exported ensemble over HTTP on Ray Serve: POST a slice or a NIfTI volume, get its mask.
 
     Runs until Ctrl-C. Endpoints: POST /v1/segment, GET /healthz, GET /v1/model, GET /v1/stats.
     """
-    from brainseg.serve.service import ServeOptions, serve_forever
+    from brainseg.serve.options import ServeOptions
+    from brainseg.serve.service import serve_forever
 
-    options = ServeOptions(host=host, port=port, replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+    options = ServeOptions(host=host, port=port, replicas=replicas, batch_size=max_batch, batch_wait_ms=batch_wait_ms,
                            precision=precision, backend=backend, device=device, threads=threads, tta=tta,
                            components=components, max_body_mb=max_body_mb)
 

@@ -1,7 +1,7 @@
 """What goes over the wire for `POST /v1/segment`: the body in, the mask and its numbers out.
 
 A body is read with a size limit, written to a private temporary file and read by the runtime's
-own readers (`brainseg.runtime.pipeline.read_for_graph`), so a slice served here is decoded,
+own readers (`ScanSteps.read` of the served `Segmenter`), so a slice served here is decoded,
 checked and resized exactly as `seg-run` does it. The answer is built from the runtime's
 `Prediction` with `brainseg.runtime.outputs`: the same mask PNG or NIfTI bytes `seg-run` writes,
 and the numbers of its results.csv row. numpy and the runtime only: no Ray, no Starlette, no torch.
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.artifacts.manifest import InputSpec
 from brainseg.errors import BrainsegError, InputSkipped
 from brainseg.runtime import outputs
 from brainseg.runtime.nifti_io import one_line
-from brainseg.runtime.pipeline import read_for_graph
 from brainseg.runtime.scans import Prediction, Scan, ScanData
+from brainseg.runtime.segmenter import ScanSteps
 
 # Content-Type -> the runtime's scan kind (2-D slice or NIfTI volume)
 MEDIA_KINDS = {"image/png": "slice", "image/tiff": "slice", "image/jpeg": "slice",
@@ -94,7 +93,7 @@ def wants_json(format_param: str | None, accept: str | None) -> bool:
     return JSON in (accept or "").lower()
 
 
-def read_body(body: bytes, kind: str, spec: InputSpec, workdir: Path) -> tuple[ScanData, np.ndarray]:
+def read_body(body: bytes, kind: str, steps: ScanSteps, workdir: Path) -> tuple[ScanData, np.ndarray]:
     """Decode one request body as the runtime reads a file: (its ScanData, (S, h, w, C) at the graph's size).
 
     Raises RequestError 400 for an empty body and 422, with the reader's reason, for a body the
@@ -109,7 +108,7 @@ def read_body(body: bytes, kind: str, spec: InputSpec, workdir: Path) -> tuple[S
         path = Path(file.name)
         scan = Scan(key="request", kind=kind, paths=(path,), root=path)
         try:
-            data, image = read_for_graph(scan, spec)
+            data, image = steps.read(scan)
         except InputSkipped as err:
             raise RequestError(422, err.reason) from None
         except BrainsegError:  # not the body's fault (e.g. a graph input that is not square)

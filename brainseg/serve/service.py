@@ -1,4 +1,4 @@
-"""seg-serve's settings (`ServeOptions`) and its life: start Ray Serve, wait until healthy, stop.
+"""seg-serve's life: start Ray Serve, wait until healthy, stop (its settings: `brainseg.serve.options`).
 
 `running_service` is the library call behind `seg-serve`: it checks the options and the artifacts
 in this process (so a usage problem is one line, before Ray starts), starts Ray when it is not
@@ -20,60 +20,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError, ConfigError, require
-from brainseg.postprocess import PostProcessing
-from brainseg.runtime.backends import BACKENDS
+from brainseg.serve.options import ServeOptions
 
 log = logging.getLogger("brainseg.serve")
 APP_NAME = "brainseg"
 CPUS_PER_REPLICA = 1  # Ray's bookkeeping: at most one replica per CPU Ray was given
-# no access log line per request: it costs ~2 ms of a 2-core machine per request
+# no access log line per request: writing one costs CPU time a 2-core machine needs for inference
 SERVE_LOGGING = {"enable_access_log": False}
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How seg-serve listens, batches and runs the ensemble (the defaults are the CLI's).
-
-    `batch_wait_ms`: how long a batch may wait for more slices while the replica is busy.
-    `threads`: ONNX Runtime CPU threads per replica (None: one per physical core).
-    `tta`, `components`: as for seg-run ("auto" keeps the artifacts' choice).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    replicas: int = 1
-    max_batch: int = 16
-    batch_wait_ms: float = 5.0
-    precision: str | None = None
-    backend: str = "auto"
-    device: int = 0
-    threads: int | None = None
-    tta: str = "auto"
-    components: str = "auto"
-    max_body_mb: float = 64.0
-
-    def check(self) -> None:
-        """Raise ConfigError naming the first option out of range."""
-        limits = {"--port": (self.port, 1, 65535), "--replicas": (self.replicas, 1, None),
-                  "--max-batch": (self.max_batch, 1, None), "--batch-wait-ms": (self.batch_wait_ms, 0, None),
-                  "--max-body-mb": (self.max_body_mb, 0.001, None), "--threads": (self.threads or 1, 1, None)}
-        for flag, (value, low, high) in limits.items():
-            if value < low or (high is not None and value > high):
-                span = f"between {low} and {high}" if high is not None else f"at least {low}"
-                raise ConfigError(f"{flag} must be {span}, got {value}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
-        PostProcessing().with_overrides(tta=self.tta, components=self.components)  # ConfigError if unknown
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 2**20)
 
 
 def import_serve() -> ModuleType:
