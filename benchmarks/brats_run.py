@@ -34,8 +34,8 @@ from _report import emit
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.bench.environment import cpu_description
-from brainseg.data.sample import SampleSpec, cached_sample_dataset
-from brainseg.data.sample_brats import BratsSampleSpec, cached_brats_sample
+from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset
+from brainseg.data.synthetic.sample_brats import BratsSampleSpec, cached_brats_sample
 
 BRATS_SIZE, BRATS_SLICES = 240, 155
 RSS_TARGET_GB, RATIO_TARGET = 2.0, 0.8

@@ -149,7 +149,7 @@ def _plumbing_row(backend, size: int, batch: int, reps: int, graph: bool) -> dic
 def cuda_plumbing(args, record: PartRecord, make_launcher=cupy_launcher) -> None:
     """TensorRTBackend on this GPU with a stand-in engine: plain calls at each batch, then graphs at the ends."""
     from brainseg.bench.environment import describe_environment
-    from brainseg.runtime.tensorrt_backend import TensorRTBackend
+    from brainseg.runtime.backends.tensorrt import TensorRTBackend
 
     record.data["environment"] = describe_environment()
     record.data["engine"] = "stand-in: one CuPy elementwise kernel (channel mean / 255, mask, p(1-p))"

@@ -23,7 +23,7 @@ from _report import emit
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.bench.environment import cpu_description
-from brainseg.runtime.openvino_backend import COMPUTE, DEVICE, import_openvino
+from brainseg.runtime.backends.openvino import COMPUTE, DEVICE, import_openvino
 
 
 def _profile(compiled, batch: np.ndarray, calls: int) -> dict[str, dict[str, float]]:

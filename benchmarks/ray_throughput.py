@@ -31,8 +31,8 @@ from pathlib import Path
 from _report import emit
 
 from brainseg.bench.environment import cpu_description
-from brainseg.data.sample import SampleSpec, cached_sample_dataset
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset
+from brainseg.runtime.batch.pipeline import RunOptions, segment
 
 PER_PATIENT = 16
 

@@ -24,9 +24,9 @@ from _report import emit
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.bench.environment import cpu_description
-from brainseg.data.sample import SampleSpec, cached_sample_dataset
-from brainseg.runtime import discovery
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset
+from brainseg.runtime.batch.pipeline import RunOptions, segment
+from brainseg.runtime.io import discovery
 from brainseg.runtime.segmenter import Segmenter
 
 

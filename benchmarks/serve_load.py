@@ -40,8 +40,8 @@ from _report import emit
 from brainseg.artifacts.manifest import Manifest
 from brainseg.bench.environment import cpu_description
 from brainseg.bench.stats import summarize, time_calls
-from brainseg.data.sample import SampleSpec, cached_sample_dataset
-from brainseg.runtime import discovery
+from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset
+from brainseg.runtime.io import discovery
 from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 from brainseg.serve.service import wait_until_healthy
 

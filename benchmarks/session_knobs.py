@@ -37,7 +37,7 @@ from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.sessions import import_onnxruntime, ort_session, session_options
 from brainseg.bench.environment import cpu_description
 from brainseg.bench.report import round_ratio
-from brainseg.runtime.openvino_backend import OpenVinoBackend, import_openvino
+from brainseg.runtime.backends.openvino import OpenVinoBackend, import_openvino
 
 NOISE = 0.15
 PAUSE_S = 0.3

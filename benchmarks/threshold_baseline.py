@@ -21,8 +21,8 @@ import numpy as np
 from _report import emit
 
 from brainseg.artifacts.manifest import Manifest
-from brainseg.data.sample import CHANNELS as SAMPLE_CHANNELS
 from brainseg.data.split import load_split
+from brainseg.data.synthetic.sample import CHANNELS as SAMPLE_CHANNELS
 from brainseg.metrics import REGION_NAMES, dice
 from brainseg.train.config import TrainConfig
 from brainseg.train.dataset import read_run_dataset

@@ -87,7 +87,7 @@ def sample_data_command(
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
 ) -> None:
     """Write the built-in synthetic brain-MRI sample in the kaggle_3m or the BraTS layout."""
-    from brainseg.data.sample_brats import write_sample
+    from brainseg.data.synthetic.sample_brats import write_sample
 
     root = write_sample(out, layout, patients=patients, slices=slices, size=size, seed=seed, progress=True)
     typer.echo(f"Wrote the {layout} sample to {root}")
@@ -158,7 +158,7 @@ def engine_command(
     """Build a TensorRT engine on this machine from an exported graph (needs TensorRT, not torch)."""
     from brainseg.artifacts.layout import TIMING_CACHE
     from brainseg.artifacts.manifest import Manifest
-    from brainseg.export.tensorrt_build import build_engine
+    from brainseg.deploy.tensorrt_build import build_engine
 
     manifest = Manifest.load(artifacts)
     usable = manifest.usable_precisions("gpu")
@@ -205,7 +205,7 @@ def run_command(
     Exit code 0: every scan done; 1: some inputs were skipped (reasons in summary.json);
     2: a usage or artifacts problem, nothing segmented.
     """
-    from brainseg.runtime.pipeline import RunOptions, segment
+    from brainseg.runtime.batch.pipeline import RunOptions, segment
 
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
@@ -327,7 +327,7 @@ def export_entry() -> None:
     """Console script `seg-export`: `seg-export RUN ...`, `seg-export engine ARTIFACTS ...`, or
     `seg-export triton ARTIFACTS --out REPO ...`."""
     if len(sys.argv) > 1 and sys.argv[1] == "triton":
-        from brainseg.export.triton_cli import triton_main
+        from brainseg.deploy.triton_cli import triton_main
 
         raise SystemExit(triton_main(sys.argv[2:]))
     if len(sys.argv) > 1 and sys.argv[1] == "engine":

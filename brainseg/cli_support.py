@@ -1,7 +1,7 @@
 """What every brainseg command shares: one-line errors with an exit code, logging, a progress bar of scans.
 
 Only typer and the standard library are imported at module level; any CLI module (brainseg.cli,
-brainseg.evaluation.cli, brainseg.export.triton_cli, brainseg.serve.cli) imports from here without
+brainseg.evaluation.cli, brainseg.deploy.triton_cli, brainseg.serve.cli) imports from here without
 importing the others.
 """
 

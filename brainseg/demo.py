@@ -17,11 +17,11 @@ from pathlib import Path
 
 from brainseg.bench.runner import BenchOptions
 from brainseg.bench.suite import bench_artifacts
-from brainseg.data.sample import SampleSpec, cached_sample_dataset
 from brainseg.data.split import load_split
+from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset
 from brainseg.errors import ConfigError
 from brainseg.export.pipeline import ExportOptions, export_run
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.batch.pipeline import RunOptions, segment
 from brainseg.train.config import make_config
 from brainseg.train.run import train_run
 

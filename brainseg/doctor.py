@@ -225,7 +225,7 @@ def _tensorrt() -> Probe:
 
 def _onnxruntime() -> Probe:
     from brainseg.artifacts.sessions import import_onnxruntime
-    from brainseg.runtime.onnxruntime_backend import available_providers
+    from brainseg.runtime.backends.onnxruntime import available_providers
 
     try:
         ort = import_onnxruntime()
@@ -245,7 +245,7 @@ def _onnxruntime() -> Probe:
 
 
 def _openvino() -> Probe:
-    from brainseg.runtime.openvino_backend import DEVICE, import_openvino, native_bf16
+    from brainseg.runtime.backends.openvino import DEVICE, import_openvino, native_bf16
 
     not_x86 = "" if machine.is_x86() else " (auto never takes it on this CPU: it is not x86)"
     try:

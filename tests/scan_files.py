@@ -11,9 +11,9 @@ import pytest
 
 from brainseg.artifacts.manifest import InputSpec
 from brainseg.errors import InputSkipped
-from brainseg.runtime.discovery import discover
-from brainseg.runtime.loading import load
-from brainseg.runtime.scans import Scan
+from brainseg.runtime.io.discovery import discover
+from brainseg.runtime.io.loading import load
+from brainseg.runtime.io.scans import Scan
 
 nib = pytest.importorskip("nibabel")
 

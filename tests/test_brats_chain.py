@@ -12,7 +12,7 @@ if nib is None:
 @pytest.fixture(scope="module")
 def brats_chain(tmp_path_factory):
     from brainseg.export.pipeline import ExportOptions, export_run
-    from brainseg.runtime.pipeline import RunOptions, segment
+    from brainseg.runtime.batch.pipeline import RunOptions, segment
     from brainseg.train.config import make_config
     from brainseg.train.run import train_run
 
@@ -67,7 +67,7 @@ def test_seg_run_writes_brats_label_maps_on_the_input_grid(brats_chain):
 
 def test_a_4d_nifti_of_the_sequences_gives_the_case_folders_label_map(brats_chain, tmp_path):
     from brainseg.artifacts.manifest import Manifest
-    from brainseg.runtime.pipeline import RunOptions, segment
+    from brainseg.runtime.batch.pipeline import RunOptions, segment
 
     data, root, _, _ = brats_chain
     case = sorted(p for p in data.iterdir() if p.is_dir())[0]

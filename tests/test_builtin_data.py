@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from brainseg.data.builtin import builtin_sample
 from brainseg.data.readers import read_dataset
+from brainseg.data.synthetic.builtin import builtin_sample
 from brainseg.errors import DataError
 from brainseg.evaluation.evaluate import DataSettings, builtin_data
 from brainseg.train.config import make_config

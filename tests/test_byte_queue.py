@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from brainseg.runtime.byte_queue import ByteQueue
+from brainseg.runtime.batch.byte_queue import ByteQueue
 
 
 def test_put_waits_while_the_bytes_would_pass_the_capacity():

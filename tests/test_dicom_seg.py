@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from brainseg.errors import DataError
-from brainseg.runtime.dicom_seg import DicomSegError, segmentation_bytes
-from brainseg.runtime.loading import load
+from brainseg.runtime.io.loading import load
+from brainseg.runtime.io.scans import Prediction
 from brainseg.runtime.outputs import OutputOptions, write_scan
-from brainseg.runtime.scans import Prediction
+from brainseg.runtime.outputs.dicom_seg import DicomSegError, segmentation_bytes
 
 hd = pytest.importorskip("highdicom", reason="highdicom (the dicom extra) is not installed")
 pydicom = pytest.importorskip("pydicom", reason="pydicom (the dicom extra) is not installed")

@@ -11,8 +11,8 @@ import tensorrt_standins as standins
 from brainseg.artifacts import cuda
 from brainseg.artifacts.layout import TIMING_CACHE, provenance_file
 from brainseg.artifacts.provenance import EngineProvenance
+from brainseg.deploy import tensorrt_build
 from brainseg.errors import BrainsegError, DataError
-from brainseg.export import tensorrt_build
 
 # --- provenance --------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from brainseg.evaluation import evaluate as evaluate_module
 from brainseg.evaluation import report as report_module
 from brainseg.evaluation.evaluate import EvalOptions, evaluate
 from brainseg.evaluation.report import hd95_line
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.batch.pipeline import RunOptions, segment
 
 pytest.importorskip("onnxruntime")
 

@@ -25,7 +25,7 @@ from brainseg.runtime.backends import choose_precision
 pytest.importorskip("onnxruntime")
 openvino = pytest.importorskip("openvino", reason="needs the openvino extra")
 
-from brainseg.runtime.openvino_backend import native_bf16  # noqa: E402
+from brainseg.runtime.backends.openvino import native_bf16  # noqa: E402
 
 NATIVE = native_bf16()
 

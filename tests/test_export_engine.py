@@ -27,8 +27,7 @@ from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.provenance import DEFAULT_BATCH
 from brainseg.artifacts.sessions import ort_session, run
 from brainseg.cli import app
-from brainseg.errors import ArtifactError, ConfigError
-from brainseg.export.engine_choice import (
+from brainseg.deploy.engine_choice import (
     EngineChoice,
     Host,
     check_request,
@@ -36,6 +35,7 @@ from brainseg.export.engine_choice import (
     probe_host,
     with_outcome,
 )
+from brainseg.errors import ArtifactError, ConfigError
 from brainseg.export.pipeline import ExportOptions
 from brainseg.export.trained_run import load_run
 

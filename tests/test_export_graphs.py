@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS, INPUT_NAME, MEMBER_OUTPUTS  # noqa: E402
 from brainseg.artifacts.sessions import ort_session, run  # noqa: E402
 from brainseg.data.preprocess import Normalisation  # noqa: E402
+from brainseg.deploy.tensorrt_checks import check_qdq_for_tensorrt  # noqa: E402
 from brainseg.errors import ConfigError  # noqa: E402
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input  # noqa: E402
 from brainseg.export.onnx_io import export_onnx, op_types, simplify  # noqa: E402
@@ -28,7 +29,6 @@ from brainseg.export.precision import (  # noqa: E402
     precision_summary,
     quantize_int8,
 )
-from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt  # noqa: E402
 from brainseg.train.models.registry import build_model  # noqa: E402
 
 TINY = {"unet": {"base_channels": 8, "depth": 3}, "fpn": {"encoder": "resnet18"}, "resunet": {"encoder": "resnet18"}}

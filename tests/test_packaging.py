@@ -19,10 +19,12 @@ SCRIPTS = {"seg-train": "--data", "seg-sample": "--patients", "seg-export": "--i
 def test_the_runtime_imports_neither_torch_nor_export():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['brainseg.export'] = None\n"
-        "import brainseg.runtime, brainseg.runtime.pipeline, brainseg.runtime.backends\n"
-        "import brainseg.runtime.onnxruntime_backend, brainseg.runtime.tensorrt_backend, brainseg.artifacts.manifest\n"
-        "import brainseg.metrics, brainseg.data.readers, brainseg.data.split, brainseg.data.sample, brainseg.cli\n"
-        "import brainseg.postprocess, brainseg.runtime.tta, brainseg.evaluation.evaluate, brainseg.evaluation.report\n"
+        "import brainseg.runtime, brainseg.runtime.batch.pipeline, brainseg.runtime.backends\n"
+        "import brainseg.runtime.backends.onnxruntime, brainseg.runtime.backends.tensorrt\n"
+        "import brainseg.artifacts.manifest, brainseg.runtime.segmenter, brainseg.runtime.batch.ray_run\n"
+        "import brainseg.metrics, brainseg.data.readers, brainseg.data.split, brainseg.data.synthetic.sample\n"
+        "import brainseg.postprocess, brainseg.runtime.backends.tta, brainseg.evaluation.evaluate\n"
+        "import brainseg.evaluation.report, brainseg.serve.app, brainseg.deploy.triton, brainseg.cli\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

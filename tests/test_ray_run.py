@@ -19,10 +19,10 @@ import pytest
 
 from brainseg.errors import BrainsegError, ConfigError
 from brainseg.fileio import write_atomic
-from brainseg.runtime import ray_run
-from brainseg.runtime.out_lock import OutputLock
-from brainseg.runtime.pipeline import RunOptions, segment
-from brainseg.runtime.scans import Scan
+from brainseg.runtime.batch import ray_run
+from brainseg.runtime.batch.out_lock import OutputLock
+from brainseg.runtime.batch.pipeline import RunOptions, segment
+from brainseg.runtime.io.scans import Scan
 
 ray = pytest.importorskip("ray", reason="seg-run --ray needs ray[data]: pip install 'brainseg[distributed]'")
 pytest.importorskip("ray.data", reason="seg-run --ray needs ray[data]: pip install 'brainseg[distributed]'")

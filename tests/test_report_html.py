@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from brainseg.runtime import report_html
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.batch.pipeline import RunOptions, segment
+from brainseg.runtime.outputs import report_html
 
 PNG_DATA = "data:image/png;base64,"
 
@@ -187,7 +187,7 @@ def test_volumes_without_overlays_flags_odd_keys_and_the_thumbnail_limit(tmp_pat
 
 def test_report_module_imports_without_torch():
     done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
-                           "import brainseg.runtime.report_html"], capture_output=True, text=True)
+                           "import brainseg.runtime.outputs.report_html"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 

@@ -11,7 +11,7 @@ import pytest
 from scan_files import F32, MODALITIES, U8, brain, one, solid, write_case, write_dicom, write_nifti, write_rgb
 
 from brainseg.errors import DataError
-from brainseg.runtime.discovery import discover
+from brainseg.runtime.io.discovery import discover
 
 
 def test_discover_mixed_folder_kinds_keys_order_and_skips(tmp_path):
@@ -124,7 +124,7 @@ def test_runtime_readers_import_neither_torch_nor_optional_readers():
     code = (
         "import sys\n"
         "sys.modules['torch'] = None\n"  # any import of torch now raises ImportError
-        "import brainseg.runtime.discovery, brainseg.runtime.loading, brainseg.runtime.nifti_io\n"
+        "import brainseg.runtime.io.discovery, brainseg.runtime.io.loading, brainseg.runtime.io.nifti\n"
         "print(sorted(m for m in ('nibabel', 'pydicom') if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

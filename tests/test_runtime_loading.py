@@ -25,9 +25,9 @@ from scan_files import (
 )
 
 from brainseg.data.brats import axial_slices, read_brats
-from brainseg.runtime.discovery import discover
-from brainseg.runtime.loading import load
-from brainseg.runtime.nifti_io import nifti_bytes, read_nifti, to_original
+from brainseg.runtime.io.discovery import discover
+from brainseg.runtime.io.loading import load
+from brainseg.runtime.io.nifti import nifti_bytes, read_nifti, to_original
 
 # ---------------------------------------------------------------- loading 2-D images
 

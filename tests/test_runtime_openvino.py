@@ -19,8 +19,8 @@ from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino", reason="needs the openvino extra")
 
-from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend  # noqa: E402
-from brainseg.runtime.openvino_backend import OpenVinoBackend, is_x86, native_bf16  # noqa: E402
+from brainseg.runtime.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from brainseg.runtime.backends.openvino import OpenVinoBackend, is_x86, native_bf16  # noqa: E402
 
 # Stated tolerances against ONNX Runtime on the same file. fp32: both compute in f32, summing in
 # different orders. int8: the two runtimes requantise between Q/DQ pairs differently (ORT fuses

@@ -14,8 +14,8 @@ import pytest
 
 from brainseg.errors import DataError
 from brainseg.runtime import outputs
+from brainseg.runtime.io.scans import Prediction, Scan, ScanData
 from brainseg.runtime.outputs import OutputOptions, ScanOutputError
-from brainseg.runtime.scans import Prediction, Scan, ScanData
 
 RED = (255, 0, 0)
 

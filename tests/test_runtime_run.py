@@ -20,9 +20,10 @@ from typer.testing import CliRunner
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.cli import app
-from brainseg.runtime import loading, outputs
+from brainseg.runtime import outputs
 from brainseg.runtime.backends import auto_backend
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.batch.pipeline import RunOptions, segment
+from brainseg.runtime.io import loading
 from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 nib = pytest.importorskip("nibabel")
@@ -251,7 +252,7 @@ def test_a_reader_dying_while_the_queue_is_full_stops_the_run_instead_of_hanging
 def test_a_second_run_on_the_same_output_folder_is_refused_naming_the_first(scans, tiny_artifacts, tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from brainseg.runtime.out_lock import OutputLock\n"
+         "from brainseg.runtime.batch.out_lock import OutputLock\n"
          f"with OutputLock({str(tmp_path / 'o')!r}):\n"
          "    print('locked', flush=True)\n"
          "    time.sleep(60)\n"],

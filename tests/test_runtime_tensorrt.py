@@ -29,7 +29,7 @@ from tensorrt_standins import (
 from brainseg.artifacts import cuda
 from brainseg.artifacts.layout import provenance_file
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError, DataError
-from brainseg.runtime.tensorrt_backend import TensorRTBackend
+from brainseg.runtime.backends.tensorrt import TensorRTBackend
 
 # --- fixtures ------------------------------------------------------------------------------------
 
@@ -278,7 +278,7 @@ def test_missing_tensorrt_names_the_extra_and_where_tensorrt_comes_from(engine, 
 def test_importing_the_backend_imports_neither_torch_nor_tensorrt_nor_cuda():
     code = (
         "import sys\n"
-        "import brainseg.runtime.tensorrt_backend\n"
+        "import brainseg.runtime.backends.tensorrt\n"
         "loaded = sorted(m for m in ('torch', 'tensorrt', 'cuda') if m in sys.modules)\n"
         "assert not loaded, loaded\n"
     )

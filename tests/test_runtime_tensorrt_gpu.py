@@ -12,9 +12,9 @@ import pytest
 from tensorrt_standins import TRT_SKIP, C, FakeCudart, H, W, engine_files, fake_tensorrt, images
 
 from brainseg.artifacts import cuda
+from brainseg.deploy import tensorrt_build
 from brainseg.errors import BrainsegError
-from brainseg.export import tensorrt_build
-from brainseg.runtime.tensorrt_backend import TensorRTBackend
+from brainseg.runtime.backends.tensorrt import TensorRTBackend
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from brainseg.data import phantom, sample
-from brainseg.data.sample import SampleSpec, cached_sample_dataset, write_sample_dataset
+from brainseg.data.synthetic import phantom, sample
+from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset, write_sample_dataset
 from brainseg.errors import BrainsegError, ConfigError, DataError
 
 pytestmark = pytest.mark.skipif(

@@ -12,10 +12,10 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from brainseg.cli import app
-from brainseg.data import sample_brats
 from brainseg.data.readers import detect_layout, read_dataset
-from brainseg.data.sample import INFO_FILE
-from brainseg.data.sample_brats import BratsSampleSpec, cached_brats_sample, generate_case, write_brats_sample
+from brainseg.data.synthetic import sample_brats
+from brainseg.data.synthetic.sample import INFO_FILE
+from brainseg.data.synthetic.sample_brats import BratsSampleSpec, cached_brats_sample, generate_case, write_brats_sample
 from brainseg.errors import ConfigError
 from brainseg.train.config import TrainConfig
 from brainseg.train.dataset import resolve_data

@@ -14,17 +14,17 @@ import pytest
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import ConfigError
 from brainseg.runtime import backends
-from brainseg.runtime.plan import RunOptions
+from brainseg.runtime.batch.plan import RunOptions
 from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 pytest.importorskip("onnxruntime")
 
 # the command modules that run an export: seg-run, its Ray path, seg-eval, seg-serve, seg-bench
-COMMANDS = ("brainseg.runtime.pipeline", "brainseg.runtime.ray_run", "brainseg.evaluation.evaluate",
+COMMANDS = ("brainseg.runtime.batch.pipeline", "brainseg.runtime.batch.ray_run", "brainseg.evaluation.evaluate",
             "brainseg.serve.app", "brainseg.bench.runner")
 # what opens or wraps a backend: only the Segmenter may import these
-BACKEND_MODULES = ("brainseg.runtime.tta", "brainseg.runtime.onnxruntime_backend", "brainseg.runtime.openvino_backend",
-                   "brainseg.runtime.tensorrt_backend")
+BACKEND_MODULES = ("brainseg.runtime.backends.tta", "brainseg.runtime.backends.onnxruntime",
+                   "brainseg.runtime.backends.openvino", "brainseg.runtime.backends.tensorrt")
 
 
 def _imports(module: str) -> dict[str, set[str]]:
@@ -46,7 +46,8 @@ def test_each_command_reaches_the_backend_only_through_the_segmenter(module):
     assert set(imports) & set(BACKEND_MODULES) == set(), f"{module} opens or wraps a backend itself"
     assert "open_backend" not in imports.get("brainseg.runtime.backends", set())
     assert "open_file" not in imports.get("brainseg.runtime.backends", set())
-    segmenter_names = imports.get("brainseg.runtime.segmenter", set()) | imports.get("brainseg.runtime.plan", set())
+    segmenter_names = imports.get("brainseg.runtime.segmenter", set()) | \
+        imports.get("brainseg.runtime.batch.plan", set())
     assert segmenter_names & {"Segmenter", "SegmenterOptions", "RunOptions", "RunPlan"}, f"{module} holds no Segmenter"
 
 
@@ -54,7 +55,7 @@ def test_nothing_but_the_segmenter_opens_a_backend():
     package = Path(importlib.util.find_spec("brainseg").origin).parent
     callers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
                      if "open_backend(" in path.read_text() or "FlipTTA(" in path.read_text())
-    assert callers == ["runtime/backends.py", "runtime/segmenter.py"]
+    assert callers == ["runtime/backends/__init__.py", "runtime/segmenter.py"]
 
 
 def test_options_out_of_their_choices_are_one_line_errors(tiny_artifacts):

@@ -28,7 +28,7 @@ from auto_choice import expected_auto_backend
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError
-from brainseg.runtime.pipeline import RunOptions, segment
+from brainseg.runtime.batch.pipeline import RunOptions, segment
 from brainseg.serve.options import ServeOptions
 from brainseg.serve.service import build_application, running_service, wait_until_healthy
 

@@ -17,8 +17,8 @@ from test_engine_provenance import provenance  # noqa: E402
 from brainseg.artifacts import cuda  # noqa: E402
 from brainseg.artifacts.layout import TIMING_CACHE, provenance_file  # noqa: E402
 from brainseg.artifacts.provenance import EngineProvenance  # noqa: E402
+from brainseg.deploy import tensorrt_build  # noqa: E402
 from brainseg.errors import BrainsegError, ConfigError, DataError  # noqa: E402
-from brainseg.export import tensorrt_build  # noqa: E402
 from brainseg.fileio import sha256_file  # noqa: E402
 
 TRT_SKIP = "TensorRT is not installed here (its PyPI libs cannot be fetched); these run on a GPU machine with TensorRT"
@@ -53,7 +53,7 @@ def test_missing_tensorrt_names_the_extra_and_where_tensorrt_comes_from(onnx_fil
 def test_modules_import_without_tensorrt_or_cuda():
     code = (
         "import sys; sys.modules['tensorrt'] = None; sys.modules['cuda'] = None\n"
-        "import brainseg.export.tensorrt_build, brainseg.export.tensorrt_checks, brainseg.artifacts.provenance\n"
+        "import brainseg.deploy.tensorrt_build, brainseg.deploy.tensorrt_checks, brainseg.artifacts.provenance\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -14,8 +14,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 from onnx_models import conv_model, qdq_model, tensor  # noqa: E402
 
+from brainseg.deploy.tensorrt_checks import check_qdq_for_tensorrt, supported_ops, unsupported_ops  # noqa: E402
 from brainseg.errors import DataError  # noqa: E402
-from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, supported_ops, unsupported_ops  # noqa: E402
 
 # --- the operator list -------------------------------------------------------------------------
 
@@ -23,7 +23,7 @@ from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, supported_op
 def test_op_list_has_a_source_header_and_parses():
     from importlib import resources
 
-    text = (resources.files("brainseg.export") / "data" / "tensorrt_onnx_ops.txt").read_text(encoding="utf-8")
+    text = (resources.files("brainseg.deploy") / "data" / "tensorrt_onnx_ops.txt").read_text(encoding="utf-8")
     header = [line for line in text.splitlines() if line.startswith("#")]
     assert any("onnx/onnx-tensorrt" in line and "Source" in line for line in header)
     assert any("docs/operators.md" in line for line in header)

@@ -23,11 +23,11 @@ import tensorrt_standins as standins
 from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS, MANIFEST, provenance_file
 from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.sessions import ort_session, run
+from brainseg.deploy import triton
+from brainseg.deploy.triton import README, RECORD, TritonOptions, export_triton
+from brainseg.deploy.triton_cli import triton_command, triton_main
+from brainseg.deploy.triton_config import parse_pbtxt
 from brainseg.errors import ArtifactError, BrainsegError, ConfigError
-from brainseg.export import triton
-from brainseg.export.triton import README, RECORD, TritonOptions, export_triton
-from brainseg.export.triton_cli import triton_command, triton_main
-from brainseg.export.triton_config import parse_pbtxt
 from brainseg.fileio import sha256_file
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="the triton extra is not installed")
@@ -380,7 +380,7 @@ def test_command_defaults_are_the_library_defaults():
 def test_command_runs_without_torch(tiny_artifacts, tmp_path):
     out = tmp_path / "repo"
     script = ("import sys; sys.modules['torch'] = None\n"
-              "from brainseg.export.triton_cli import triton_main\n"
+              "from brainseg.deploy.triton_cli import triton_main\n"
               f"sys.exit(triton_main([{str(tiny_artifacts)!r}, '--out', {str(out)!r}, '--precision', 'fp32']))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1])

@@ -25,6 +25,11 @@ MAX_IR_VERSION = 10
 DEFAULT_SPINNING = False
 
 
+def import_onnx() -> Any:
+    """The onnx module (files are read and checked with it), or the error naming the extra that installs it."""
+    return require("onnx", "export")
+
+
 def import_onnxruntime() -> Any:
     """The onnxruntime module, or the error naming the extra that installs it."""
     return require("onnxruntime", "export")

@@ -42,9 +42,10 @@ from brainseg.bench import flops, stats
 from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.fileio import write_atomic
 from brainseg.postprocess import TTA_MODES, PostProcessing
-from brainseg.runtime import discovery, outputs
+from brainseg.runtime import outputs
 from brainseg.runtime.backends import CPU_PROVIDER
-from brainseg.runtime.scans import Scan
+from brainseg.runtime.io import discovery
+from brainseg.runtime.io.scans import Scan
 from brainseg.runtime.segmenter import ScanSteps, Segmenter, SegmenterOptions
 
 log = logging.getLogger("brainseg.bench")

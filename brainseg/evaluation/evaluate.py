@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.artifacts.manifest import Manifest
-from brainseg.data.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.names import BRATS_LABEL, BRATS_MODALITIES
 from brainseg.data.readers import read_dataset
+from brainseg.data.synthetic.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.volume import Dataset, SkippedInput, Volume
 from brainseg.errors import ConfigError, DataError
 from brainseg.evaluation import report as report_files
@@ -32,7 +32,7 @@ from brainseg.evaluation.report import OverlaySlice
 from brainseg.metrics import REGION_NAMES, PatientScore, score_patient, summarize
 from brainseg.postprocess import PostProcessing
 from brainseg.runtime.backends import Choice
-from brainseg.runtime.scans import Prediction
+from brainseg.runtime.io.scans import Prediction
 from brainseg.runtime.segmenter import Segmenter, SegmenterOptions
 
 SPLITS = ("test", "val", "all")

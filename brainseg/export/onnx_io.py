@@ -13,9 +13,9 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from brainseg.artifacts.sessions import MAX_IR_VERSION, ort_session
+from brainseg.artifacts.sessions import MAX_IR_VERSION, import_onnx, ort_session
 from brainseg.errors import BrainsegError, require
 from brainseg.fileio import FILE_MODE
 
@@ -24,11 +24,6 @@ if TYPE_CHECKING:
     import torch
 
 BATCH_AXIS = "batch"
-
-
-def import_onnx() -> Any:
-    """The onnx module, or the error naming the extra that installs it."""
-    return require("onnx", "export")
 
 
 def export_onnx(

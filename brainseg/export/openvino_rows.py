@@ -41,7 +41,7 @@ def check_request(asked: bool) -> None:
     if not is_installed("openvino"):
         raise ConfigError("--bf16 runs the fp32 file on OpenVINO, which is not installed here; "
                           "pip install 'brainseg[openvino]', or leave out --bf16")
-    from brainseg.runtime.openvino_backend import native_bf16
+    from brainseg.runtime.backends.openvino import native_bf16
 
     if not native_bf16():
         raise ConfigError("--bf16 needs a CPU with native bf16 (AVX512-BF16 or AMX), which this one lacks; "
@@ -50,7 +50,7 @@ def check_request(asked: bool) -> None:
 
 def predictor(path: Path, precision: str):
     """The file at `path` as seg-run's OpenVINO backend runs it in `precision`: images -> probabilities."""
-    from brainseg.runtime.openvino_backend import OpenVinoBackend
+    from brainseg.runtime.backends.openvino import OpenVinoBackend
 
     try:
         backend = OpenVinoBackend(Path(path), precision)

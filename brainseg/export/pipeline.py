@@ -36,12 +36,13 @@ from brainseg.artifacts.sections import (
 from brainseg.artifacts.sessions import ort_session, run
 from brainseg.artifacts.variants import member_file, variant
 from brainseg.data.volume import Volume
+from brainseg.deploy import engine_choice, tensorrt_build
+from brainseg.deploy.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
 from brainseg.errors import BrainsegError, ConfigError
-from brainseg.export import accuracy, engine_choice, onnx_io, openvino_rows, precision, record, tensorrt_build
+from brainseg.export import accuracy, onnx_io, openvino_rows, precision, record
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
 from brainseg.export.postprocess_choice import choose_postprocessing, predictor
-from brainseg.export.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
 from brainseg.export.trained_run import TrainedRun, load_run, split_volumes
 from brainseg.fileio import write_atomic
 from brainseg.postprocess import DEFAULT_MIN_VOXELS, PostProcessing
@@ -67,7 +68,7 @@ class ExportOptions:
     components: str = "auto"  # auto | none | largest | min_volume
     min_voxels: int = DEFAULT_MIN_VOXELS
     weights: str = "auto"  # auto | equal | "a,b,c"
-    engine: str = "auto"  # auto | yes | no: TensorRT engines here too, see brainseg.export.engine_choice
+    engine: str = "auto"  # auto | yes | no: TensorRT engines here too, see brainseg.deploy.engine_choice
     simplify: bool = True
     overwrite: bool = False
 

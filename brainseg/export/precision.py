@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from brainseg.artifacts.sessions import import_onnx
 from brainseg.errors import BrainsegError, ConfigError, require
-from brainseg.export.onnx_io import export_onnx, import_onnx, save_model
+from brainseg.export.onnx_io import export_onnx, save_model
 
 if TYPE_CHECKING:
     import onnx

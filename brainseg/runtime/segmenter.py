@@ -32,10 +32,10 @@ from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
 from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.errors import ConfigError
 from brainseg.postprocess import PostProcessing
-from brainseg.runtime import loading
 from brainseg.runtime.backends import BackendSettings, Choice, open_backend, open_file
-from brainseg.runtime.scans import Prediction, Scan, ScanData
-from brainseg.runtime.tta import FlipTTA
+from brainseg.runtime.backends.tta import FlipTTA
+from brainseg.runtime.io import loading
+from brainseg.runtime.io.scans import Prediction, Scan, ScanData
 
 log = logging.getLogger("brainseg.runtime")
 

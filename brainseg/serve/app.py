@@ -44,7 +44,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from brainseg.runtime.scans import ScanData
+from brainseg.runtime.io.scans import ScanData
 from brainseg.runtime.segmenter import Segmenter
 from brainseg.serve import payloads
 from brainseg.serve.options import ServeOptions

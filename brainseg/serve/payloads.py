@@ -19,8 +19,8 @@ import numpy as np
 
 from brainseg.errors import BrainsegError, InputSkipped
 from brainseg.runtime import outputs
-from brainseg.runtime.nifti_io import one_line
-from brainseg.runtime.scans import Prediction, Scan, ScanData
+from brainseg.runtime.io.nifti import one_line
+from brainseg.runtime.io.scans import Prediction, Scan, ScanData
 from brainseg.runtime.segmenter import ScanSteps
 
 # Content-Type -> the runtime's scan kind (2-D slice or NIfTI volume)

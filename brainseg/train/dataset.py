@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from brainseg.data.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.readers import VolumeStream, read_dataset, stream_dataset
+from brainseg.data.synthetic.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.volume import Dataset
 from brainseg.train.config import TrainConfig
 

@@ -7,7 +7,7 @@
     ROOT/sample_info.json                                              spec, version, per-case facts
 
 which `read_dataset(ROOT)` detects as the `brats` layout. The cases come from
-`brainseg.data.brats_phantom`. Their affines are those of a scanner, not the identity: voxels of
+`brainseg.data.synthetic.brats_phantom`. Their affines are those of a scanner, not the identity: voxels of
 `size` x `size` over a 200 mm field of view, slices spread over 80-110 mm (at most 6 mm apart), an
 origin away from the grid's centre, and the voxel axes stored as LPS, RAS or LAS in turn (case 1,
 2, 3, ...), so that the reader's reorientation is exercised.
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.data.brats_phantom import ENHANCING, MODALITIES, NECROSIS, OEDEMA, BratsCase, synthesize_case
-from brainseg.data.phantom import ANATOMY_SOURCE, Template, load_template
-from brainseg.data.sample import (
+from brainseg.data.synthetic.brats_phantom import ENHANCING, MODALITIES, NECROSIS, OEDEMA, BratsCase, synthesize_case
+from brainseg.data.synthetic.phantom import ANATOMY_SOURCE, Template, load_template
+from brainseg.data.synthetic.sample import (
     INFO_FILE,
     SampleSpec,
     _installed_version,
@@ -128,7 +128,7 @@ def _write_cases(root: Path, spec: BratsSampleSpec, nib, *, progress: bool) -> N
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     info = {
-        "generator": "brainseg.data.sample_brats",
+        "generator": "brainseg.data.synthetic.sample_brats",
         "version": VERSION,
         "spec": asdict(spec),
         "layout": "brats",

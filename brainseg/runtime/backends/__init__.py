@@ -138,11 +138,11 @@ def open_file(path: Path, backend: str, precision: str, *, threads: int | None, 
     """One named ONNX file on the CPU, outside the gated choice: a member's own graph on ONNX Runtime,
     or OpenVINO with its own defaults (`defaults`; seg-bench's peer row). For comparisons, not for seg-run."""
     if backend == "onnxruntime":
-        from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend
+        from brainseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(path, precision, provider=CPU_PROVIDER, threads=threads, spinning=spinning)
     if backend == "openvino":
-        from brainseg.runtime.openvino_backend import OpenVinoBackend
+        from brainseg.runtime.backends.openvino import OpenVinoBackend
 
         return OpenVinoBackend(path, precision, threads=threads, defaults=defaults)
     raise ConfigError(f"a single file runs on onnxruntime or openvino, not {backend!r}")
@@ -152,7 +152,7 @@ def auto_backend() -> tuple[str, str]:
     """What `--backend auto` takes on this machine before it looks at an artifacts folder, and why:
     ("tensorrt", ...) where TensorRT imports (used when the folder has an engine built here), else
     ONNX Runtime's best provider, or OpenVINO on an x86 CPU (see the module docstring)."""
-    from brainseg.runtime.onnxruntime_backend import available_providers
+    from brainseg.runtime.backends.onnxruntime import available_providers
 
     ort = available_providers()[0] if is_installed("onnxruntime") else None
     if tensorrt_present():
@@ -169,8 +169,8 @@ def auto_backend() -> tuple[str, str]:
 
 def _openvino_preferred() -> bool:
     """`auto` on a CPU-only ONNX Runtime: OpenVINO where it is installed and this is an x86 CPU."""
-    from brainseg.runtime.onnxruntime_backend import available_providers
-    from brainseg.runtime.openvino_backend import is_x86
+    from brainseg.runtime.backends.onnxruntime import available_providers
+    from brainseg.runtime.backends.openvino import is_x86
 
     if is_installed("onnxruntime") and available_providers()[0] != CPU_PROVIDER:
         return False
@@ -187,7 +187,7 @@ def _open_openvino(manifest: Manifest, asked: str | None, settings: BackendSetti
     """OpenVINO with the CPU precision chosen once. With `openvino_only` (--backend openvino) only
     precisions OpenVINO's rows passed are offered; under auto a precision whose OpenVINO row did not
     pass runs on ONNX Runtime instead (a folder exported without OpenVINO has no such rows)."""
-    from brainseg.runtime.openvino_backend import OpenVinoBackend, import_openvino, native_bf16
+    from brainseg.runtime.backends.openvino import OpenVinoBackend, import_openvino, native_bf16
 
     import_openvino()  # a missing extra is its one-line error, before any precision question
     precision = choose_precision(manifest, asked, target="cpu", bf16=native_bf16(), openvino=openvino_only)
@@ -215,7 +215,7 @@ def _try_tensorrt(manifest: Manifest, asked: str | None, settings: BackendSettin
     if not engine.is_file():
         return _not_tensorrt(f"no {precision} engine in {manifest.folder} (build one with: "
                              f"seg-export engine {manifest.folder} --precision {precision})", required)
-    from brainseg.runtime.tensorrt_backend import TensorRTBackend
+    from brainseg.runtime.backends.tensorrt import TensorRTBackend
 
     try:
         runner = TensorRTBackend(engine, manifest.path_for(precision, "gpu"), precision, device=settings.device,
@@ -237,7 +237,7 @@ def _not_tensorrt(why: str, required: bool) -> None:
 
 
 def _open_onnxruntime(manifest: Manifest, asked: str | None, settings: BackendSettings):
-    from brainseg.runtime.onnxruntime_backend import available_providers
+    from brainseg.runtime.backends.onnxruntime import available_providers
 
     provider = available_providers()[0]
     target = "cpu" if provider == CPU_PROVIDER else "gpu"
@@ -245,7 +245,7 @@ def _open_onnxruntime(manifest: Manifest, asked: str | None, settings: BackendSe
 
 
 def _onnxruntime(manifest: Manifest, precision: str, target: str, provider: str, settings: BackendSettings):
-    from brainseg.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from brainseg.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     path = manifest.path_for(precision, target)
     runner = OnnxRuntimeBackend(path, precision, provider=provider, device=settings.device, threads=settings.threads,

@@ -3,7 +3,7 @@
 Orientation follows training (`brainseg.data.brats`): a volume is brought to the closest
 canonical orientation (RAS+; nibabel's `as_closest_canonical`) and cut into axial slices with
 `axial_slices`: slice 0 inferior, row 0 anterior, column 0 the patient's left. The readers (this
-module's `read_nifti`, and `brainseg.runtime.dicom_io.read_dicom`) return that RAS+ array and an
+module's `read_nifti`, and `brainseg.runtime.io.dicom.read_dicom`) return that RAS+ array and an
 `info` dict (`ScanData.nifti`):
 
     {"affine": the input's (4, 4) affine, "header": a copy of its NIfTI header (None for DICOM),

@@ -115,7 +115,7 @@ def engine_predictor(engine_path: Path, onnx_path: Path, precision: str, *,
     This is how the export scores an engine it built: the same backend class seg-run runs, so the
     accuracy gate measures what ships. Batches must fit the engine's profile.
     """
-    from brainseg.runtime.tensorrt_backend import TensorRTBackend
+    from brainseg.runtime.backends.tensorrt import TensorRTBackend
 
     with TensorRTBackend(engine_path, onnx_path, precision, device=device) as backend:
         yield lambda images: backend.infer(images)[PROBABILITY]

@@ -12,8 +12,8 @@ scan whose outputs are complete from an earlier run is kept (unless `overwrite`)
 interrupted run continues where it stopped. A bug in a reader or the writer stops every stage
 and is raised to the caller, never left waiting. One run at a time may write an output folder.
 
-The model is one `Segmenter`; the steps shared with `seg-run --ray` (`brainseg.runtime.ray_run`)
-are `RunPlan`'s (`brainseg.runtime.plan`).
+The model is one `Segmenter`; the steps shared with `seg-run --ray` (`brainseg.runtime.batch.ray_run`)
+are `RunPlan`'s (`brainseg.runtime.batch.plan`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.data.volume import SkippedInput
-from brainseg.runtime.byte_queue import ByteQueue
-from brainseg.runtime.out_lock import OutputLock
-from brainseg.runtime.plan import RunOptions, RunPlan, RunSummary, plan_run
-from brainseg.runtime.scans import ScanData
+from brainseg.runtime.batch.byte_queue import ByteQueue
+from brainseg.runtime.batch.out_lock import OutputLock
+from brainseg.runtime.batch.plan import RunOptions, RunPlan, RunSummary, plan_run
+from brainseg.runtime.io.scans import ScanData
 from brainseg.runtime.segmenter import Segmenter
 
 __all__ = ["RunOptions", "RunSummary", "segment"]
@@ -68,7 +68,7 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
     Raises ArtifactError/ConfigError (usage problems, another run writing `out`) before any scan is read.
     """
     if options.ray is not None:  # the same run on Ray Data
-        from brainseg.runtime.ray_run import segment_on_ray
+        from brainseg.runtime.batch.ray_run import segment_on_ray
 
         return segment_on_ray(paths, artifacts, out, options, on_scan=on_scan)
     out, plan = Path(out), plan_run(paths, artifacts, options)

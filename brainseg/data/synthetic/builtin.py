@@ -19,11 +19,11 @@ def builtin_sample(name: str, *, patients: int, slices: int, seed: int) -> Path:
     is the BraTS sample, whose size is fixed (`BratsSampleSpec`), so only `seed` applies to it.
     """
     if name == "sample":
-        from brainseg.data.sample import SampleSpec, cached_sample_dataset
+        from brainseg.data.synthetic.sample import SampleSpec, cached_sample_dataset
 
         return cached_sample_dataset(SampleSpec(patients=patients, slices=slices, seed=seed))
     if name == "sample-brats":
-        from brainseg.data.sample_brats import BratsSampleSpec, cached_brats_sample
+        from brainseg.data.synthetic.sample_brats import BratsSampleSpec, cached_brats_sample
 
         return cached_brats_sample(BratsSampleSpec(seed=seed))
     raise ValueError(f"{name!r} is not a built-in sample; they are {', '.join(BUILTIN_SAMPLES)}")

@@ -53,7 +53,7 @@ def triton_command(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Write an NVIDIA Triton model repository: ONNX Runtime models, and TensorRT plans for matching engines."""
-    from brainseg.export.triton import TritonOptions, export_triton
+    from brainseg.deploy.triton import TritonOptions, export_triton
 
     precisions = None if precision is None else tuple(p.strip() for p in precision.split(",") if p.strip())
     options = TritonOptions(precisions=precisions, kind=kind, instances=instances, max_batch=max_batch,

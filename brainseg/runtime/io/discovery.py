@@ -1,6 +1,6 @@
 """Find the scans under the paths given to `seg-run`: which files make up one scan, and its output key.
 
-`discover` looks at names only (and DICOM headers); `brainseg.runtime.loading` reads the files.
+`discover` looks at names only (and DICOM headers); `brainseg.runtime.io.loading` reads the files.
 Under each path, recursively and in sorted order, with hidden files and folders (names starting
 with '.') ignored:
 
@@ -51,8 +51,8 @@ from brainseg.data.names import (
 )
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import BrainsegError, DataError
-from brainseg.runtime.dicom_io import dicom_series
-from brainseg.runtime.scans import Scan
+from brainseg.runtime.io.dicom import dicom_series
+from brainseg.runtime.io.scans import Scan
 
 DICOM_SUFFIXES = (".dcm",)
 _NOT_SCANS = {"mask": "is a training mask (*_mask), not a scan", "label": "is a segmentation label (*_seg), not a scan"}

@@ -23,8 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from brainseg.artifacts.sessions import import_onnx
 from brainseg.errors import DataError
-from brainseg.export.onnx_io import import_onnx
 
 OPS_FILE = "tensorrt_onnx_ops.txt"
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -42,7 +42,7 @@ WEIGHT_AXIS = {("Conv", 1): 0, ("ConvTranspose", 1): 1}
 @lru_cache(maxsize=1)
 def supported_ops() -> frozenset[str]:
     """The default-domain ONNX operators TensorRT's ONNX parser imports (data/tensorrt_onnx_ops.txt)."""
-    text = (resources.files("brainseg.export") / "data" / OPS_FILE).read_text(encoding="utf-8")
+    text = (resources.files("brainseg.deploy") / "data" / OPS_FILE).read_text(encoding="utf-8")
     names = (line.split("#", 1)[0].strip() for line in text.splitlines())
     return frozenset(name for name in names if name)
 

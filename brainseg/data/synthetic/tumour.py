@@ -5,7 +5,7 @@ main-lobe sigma 6.5-22 mm) in the parenchyma of either hemisphere, spanning seve
 slices. It pushes the tissue around it aside, is dark on pre-contrast T1 and bright on FLAIR
 with varying strength, and may carry oedema (bright on FLAIR but outside the mask), a cystic core
 and a patchy enhancing rim on post-contrast T1. `synthesize_patient` puts it into a head from
-`brainseg.data.phantom`.
+`brainseg.data.synthetic.phantom`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from brainseg.data.phantom import (
+from brainseg.data.synthetic.phantom import (
     Pose,
     Template,
     acquire,

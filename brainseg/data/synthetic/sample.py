@@ -8,13 +8,13 @@
 
 with N = 1..slices numbered from inferior to superior, as the `kaggle_3m` reader expects.
 
-The head (pose, contrasts, bias field, noise) comes from `brainseg.data.phantom`. Its anatomy is
+The head (pose, contrasts, bias field, noise) comes from `brainseg.data.synthetic.phantom`. Its anatomy is
 real: the ICBM152 2009a template that the `nilearn` package ships, read from disk and never
 fetched, chosen over a procedural phantom of ellipses because real gyri, ventricles and brain
-outline make a model learn MRI-like structure (`brainseg.data.phantom` says more).
+outline make a model learn MRI-like structure (`brainseg.data.synthetic.phantom` says more).
 
 The tumour (one per patient, lobulated, spanning several consecutive slices; about 60% of all
-slices are tumour-free) comes from `brainseg.data.tumour`; this module writes patients to disk.
+slices are tumour-free) comes from `brainseg.data.synthetic.tumour`; this module writes patients to disk.
 
 `cached_sample_dataset` keeps one copy per spec under `$BRAINSEG_CACHE` (default
 `~/.cache/brainseg`), so repeated training runs do not regenerate it.
@@ -37,12 +37,12 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from brainseg.data.phantom import (
+from brainseg.data.synthetic.phantom import (
     ANATOMY_SOURCE,
     Template,
     load_template,
 )
-from brainseg.data.tumour import synthesize_patient
+from brainseg.data.synthetic.tumour import synthesize_patient
 from brainseg.errors import ConfigError, DataError
 from brainseg.machine import package_version
 
@@ -190,7 +190,7 @@ def _write_patients(root: Path, spec: SampleSpec, *, progress: bool) -> None:
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     info = {
-        "generator": "brainseg.data.sample",
+        "generator": "brainseg.data.synthetic.sample",
         "version": VERSION,
         "spec": asdict(spec),
         "layout": "kaggle_3m",

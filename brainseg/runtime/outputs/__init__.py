@@ -11,7 +11,7 @@ Layout, with `<key>` the scan's '/'-separated key:
   (float32, one channel per region) when asked, and one overlay `overlays/<key>.png` of the slice
   with the largest tumour area (the middle slice when there is none).
 - `dicom` scans, when `OutputOptions.manifest_sha256` is set: also `volumes/<key>_seg.dcm`, a DICOM
-  SEG on the source images (one segment per region; see `brainseg.runtime.dicom_seg`).
+  SEG on the source images (one segment per region; see `brainseg.runtime.outputs.dicom_seg`).
 - `.rows/<key>.json`: the scan's results.csv row, written last; its presence means "done".
 - `results.csv` and `summary.json`, written by the caller with `write_results_csv`, `write_summary`.
 
@@ -39,8 +39,8 @@ from scipy import ndimage
 
 from brainseg.errors import DataError
 from brainseg.fileio import write_atomic
-from brainseg.runtime.dicom_seg import segmentation_bytes
-from brainseg.runtime.scans import Prediction, Scan, ScanData
+from brainseg.runtime.io.scans import Prediction, Scan, ScanData
+from brainseg.runtime.outputs.dicom_seg import segmentation_bytes
 
 ROW_COLUMNS = (
     "key", "kind", "source", "slices", "height", "width", "tumour_pixels", "tumour_area_mm2",
@@ -283,7 +283,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 def nifti_like(axial: np.ndarray, data: ScanData) -> bytes:
     """Default VolumeWriter: (S, H, W[, K]) axial slices -> .nii.gz bytes in the input's grid and header."""
-    from brainseg.runtime.nifti_io import nifti_bytes, to_original
+    from brainseg.runtime.io.nifti import nifti_bytes, to_original
 
     return nifti_bytes(to_original(axial, data.nifti), data.nifti, dtype=axial.dtype)
 

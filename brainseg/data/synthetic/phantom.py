@@ -17,7 +17,7 @@ smooth elastic warp, cut into a slab of consecutive axial slices (`random_pose`,
 `template_points`, `elastic_warp`, `Template.sample`). Three contrasts are synthesised from the
 tissue maps (`base_contrasts`), then a smooth multiplicative bias field, Rician noise and a
 per-patient gain turn them into 8-bit slices (`acquire`). The tumour that goes into the head is
-modelled in `brainseg.data.sample`.
+modelled in `brainseg.data.synthetic.sample`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`seg-run --ray`: the run `brainseg.runtime.pipeline.segment` makes, distributed with Ray Data.
+"""`seg-run --ray`: the run `brainseg.runtime.batch.pipeline.segment` makes, distributed with Ray Data.
 
 What runs where:
 
@@ -51,9 +51,9 @@ import numpy as np
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.runtime import outputs
-from brainseg.runtime.out_lock import LOCK_NAME, OutputLock
-from brainseg.runtime.plan import RunOptions, RunPlan, RunSummary, plan_run
-from brainseg.runtime.scans import Scan
+from brainseg.runtime.batch.out_lock import LOCK_NAME, OutputLock
+from brainseg.runtime.batch.plan import RunOptions, RunPlan, RunSummary, plan_run
+from brainseg.runtime.io.scans import Scan
 
 if TYPE_CHECKING:
     from ray.data import Dataset

@@ -30,9 +30,9 @@ import numpy as np
 
 from brainseg.errors import BrainsegError, DataError, require
 from brainseg.machine import package_version
-from brainseg.runtime.dicom_io import slice_order
-from brainseg.runtime.nifti_io import one_line, to_original
-from brainseg.runtime.scans import Prediction, ScanData
+from brainseg.runtime.io.dicom import slice_order
+from brainseg.runtime.io.nifti import one_line, to_original
+from brainseg.runtime.io.scans import Prediction, ScanData
 
 SEGMENT_LABELS = {1: ("tumour",), 3: ("whole tumour", "tumour core", "enhancing tumour")}
 SEG_SERIES_NUMBER = 1000  # the SEG's own series (it gets a new SeriesInstanceUID); any fixed number would do
@@ -51,7 +51,7 @@ def segmentation_bytes(
     """The bytes of a DICOM SEG of `pred.mask` on the DICOM series `data` was read from.
 
     Args:
-        data: a `dicom` scan as `brainseg.runtime.loading.load` read it (its paths and geometry).
+        data: a `dicom` scan as `brainseg.runtime.io.loading.load` read it (its paths and geometry).
         pred: its prediction; K = 1 or 3 regions (SEGMENT_LABELS).
         manifest_sha256: the artifacts' manifest sha256, recorded in the algorithm identification.
         algorithm_version: defaults to the installed brainseg version.

@@ -26,9 +26,9 @@ from brainseg.artifacts.manifest import InputSpec
 from brainseg.data.brats import axial_view, same_grid, zscore_nonzero
 from brainseg.data.imageio import read_image, to_uint8
 from brainseg.errors import BrainsegError, InputSkipped
-from brainseg.runtime.dicom_io import read_dicom
-from brainseg.runtime.nifti_io import read_nifti
-from brainseg.runtime.scans import Scan, ScanData
+from brainseg.runtime.io.dicom import read_dicom
+from brainseg.runtime.io.nifti import read_nifti
+from brainseg.runtime.io.scans import Scan, ScanData
 
 
 def load(scan: Scan, spec: InputSpec) -> ScanData:

@@ -2,7 +2,7 @@
 
 `plan_run` checks the options, loads the manifest and finds the scans; the `RunPlan` it returns
 reads a scan into the graph's form, writes a scan's outputs, and finishes the run's files. The
-local run (`brainseg.runtime.pipeline`) and the Ray run (`brainseg.runtime.ray_run`) both take
+local run (`brainseg.runtime.batch.pipeline`) and the Ray run (`brainseg.runtime.batch.ray_run`) both take
 these steps, so they write the same files; each opens its model as a `Segmenter`.
 """
 
@@ -18,8 +18,10 @@ import numpy as np
 from brainseg.artifacts.manifest import Manifest
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import DataError
-from brainseg.runtime import discovery, outputs, report_html
-from brainseg.runtime.scans import Scan, ScanData
+from brainseg.runtime import outputs
+from brainseg.runtime.io import discovery
+from brainseg.runtime.io.scans import Scan, ScanData
+from brainseg.runtime.outputs import report_html
 from brainseg.runtime.segmenter import ScanSteps, Segmenter, SegmenterOptions
 
 log = logging.getLogger("brainseg.runtime")
@@ -37,7 +39,7 @@ class RunOptions(SegmenterOptions):
     save_probability: bool = False
     overlays: bool = True
     qc_threshold: float = 0.25
-    ray: str | None = None  # "local" or a Ray cluster's address: run on Ray Data (brainseg.runtime.ray_run)
+    ray: str | None = None  # "local" or a Ray cluster's address: run on Ray Data (brainseg.runtime.batch.ray_run)
     ray_actors: int = 1  # Ray: inference actors, one Segmenter (and one GPU where the cluster has GPUs) each
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS
 from brainseg.artifacts.manifest import Manifest
+from brainseg.artifacts.sessions import import_onnx
 from brainseg.errors import ArtifactError, require
-from brainseg.export.onnx_io import import_onnx
 
 ONNXRUNTIME = {"platform": "onnxruntime_onnx", "backend": "onnxruntime"}
 TENSORRT = {"platform": "tensorrt_plan", "backend": "tensorrt"}

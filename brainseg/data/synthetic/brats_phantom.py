@@ -1,7 +1,7 @@
-"""One synthetic BraTS case: a head from `brainseg.data.phantom`, a glioma with BraTS compartments.
+"""One synthetic BraTS case: a head from `brainseg.data.synthetic.phantom`, a glioma with BraTS compartments.
 
 The anatomy, pose, elastic warp and tumour shape are those of the kaggle_3m sample (the ICBM152
-template under `random_pose` + `elastic_warp`, the lobulated field of `brainseg.data.tumour`).
+template under `random_pose` + `elastic_warp`, the lobulated field of `brainseg.data.synthetic.tumour`).
 On top of them this module builds what a BraTS label volume holds, nested as BraTS defines it:
 
 - tumour core (TC) = the tumour field above its threshold, in parenchyma;
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from brainseg.data.phantom import (
+from brainseg.data.synthetic.phantom import (
     Pose,
     Template,
     base_contrasts,
     correlation_cells,
     smooth_noise,
 )
-from brainseg.data.tumour import TUMOUR_THRESHOLD, TumourParams, place_tumour
+from brainseg.data.synthetic.tumour import TUMOUR_THRESHOLD, TumourParams, place_tumour
 from brainseg.errors import DataError
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -162,7 +162,7 @@ def acquire_scanner_units(
 ) -> dict[str, np.ndarray]:
     """Bias field, Rician noise and a gain per sequence -> modality -> (S, H, W) float32.
 
-    The pieces of `brainseg.data.phantom.acquire` (shared plus per-sequence bias, magnitude of
+    The pieces of `brainseg.data.synthetic.phantom.acquire` (shared plus per-sequence bias, magnitude of
     complex Gaussian noise), but four sequences in whole scanner units instead of three 8-bit
     channels. Brain voxels are at least 1, so the reader's non-zero brain mask is exactly `brain`.
     """

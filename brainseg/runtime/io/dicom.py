@@ -1,6 +1,6 @@
 """DICOM series for the runtime: group files into series and read one as a RAS+ volume with its affine.
 
-A series becomes the same `(data, info)` pair as a NIfTI file (see `brainseg.runtime.nifti_io`),
+A series becomes the same `(data, info)` pair as a NIfTI file (see `brainseg.runtime.io.nifti`),
 with an affine built from ImagePositionPatient, ImageOrientationPatient and PixelSpacing, so its
 mask is written as a NIfTI volume aligned with the scanner's patient coordinates. pydicom is
 imported inside the functions that need it; so is nibabel, which reorients the series and writes
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.errors import InputSkipped, require
-from brainseg.runtime.nifti_io import check_finite, one_line
+from brainseg.runtime.io.nifti import check_finite, one_line
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

@@ -30,8 +30,7 @@ from brainseg.artifacts.layout import ACCURACY_REPORT, provenance_file
 from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.provenance import DEFAULT_BATCH, EngineProvenance, stored_provenance
 from brainseg.artifacts.variants import FILE_PRECISIONS
-from brainseg.errors import ArtifactError, ConfigError, DataError
-from brainseg.export.triton_config import (
+from brainseg.deploy.triton_config import (
     INSTANCE_KINDS,
     ONNXRUNTIME,
     ORT_TENSORRT_CACHE,
@@ -47,6 +46,7 @@ from brainseg.export.triton_config import (
     to_pbtxt,
     with_fixed_batch,
 )
+from brainseg.errors import ArtifactError, ConfigError, DataError
 from brainseg.fileio import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
