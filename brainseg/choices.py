@@ -25,40 +25,28 @@ class StrChoice(str, Enum):
 class BackendName(StrChoice):
     """Which runtime runs an artifacts folder: `auto` picks (brainseg.runtime.backends)."""
 
-    AUTO = "auto"
-    TENSORRT = "tensorrt"
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
+    AUTO, TENSORRT, ONNXRUNTIME, OPENVINO = "auto", "tensorrt", "onnxruntime", "openvino"
 
 
 class PrecisionName(StrChoice):
     """A precision of an exported file; bf16 is OpenVINO computing the fp32 file in bf16."""
 
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-    BF16 = "bf16"
+    FP32, FP16, INT8, BF16 = "fp32", "fp16", "int8", "bf16"
 
 
 class TtaMode(StrChoice):
     """Flip test-time augmentation; `auto` keeps the artifacts' choice."""
 
-    AUTO = "auto"
-    NONE = "none"
-    FLIP = "flip"
+    AUTO, NONE, FLIP = "auto", "none", "flip"
 
 
 class ComponentRule(StrChoice):
     """The 3-D component rule applied to each scan's mask; `auto` keeps the artifacts' choice."""
 
-    AUTO = "auto"
-    NONE = "none"
-    LARGEST = "largest"
-    MIN_VOLUME = "min_volume"
+    AUTO, NONE, LARGEST, MIN_VOLUME = "auto", "none", "largest", "min_volume"
 
 
 class TritonKind(StrChoice):
     """Where a Triton model's instances run."""
 
-    GPU = "gpu"
-    CPU = "cpu"
+    GPU, CPU = "gpu", "cpu"

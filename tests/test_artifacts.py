@@ -122,3 +122,24 @@ def test_writing_an_invalid_manifest_is_a_bug_that_is_refused(tmp_path):
     wrong = replace(fp32, targets={**fp32.targets, "gpu": replace(fp32.targets["gpu"], file="missing.onnx")})
     with pytest.raises(ValueError, match="refusing to write an invalid manifest: .*'missing.onnx' for the gpu"):
         write_manifest(tmp_path, replace(data, precisions={**data.precisions, "fp32": wrong}))
+
+
+def test_the_engines_and_tensorrt_sections_are_read_back_and_told_by_seg_doctor(tmp_path):
+    from brainseg.doctor import _export_notes
+
+    raw = _artifacts(tmp_path)
+    raw["engines"] = {"asked": "auto", "reason": "engines: not built: TensorRT is not installed here",
+                      "built": {"fp16": {"row": "engine-fp16", "passed": False, "file": None}}}
+    raw["tensorrt"] = {"ensemble.fp32.onnx": {"unsupported_ops": {"com.microsoft::Gelu": 2}, "qdq_problems": []},
+                       "ensemble.int8.onnx": {"unsupported_ops": {}, "qdq_problems": ["node q1: zero point 3"]}}
+    write_manifest(tmp_path, ManifestData.from_dict(raw))
+    manifest = Manifest.load(tmp_path)
+    assert manifest.engines.built["fp16"].file is None and not manifest.engines.built["fp16"].passed
+    assert _export_notes(manifest) == [
+        "engines: not built: TensorRT is not installed here",
+        "TensorRT would refuse ensemble.fp32.onnx: op com.microsoft::Gelu x2",
+        "TensorRT would refuse ensemble.int8.onnx: node q1: zero point 3"]
+    raw["tensorrt"]["ensemble.fp32.onnx"]["unsupported_ops"] = ["Gelu"]  # a list where counts belong
+    (tmp_path / layout.MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(ArtifactError, match="tensorrt.ensemble.fp32.onnx.unsupported_ops should be dict, is list"):
+        Manifest.load(tmp_path)

@@ -12,7 +12,7 @@ from brainseg.artifacts.manifest import Manifest
 from brainseg.artifacts.sessions import ort_session, run
 from brainseg.cli import app
 from brainseg.errors import is_installed
-from brainseg.export import accuracy, pipeline, precision
+from brainseg.export import accuracy, pipeline, precision, record
 from brainseg.export.pipeline import ExportOptions, export_run
 from brainseg.export.trained_run import load_run, split_volumes
 
@@ -89,7 +89,7 @@ def test_int8_has_a_tensorrt_file_and_a_cpu_file_gated_together(artifacts):
     assert manifest.dice("int8", "cpu") == result.table["int8-cpu"]["dice_mean"]
     table = {name: dict(row) for name, row in result.table.items()}
     table["int8-cpu"]["passed"] = False
-    assert pipeline._precisions(table, ("gpu", "cpu"))["int8"]["passed"] is False
+    assert record.gated_precisions(table, ("gpu", "cpu"))["int8"].passed is False
 
 
 def test_every_graph_is_buildable_by_tensorrt(artifacts):

@@ -45,7 +45,8 @@ def test_openvino_matches_onnxruntime_on_the_same_file(tiny_artifacts, precision
     path = manifest.path_for(precision, "cpu")
     batch = _slices(manifest)
     with OpenVinoBackend(path, precision, threads=2) as ov, \
-            OnnxRuntimeBackend(path, precision, provider="CPUExecutionProvider", threads=2) as ort:
+            OnnxRuntimeBackend(path, precision, provider="CPUExecutionProvider", threads=2,
+                               spinning=False) as ort:
         ours, reference = ov.infer(batch), ort.infer(batch)
         one = ov.infer(batch[:1])  # the batch dimension is dynamic: another size, same graph
         described = ov.describe()

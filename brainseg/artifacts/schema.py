@@ -43,9 +43,8 @@ class Section:
         return section
 
     def to_dict(self) -> dict:
-        """The JSON object of this section (None-valued optional sections are left out)."""
-        return {f.name: _write(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if not (getattr(self, f.name) is None and f.default is None)}
+        """The JSON object of this section, every field written (None as null)."""
+        return {f.name: _write(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def problems(self) -> list[str]:
         """What is wrong beyond the types, as readable phrases; empty when nothing is."""

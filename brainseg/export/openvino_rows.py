@@ -23,7 +23,7 @@ import numpy as np
 
 from brainseg.artifacts.layout import PROBABILITY
 from brainseg.artifacts.sections import PrecisionEntry, TargetUse
-from brainseg.artifacts.variants import variant
+from brainseg.artifacts.variants import VARIANTS, Variant, variant
 from brainseg.errors import BrainsegError, ConfigError, is_installed
 
 BF16 = variant("bf16", "cpu", "openvino")
@@ -77,7 +77,7 @@ def add_to_precisions(precisions: dict[str, PrecisionEntry], table: dict) -> dic
     added = {}
     for precision, entry in precisions.items():
         cpu = entry.targets.get("cpu")
-        if cpu is not None and openvino_row(precision) in table:
+        if cpu is not None and Variant(precision, "cpu", "openvino") in VARIANTS and openvino_row(precision) in table:
             entry = replace(entry, targets={**entry.targets, "cpu": replace(cpu, openvino_row=openvino_row(precision))})
         added[precision] = entry
     if BF16.row in table:

@@ -157,6 +157,7 @@ class Segmenter:
         self.manifest = artifacts if isinstance(artifacts, Manifest) else Manifest.load(artifacts)
         self.options = options
         self.steps = ScanSteps.of(self.manifest, options)
+        self.spec, self.threshold, self.post = self.steps.spec, self.steps.threshold, self.steps.post
         if file is None:
             settings = BackendSettings(device=options.device, threads=options.threads, spinning=options.spinning,
                                        cuda_graph_batch=options.batch_size if options.cuda_graph else None)
@@ -166,28 +167,13 @@ class Segmenter:
                                      threads=options.threads, spinning=options.spinning, defaults=openvino_defaults)
             why = "OpenVINO's own settings, not gated" if openvino_defaults else "one file as exported, not gated"
             self.choice = Choice(options.backend, options.precision, file, why)
+        self.precision = self.choice.precision
         self._graph = FlipTTA(self.backend, self.threshold) if self.post.tta == "flip" else self.backend
         self.batch_size = min(options.batch_size, self.backend.max_batch or options.batch_size)
         log.info("backend: %s, precision %s, %s (%s); %s", self.choice.backend, self.choice.precision,
                  self.choice.file, self.choice.reason, self.post.describe())
 
     # --- what it runs ---------------------------------------------------------------------------
-
-    @property
-    def spec(self) -> InputSpec:
-        return self.manifest.input
-
-    @property
-    def threshold(self) -> float:
-        return self.manifest.threshold
-
-    @property
-    def post(self) -> PostProcessing:
-        return self.steps.post
-
-    @property
-    def precision(self) -> str:
-        return self.choice.precision
 
     def describe(self) -> dict:
         """The backend's own description (provider or device, precision, file, threads...), the TTA,
