@@ -23,6 +23,7 @@ from brainseg.artifacts.sections import (
     ReaderSettings,
     SourceRun,
     TensorRTCheck,
+    format_problem,
 )
 from brainseg.artifacts.variants import PRECISIONS, TARGETS, engine_file
 from brainseg.errors import ArtifactError
@@ -54,9 +55,9 @@ class Manifest:
             raise ArtifactError(f"{folder}: no {MANIFEST}; is this a seg-export artifacts folder?") from None
         except (OSError, ValueError) as err:
             raise ArtifactError(f"{path}: unreadable ({err})") from err
-        if isinstance(raw, dict) and raw.get("format", FORMAT) != FORMAT:  # before its keys: they may differ
-            raise ArtifactError(f"{path}: format is {raw['format']!r}, expected {FORMAT!r} (written by another "
-                                "brainseg version: export the run again)")
+        wrong_format = format_problem(raw.get("format", FORMAT)) if isinstance(raw, dict) else None
+        if wrong_format is not None:  # before its keys: another version's may differ
+            raise ArtifactError(f"{path}: {wrong_format}")
         try:
             data = ManifestData.from_dict(raw)
         except SchemaError as err:

@@ -18,6 +18,13 @@ FORMAT = "brainseg-artifacts/2"
 INPUT_DTYPES = ("uint8", "float32")
 
 
+def format_problem(found: object) -> str | None:
+    """Why a manifest of format `found` cannot be read here; None when it is this version's."""
+    if found == FORMAT:
+        return None
+    return f"format is {found!r}, expected {FORMAT!r} (written by another brainseg version: export the run again)"
+
+
 @dataclass(frozen=True)
 class InputSpec(Section):
     """What the graph takes: (N, height, width, channels) slices of `dtype`, named `name`.
@@ -183,9 +190,9 @@ class ManifestData(Section):
     engines: Engines | None = None
 
     def problems(self) -> list[str]:
-        if self.format != FORMAT:
-            return [f"format is {self.format!r}, expected {FORMAT!r} (written by another brainseg version: "
-                    "export the run again)"]
+        wrong_format = format_problem(self.format)
+        if wrong_format is not None:
+            return [wrong_format]
         problems = []
         if PROBABILITY not in self.outputs or self.outputs[PROBABILITY].classes is None:
             problems.append(f"outputs.{PROBABILITY} names no classes")

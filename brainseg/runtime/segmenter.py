@@ -201,11 +201,6 @@ class Segmenter:
         """One scan's (S, H, W, C) slices, as a reader gives them -> its Prediction at (H, W)."""
         return self.steps.finish(self.infer_all(self.steps.to_graph_size(image)), image.shape[1:3])
 
-    def predict_scan(self, scan: Scan) -> tuple[ScanData, Prediction]:
-        """Read `scan` with the runtime's readers and predict it: what seg-run writes for it."""
-        data, image = self.steps.read(scan)
-        return data, self.steps.finish_scan(data, self.infer_all(image))
-
     def close(self) -> None:
         self.backend.close()
 

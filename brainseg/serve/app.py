@@ -97,8 +97,8 @@ class SegmentationService:
         self._running_since: float | None = None  # perf_counter() when the running batch began
         self._slice_seconds = 0.0  # running average of batch durations per slice
         self._replica = serve.get_replica_context().replica_id.unique_id  # tells replicas apart in /v1/stats
-        self._max_batch = options.max_batch
-        self._batcher = serve.batch(max_batch_size=options.max_batch,
+        self._max_batch = options.batch_size
+        self._batcher = serve.batch(max_batch_size=options.batch_size,
                                     batch_wait_timeout_s=options.batch_wait_ms / 1000)(self._run_batch)
         self._loading: Future[_Model] = self._executor.submit(self._load)
         self._loading.add_done_callback(_log_load_failure)

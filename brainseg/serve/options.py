@@ -36,9 +36,5 @@ class ServeOptions(SegmenterOptions):
         super().check()
 
     @property
-    def max_batch(self) -> int:
-        return self.batch_size
-
-    @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 2**20)

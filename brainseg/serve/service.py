@@ -50,7 +50,7 @@ def build_application(artifacts: str | Path, options: ServeOptions):
 
     deployment = serve.deployment(
         SegmentationService, name="SegmentationService", num_replicas=options.replicas,
-        max_ongoing_requests=2 * options.max_batch, ray_actor_options={"num_cpus": CPUS_PER_REPLICA})
+        max_ongoing_requests=2 * options.batch_size, ray_actor_options={"num_cpus": CPUS_PER_REPLICA})
     return deployment.bind(str(Path(artifacts).resolve()), options)
 
 
