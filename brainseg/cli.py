@@ -51,6 +51,9 @@ def train_command(
     fold: Annotated[int | None, typer.Option(help="Which fold is validation (0-based).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for the split, sampling and augmentation.")] = None,
     encoder_weights: Annotated[str | None, typer.Option(help="e.g. imagenet (needs network); default none.")] = None,
+    distill: Annotated[bool, typer.Option(
+        help="After two or more models, distil their mean into a student (the U-Net, from its weights).")] = True,
+    distill_epochs: Annotated[int | None, typer.Option(help="The student's epochs (quick 3, full 15).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoints.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -63,7 +66,7 @@ def train_command(
         patience=patience, oversample=oversample, augment=augment, amp=amp, layout=layout,
         modalities=_csv(modalities), target=target, patient_regex=patient_regex,
         val_fraction=val_fraction, test_fraction=test_fraction, folds=folds, fold=fold, seed=seed,
-        encoder_weights=encoder_weights,
+        encoder_weights=encoder_weights, distill=distill, distill_epochs=distill_epochs,
     )
     result = train_run(data=data, out=out, cfg=cfg, resume=resume, device=device, progress=progress)
     if result.test_dice:

@@ -19,6 +19,9 @@ class TrainConfig:
     """Everything that decides what a training run does.
 
     `batch_size` is per process; under torchrun the global batch is batch_size x world size.
+    `distill*` describe the student trained on the members' mean probabilities after them
+    (brainseg/train/distill.py); it is trained only when `distill` is on and there are two or more
+    members.
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -48,6 +51,10 @@ class TrainConfig:
     patient_regex: str | None = None
     sample_patients: int = 32
     sample_slices: int = 16
+    distill: bool = True
+    distill_epochs: int = 15
+    distill_alpha: float = 0.5  # weight of the soft-target BCE against the teacher; the rest is Dice + BCE on labels
+    distill_lr_factor: float = 0.5  # the student's peak lr as a share of `lr` (it starts from trained weights)
     preset: str = "full"
     extra: dict = field(default_factory=dict)
 
@@ -58,13 +65,23 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.img_size < 32 or self.img_size % 32:
             raise ConfigError(f"img_size must be a multiple of 32 (>= 32), got {self.img_size}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "distill_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.decoder_channels and (len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1):
             raise ConfigError(f"decoder_channels takes five positive widths, got {self.decoder_channels}")
         if not 0.0 <= self.oversample < 1.0:
             raise ConfigError(f"oversample is the share of tumour slices per batch, in [0, 1), got {self.oversample}")
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            raise ConfigError(f"distill_alpha weighs the teacher's term against the labels', in [0, 1], "
+                              f"got {self.distill_alpha}")
+        if self.distill_lr_factor <= 0:
+            raise ConfigError(f"distill_lr_factor must be > 0, got {self.distill_lr_factor}")
+
+    @property
+    def trains_student(self) -> bool:
+        """A student is distilled when asked for and there is an ensemble (two or more members) to learn from."""
+        return self.distill and len(self.models) >= 2
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -82,15 +99,16 @@ class TrainConfig:
 # quick: sized so that all three models train on the built-in sample in about ten minutes on two
 # AVX2 cores (smaller slices, a narrower classic U-Net, ResNet-18 encoders, a narrower ResNet-UNet
 # decoder); its schedule is too short for early stopping to help (the last, low-learning-rate
-# epochs are usually the best), so patience = epochs.
+# epochs are usually the best), so patience = epochs. Its student gets 3 epochs: it starts from the
+# trained U-Net, and 3 U-Net epochs keep `make demo` within its budget.
 # full: the settings for real data.
 PRESETS: dict[str, dict] = {
     "quick": {"epochs": 7, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 8,
-              "encoder": "resnet18", "decoder_channels": (128, 64, 32, 16, 16)},
+              "encoder": "resnet18", "decoder_channels": (128, 64, 32, 16, 16), "distill_epochs": 3},
     "full": {},
     # seconds on a CPU, for smoke tests and `seg-demo --preset tiny`; its scores mean nothing
     "tiny": {"epochs": 1, "img_size": 64, "batch_size": 4, "lr": 2e-3, "unet_base_channels": 8, "encoder": "resnet18",
-             "patience": 1},
+             "patience": 1, "distill_epochs": 1},
 }
 
 

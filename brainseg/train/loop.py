@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,9 +69,8 @@ class Trainer:
     def __init__(self, job: ModelJob, cfg: TrainConfig, ctx: DistContext) -> None:
         self.job, self.cfg, self.ctx = job, cfg, ctx
         torch.manual_seed(cfg.seed + 1000 * job.index)
-        self.model = build_model(
-            job.name, in_channels=job.in_channels, classes=job.classes, options=model_options(job.name, cfg)
-        ).to(ctx.device, memory_format=torch.channels_last)  # oneDNN and cuDNN convolutions run faster NHWC
+        # oneDNN and cuDNN convolutions run faster NHWC
+        self.model = self._build_model().to(ctx.device, memory_format=torch.channels_last)
         self.net = self.model
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -81,6 +81,12 @@ class Trainer:
         self.amp_dtype = resolve_amp(cfg.amp, ctx.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.state = LoopState()
+
+    def _build_model(self) -> nn.Module:
+        """The network before training: freshly initialised here; a subclass may start from weights."""
+        job = self.job
+        return build_model(job.name, in_channels=job.in_channels, classes=job.classes,
+                           options=model_options(job.name, self.cfg))
 
     def _make_scheduler(self):
         total = self.cfg.epochs * self.steps_per_epoch
@@ -131,6 +137,22 @@ class Trainer:
 
     # -- epochs -----------------------------------------------------------------------------
 
+    def _targets(self, index: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
+        """What `_loss` compares the logits with, as channels that augmentation moves like masks: here the masks."""
+        return masks
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return dice_bce_loss(logits, targets)
+
+    def _inputs(self, index: np.ndarray, generator: torch.Generator,
+                unit_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch, augmented: images (B, C, S, S) and `_targets` (B, T, S, S)."""
+        images, masks = to_tensors(self.job.train, index, self.job.norm, self.ctx.device)
+        targets = self._targets(index, masks)
+        if self.cfg.augment:
+            images, targets = augment_batch(images, targets, generator, unit_range=unit_range)
+        return images, targets
+
     def _train_epoch(self, epoch: int, on_step) -> float:
         self.net.train()
         autocast = (
@@ -141,12 +163,10 @@ class Trainer:
         total = 0.0
         batches = self._batches(epoch)
         for step, index in enumerate(batches):
-            images, masks = to_tensors(self.job.train, index, self.job.norm, self.ctx.device)
-            if self.cfg.augment:
-                images, masks = augment_batch(images, masks, generator, unit_range=unit_range)
+            images, targets = self._inputs(index, generator, unit_range)
             with autocast:
                 logits = self.net(standardise(images, self.job.norm).contiguous(memory_format=torch.channels_last))
-            loss = dice_bce_loss(logits, masks)
+            loss = self._loss(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)

@@ -29,12 +29,15 @@ class TrainProgress:
         if self._progress is not None:
             self._progress.stop()
 
-    def for_model(self, name: str, steps_per_epoch: int, start_epoch: int) -> Callable[..., None]:
+    def for_model(self, name: str, steps_per_epoch: int, start_epoch: int,
+                  epochs: int | None = None) -> Callable[..., None]:
+        """The callback of one model's line; `epochs` defaults to the run's (the student has its own)."""
         if self._progress is None:
             return lambda **fields: None
+        epochs = epochs or self.epochs
         task = self._progress.add_task(
-            name, total=self.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
-            epoch=start_epoch, epochs=self.epochs, loss=0.0, dice=0.0,
+            name, total=epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
+            epoch=start_epoch, epochs=epochs, loss=0.0, dice=0.0,
         )
 
         def update(*, epoch: int, loss: float | None = None, dice: float | None = None,

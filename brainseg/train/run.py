@@ -21,9 +21,10 @@ from brainseg.train import reports
 from brainseg.train.checkpoint import load_model
 from brainseg.train.config import TrainConfig
 from brainseg.train.dataset import read_run_dataset, resolve_data, stream_run_dataset
+from brainseg.train.distill import STUDENT, TEACHER_FILE, StudentTrainer, student_architecture
 from brainseg.train.distributed import DistContext, barrier, broadcast, init_distributed, shutdown
 from brainseg.train.evaluate import predict_volume
-from brainseg.train.loop import ModelJob, Trainer
+from brainseg.train.loop import LoopState, ModelJob, Trainer
 from brainseg.train.models.registry import check_model_names
 from brainseg.train.progress import TrainProgress
 from brainseg.train.slices import SliceCache
@@ -37,7 +38,7 @@ class RunResult:
     """What `train_run` returns: where things are and the headline numbers."""
 
     run_dir: Path
-    test_dice: dict[str, float]  # model name (and "ensemble") -> mean per-patient Dice on test
+    test_dice: dict[str, float]  # model name (and "ensemble (mean)", "student") -> mean per-patient Dice on test
     skipped: int
     seconds: float
 
@@ -98,8 +99,9 @@ def _predict(model, volumes, cfg: TrainConfig, norm: Normalisation, device) -> l
     return [predict_volume(model, v, img_size=cfg.img_size, norm=norm, device=device) for v in volumes]
 
 
-def _finish_model(job: ModelJob, cfg: TrainConfig, test: list[Volume], device, history) -> tuple[dict, dict]:
-    """Score best.pt on val and test and write the model's reports.
+def _finish_model(job: ModelJob, label: str, cfg: TrainConfig, test: list[Volume], device,
+                  history) -> tuple[dict, dict]:
+    """Score best.pt on val and test and write the reports of the model the run calls `label`.
 
     Returns its probabilities and its reports per split, for the run's report and ensemble.
     """
@@ -111,17 +113,20 @@ def _finish_model(job: ModelJob, cfg: TrainConfig, test: list[Volume], device, h
     for split_name, volumes in (("val", job.val), ("test", test)):
         if volumes:
             report = score_volumes(volumes, probs[split_name], threshold=cfg.threshold)
-            report.update(model=job.name, best_epoch=payload["best_epoch"], split=split_name)
+            report.update(model=label, best_epoch=payload["best_epoch"], split=split_name)
             reports.write_json(job.out_dir / f"{split_name}_report.json", report)
             scored[split_name] = report
     if history:
-        reports.plot_curves(job.out_dir / "training_curve.png", history, job.name)
+        reports.plot_curves(job.out_dir / "training_curve.png", history, label)
     return probs, scored
 
 
 def _write_run_reports(out: Path, cfg: TrainConfig, val: list[Volume], test: list[Volume],
                        probs: dict[str, dict], scored: dict[str, dict]) -> dict[str, float]:
-    """The run's table: each model's reports (already scored) and the ensemble's (mean of probabilities)."""
+    """The run's table: each model's reports (already scored), the ensemble's, then the student's if any.
+
+    `probs` holds the members' probabilities only: the ensemble is their mean, never the student's.
+    """
     table_rows: dict[str, dict[str, dict]] = {"val": {}, "test": {}}
     for split_name, volumes in (("val", val), ("test", test)):
         if not volumes:
@@ -131,6 +136,8 @@ def _write_run_reports(out: Path, cfg: TrainConfig, val: list[Volume], test: lis
         if len(probs) > 1:
             mean = [np.mean(stack, axis=0) for stack in zip(*(p[split_name] for p in probs.values()), strict=True)]
             table_rows[split_name]["ensemble (mean)"] = score_volumes(volumes, mean, threshold=cfg.threshold)
+        if STUDENT in scored:
+            table_rows[split_name][STUDENT] = scored[STUDENT][split_name]
     reports.write_json(out / "report.json", table_rows)
     text = "# Training report\n\n" + "".join(
         f"## {split_name}\n\n" + reports.summary_table(rows, split_name)
@@ -146,6 +153,8 @@ def train_run(
     device: str = "auto", progress: bool = True,
 ) -> RunResult:
     """Train every model in `cfg.models` on `data` into `out`/<model>/, then evaluate the ensemble.
+
+    With `cfg.trains_student`, a student distilled from the members follows in `out`/student/.
 
     `data` is a folder in a supported layout or "sample" for the built-in sample data. Under
     torchrun each process calls this; rank 0 writes every file.
@@ -178,14 +187,20 @@ def train_run(
         with TrainProgress(enabled=progress and ctx.is_main, epochs=cfg.epochs) as bar:
             for index, name in enumerate(cfg.models):
                 job = ModelJob(name, index, table, val, norm, first.channels, first.classes, out / name)
-                trainer = Trainer(job, cfg, ctx)
-                if resume:
-                    trainer.resume()
-                state = trainer.fit(bar.for_model(name, trainer.steps_per_epoch, trainer.state.epoch))
+                state = _fit(Trainer(job, cfg, ctx), name, bar, resume)
                 if ctx.is_main:
                     write_atomic(job.out_dir / "config.json", cfg.to_json())
                     test = test or _read(data, cfg, split.test)  # read once the models need it
-                    probs[name], scored[name] = _finish_model(job, cfg, test, ctx.device, state.history)
+                    probs[name], scored[name] = _finish_model(job, name, cfg, test, ctx.device, state.history)
+            if cfg.trains_student:
+                job = ModelJob(student_architecture(cfg, first.channels, first.classes), len(cfg.models), table, val,
+                               norm, first.channels, first.classes, out / STUDENT)
+                student = StudentTrainer(job, cfg, ctx, run_dir=out, teacher_file=cache.folder / TEACHER_FILE)
+                state = _fit(student, STUDENT, bar, resume)
+                if ctx.is_main:
+                    write_atomic(job.out_dir / "config.json", student.cfg.to_json())
+                    _, scored[STUDENT] = _finish_model(job, STUDENT, cfg, test, ctx.device, state.history)
+                del student  # it maps the teacher's file, which goes with the cache
         test_dice = _write_run_reports(out, cfg, val, test, probs, scored) if ctx.is_main else {}
         del table
         barrier(ctx)
@@ -194,6 +209,13 @@ def train_run(
         return RunResult(out, test_dice, len(skipped), time.perf_counter() - started)
     finally:
         shutdown(ctx)
+
+
+def _fit(trainer: Trainer, label: str, bar: TrainProgress, resume: bool) -> LoopState:
+    """Train what is left of one model (all of it unless resuming), with its own line in the progress bar."""
+    if resume:
+        trainer.resume()
+    return trainer.fit(bar.for_model(label, trainer.steps_per_epoch, trainer.state.epoch, trainer.cfg.epochs))
 
 
 def _read(data: str, cfg: TrainConfig, ids: list[str]) -> list[Volume]:
