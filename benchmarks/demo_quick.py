@@ -3,7 +3,8 @@
 Runs the demo in this process on the built-in sample and records:
 - the wall time and each stage's seconds (target: the whole demo in 15 minutes on 2 CPU cores);
 - each trained model's and the equal-weight PyTorch mean's held-out test Dice (seg-train's report);
-- the exported ensemble as it deploys (fitted weights, the chosen TTA and component rule): every
+- the candidate the export's front shipped and why (benchmarks/front.py reads the front itself);
+- the shipped graph as it deploys (its weights, the chosen TTA and component rule): every
   precision's validation Dice (the gate) and test Dice (nothing was chosen on those patients),
   with the post-processing candidates' validation numbers.
 Targets: the int8 CPU file's test Dice >= 0.90 and >= the best single model's.
@@ -41,7 +42,7 @@ def main() -> None:
     result = run_demo(args.keep, preset="quick", progress=False, overwrite=True)
     wall = time.perf_counter() - started
     manifest = Manifest.load(args.keep / "artifacts")
-    members = {name: dice for name, dice in result.test_dice.items() if name != "ensemble (mean)"}
+    members = {name: dice for name, dice in result.test_dice.items() if name not in ("ensemble (mean)", "student")}
     best_name = max(members, key=members.get)
     deployed = manifest.dice("int8", "cpu", split="test")
     emit({
@@ -53,6 +54,8 @@ def main() -> None:
         "test_patients": manifest.accuracy_facts.get("test_patients"),
         "val_patients": manifest.accuracy_facts.get("patients"),
         "trained_test_dice_pytorch": result.test_dice,
+        "deployed": {"candidate": manifest.deployed, "reason": result.deployed_reason,
+                     "networks": manifest.ensemble["members"], "weights": manifest.ensemble["weights"]},
         "ensemble_weights": manifest.ensemble["weights"],
         "postprocessing": manifest.postprocessing_choice,
         "deployed_val": {name: {k: row.get(k) for k in (*ROW_KEYS, "passed")}

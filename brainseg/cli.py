@@ -123,18 +123,30 @@ def export_command(
         help="TensorRT engines for --fp16/--int8, scored through the same gate: auto (where TensorRT and a CUDA GPU "
              "are), yes (fail if they are not) or no (build them later with seg-export engine).")]
     = "auto",
+    deploy: Annotated[str, typer.Option(
+        help="What to ship: auto (the fastest candidate within --dice-tolerance of the best validation Dice), "
+             "ensemble (every member, as before the front), or a candidate's name (unet, unet+resunet, student, "
+             "resunet/flip...).")] = "auto",
+    dice_tolerance: Annotated[float, typer.Option(
+        help="auto ships the fastest candidate whose validation Dice is within this of the best's.")] = 0.002,
+    max_shift_drop: Annotated[float | None, typer.Option(
+        help="Fail the export when an intensity shift (x0.3 ... gamma 1.5) drops the shipped candidate's "
+             "validation Dice by more than this (default: reported, not gated).")] = None,
     allow_failed: Annotated[bool, typer.Option(help="Exit 0 even when a precision fails the accuracy gate.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing artifacts folder.")] = False,
 ) -> None:
-    """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice; with
-    TensorRT and a GPU here, also the fp16/int8 TensorRT engines, gated the same way."""
+    """Export a trained run to ONNX (fp32, and fp16/int8 on request), gated on validation Dice, shipping the
+    candidate the Dice-latency front picks; with TensorRT and a GPU here, also the fp16/int8 TensorRT engines,
+    gated the same way."""
     from brainseg.export.pipeline import ExportOptions, export_run
 
     options = ExportOptions(fp16=fp16, int8=int8, bf16=bf16, max_dice_drop=max_dice_drop, calib_slices=calib_slices,
                             calib_method=calib_method, int8_activations=int8_activations, tta=tta,
                             components=components, min_voxels=min_voxels, weights=weights, engine=engine,
-                            overwrite=overwrite)
+                            overwrite=overwrite, deploy=deploy, dice_tolerance=dice_tolerance,
+                            max_shift_drop=max_shift_drop)
     result = export_run(run, out or Path("artifacts") / run.name, options)
+    typer.echo(f"Ships {result.deployed}: {result.deployed_reason}")
     typer.echo(f"Scored as deployed: {result.postprocessing}")
     for name, row in result.table.items():
         verdict = "pass" if row["passed"] else "FAILED"
@@ -144,8 +156,9 @@ def export_command(
     typer.echo(result.engines)
     typer.echo(f"Artifacts: {result.out} (accuracy table in {result.out / 'accuracy.md'})")
     if result.failed and not allow_failed:
-        typer.secho(f"error: {', '.join(result.failed)} lost more than {max_dice_drop} Dice; not offered to seg-run",
-                    err=True, fg=typer.colors.RED)
+        because = next((row["failed_because"] for row in result.table.values() if "failed_because" in row), None)
+        typer.secho(f"error: {because or ', '.join(result.failed) + f' lost more than {max_dice_drop} Dice'}; "
+                    "not offered to seg-run", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=1)
 
 
@@ -217,7 +230,8 @@ def run_command(
     with scan_progress(enabled=progress) as on_scan:
         summary = segment(scans, artifacts, out, options, on_scan=on_scan)
     typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "
-               f"({summary.slices_per_s:.1f} slices/s) with {summary.backend['backend']} {summary.precision}; "
+               f"({summary.slices_per_s:.1f} slices/s) with {summary.backend.get('deployed') or 'ensemble'} on "
+               f"{summary.backend['backend']} {summary.precision}; "
                f"{summary.resumed} already done; {summary.postprocessing['description']}")
     typer.echo(f"Results: {out / 'results.csv'}, summary: {out / 'summary.json'}")
     if summary.skipped:
@@ -247,6 +261,9 @@ def bench_command(
     members: Annotated[bool, typer.Option(help="Also time each member model's graph.")] = True,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: one per core).")] = None,
     tta: Annotated[str, typer.Option(help="Comma-separated flip TTA modes to time: none, flip.")] = "none,flip",
+    front: Annotated[bool, typer.Option(
+        help="Also time every candidate of the export's Dice-latency front against PyTorch eager of the "
+             "three-model ensemble (needs the train extra and the source run).")] = True,
 ) -> None:
     """Latency and accuracy report of every backend and precision: report.md, report.json, plots."""
     from brainseg.bench.environment import machine_name
@@ -258,11 +275,13 @@ def bench_command(
         batch_sizes=tuple(_ints(batch_sizes, "--batch-sizes")), iterations=iterations,
         seconds=None if iterations is not None else (seconds or 3.0), rounds=rounds,
         modes=MODES if mode == "all" else tuple(_csv(mode)), members=members, threads=threads,
-        tta=tuple(_csv(tta)))
+        tta=tuple(_csv(tta)), front=front)
     report, written = bench_artifacts(artifacts, out or Path("benchmarks/results") / machine_name(), options)
     typer.echo(f"{len(report['rows'])} rows timed; report: {written[1]} ({', '.join(p.name for p in written)})")
     for skipped in report["skipped"]:
         typer.echo(f"  not measured: {skipped['backend']} {skipped.get('precision', '')}: {skipped['reason']}")
+    if report.get("front") and "skipped" in report["front"]:
+        typer.echo(f"  front not timed: {report['front']['skipped']}")
 
 
 @app.command("demo")
@@ -283,7 +302,8 @@ def demo_command(
     typer.echo("\nHeld-out test patients, mean per-patient Dice of each trained model (PyTorch):")
     for name, value in result.test_dice.items():
         typer.echo(f"  {name:<16} {value:.4f}")
-    typer.echo(f"The exported ensemble as it deploys ({result.postprocessing}), ONNX Runtime on the CPU; "
+    typer.echo(f"\nThe export ships {result.deployed}: {result.deployed_reason}.")
+    typer.echo(f"It as it deploys ({result.postprocessing}), ONNX Runtime on the CPU; "
                "gated on validation, scored on the test patients:")
     for name, row in result.export_table.items():
         test = result.export_test_table.get(name, {}).get("dice_mean")
@@ -292,7 +312,8 @@ def demo_command(
     typer.echo(f"\nseg-run segmented {result.segmented} scan(s), skipped {result.skipped}.")
     typer.echo(f"Stage seconds: {result.seconds}")
     typer.echo("Where to look:")
-    places = (("training report", "run/report.md"), ("accuracy of each precision", "artifacts/accuracy.md"),
+    places = (("training report", "run/report.md"), ("the front, each precision", "artifacts/accuracy.md"),
+              ("the front as a plot", "artifacts/front.png"),
               ("masks and overlays", "segmentation/overlays/"), ("per-scan table", "segmentation/results.csv"),
               ("benchmark report", "bench/report.md"))
     for label, path in places:

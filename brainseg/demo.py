@@ -29,9 +29,9 @@ log = logging.getLogger("brainseg.demo")
 SAMPLES = {"quick": SampleSpec(), "tiny": SampleSpec(patients=6, slices=6, size=64)}
 BENCH = {
     "quick": BenchOptions(precisions=("fp32", "int8"), batch_sizes=(1, 8), seconds=2.0,
-                          modes=("compute", "end-to-end"), members=False),
+                          modes=("compute", "end-to-end"), members=False, front=False),
     "tiny": BenchOptions(batch_sizes=(1, 2), iterations=2, seconds=None, rounds=2, modes=("compute", "end-to-end"),
-                         members=False),
+                         members=False, front=False),
 }
 
 
@@ -52,6 +52,8 @@ class DemoResult:
     export_table: dict[str, dict]
     export_test_table: dict[str, dict]
     postprocessing: str
+    deployed: str
+    deployed_reason: str
     segmented: int
     skipped: int
     report: Path
@@ -76,10 +78,11 @@ def run_demo(out: str | Path = "demo", *, preset: str = "quick", progress: bool 
     say(f"[1/5] sample data ({preset})")
     sample = cached_sample_dataset(SAMPLES[preset])
     lap("sample")
-    say("[2/5] seg-train: U-Net, FPN and ResNet-UNet")
+    say("[2/5] seg-train: U-Net, FPN and ResNet-UNet, then a student distilled from them")
     trained = train_run(data=str(sample), out=out / "run", cfg=make_config(preset), progress=progress)
     lap("train")
-    say("[3/5] seg-export: fp32, fp16 and int8, gated on validation Dice, scored on the test patients")
+    say("[3/5] seg-export: the Dice-latency front picks what ships; fp32, fp16 and int8 of it, gated on validation "
+        "Dice, scored on the test patients")
     exported = export_run(out / "run", out / "artifacts", ExportOptions(fp16=True, int8=True, overwrite=True),
                           progress=log.info)
     lap("export")
@@ -93,5 +96,5 @@ def run_demo(out: str | Path = "demo", *, preset: str = "quick", progress: bool 
     lap("bench")
     return DemoResult(out=out, test_dice=trained.test_dice, export_table=exported.table,
                       export_test_table=exported.test_table, postprocessing=exported.postprocessing,
-                      segmented=summary.done,
+                      deployed=exported.deployed, deployed_reason=exported.deployed_reason, segmented=summary.done,
                       skipped=len(summary.skipped), report=written[1], seconds=seconds)

@@ -64,6 +64,35 @@ def test_report_files_are_written_and_the_json_matches_its_schema(bench):
     assert "onnxruntime/int8/ensemble+flip/compute/b1" in {row_id(r) for r in report["rows"]}
 
 
+def test_the_front_is_timed_again_beside_eager_three_model_ensemble(bench, tiny_artifacts):
+    out, report, _ = bench
+    manifest = Manifest.load(tiny_artifacts)
+    front = report["front"]
+    assert front["deployed"] == manifest.deployed and front["eager_ensemble_ms"] > 0
+    assert [row["name"] for row in front["rows"]] == [row["name"] for row in manifest.deployment.front]
+    for row in front["rows"]:
+        assert len(row["round_ms"]) == 2  # the bench's rounds
+        ratios = sorted(row["speedup_range"])
+        assert row["ms_per_slice"] > 0 and ratios[0] <= row["speedup_vs_eager_ensemble"] <= ratios[1]
+    text = (out / "report.md").read_text()
+    assert "## The Dice-latency front, timed in this run" in text and f"**{manifest.deployed}**" in text
+
+
+def test_a_folder_without_a_front_says_why(tiny_artifacts, tmp_path):
+    import shutil
+
+    from brainseg.bench.front import time_front
+
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_artifacts, copy)
+    raw = json.loads((copy / "manifest.json").read_text())
+    raw.pop("deployment")
+    (copy / "manifest.json").write_text(json.dumps(raw))
+    result = time_front(Manifest.load(copy), np.zeros((1, 8, 8, 3), np.uint8), rounds=1, seconds=0.1,
+                        progress=lambda message: None)
+    assert "before the Dice-latency front" in result["skipped"]
+
+
 def test_schema_problems_name_what_is_missing(bench):
     _, report, _ = bench
     broken = json.loads(json.dumps(report))

@@ -22,20 +22,24 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def artifacts(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    result = export_run(tiny_run, out, ExportOptions(fp16=True, int8=True, calib_slices=16))
+    # --deploy ensemble: every member, as before the front (tiny_artifacts ships what the front picks)
+    result = export_run(tiny_run, out, ExportOptions(fp16=True, int8=True, calib_slices=16, deploy="ensemble"))
     return out, result
 
 
 def test_every_file_is_in_the_manifest_with_its_hash(artifacts):
     out, _ = artifacts
     manifest = Manifest.load(out)  # verifies every sha256
-    expected = {f"{m}.fp32.onnx" for m in ("unet", "fpn", "resunet")} | {
+    expected = {f"{m}.fp32.onnx" for m in ("unet", "fpn", "resunet", "student")} | {
         f"ensemble.{p}.onnx" for p in ("fp32", "fp16", "int8", "int8-cpu")}
     assert set(manifest.files) == expected
-    assert (out / "accuracy.md").read_text().startswith("# Accuracy of the exported ensemble")
+    assert (out / "accuracy.md").read_text().startswith("# Accuracy of the shipped graph")
     assert manifest.input.dtype == "uint8" and manifest.input.size == (64, 64)
     weights = manifest.ensemble["weights"]
     assert len(weights) == 3 and sum(weights) == pytest.approx(1)
+    deployment = manifest.deployment
+    assert deployment.candidate in ("ensemble", "ensemble/flip") and deployment.networks == ["unet", "fpn", "resunet"]
+    assert deployment.timed == "" and all(row["ms_per_slice"] is None for row in deployment.front)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
     from brainseg.fileio import FILE_MODE
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 ACCURACY_REPORT = "accuracy.md"
+FRONT_PLOT = "front.png"  # the Dice-latency front: validation Dice against ms/slice, the shipped candidate marked
 TIMING_CACHE = "tensorrt.timing-cache"  # kernel timings TensorRT reuses between builds on one GPU
 ORT_TENSORRT_CACHE = ".ort-tensorrt-cache"  # engines ONNX Runtime's TensorRT provider keeps
 

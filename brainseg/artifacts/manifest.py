@@ -16,6 +16,7 @@ from brainseg.artifacts.layout import MANIFEST, PROBABILITY
 from brainseg.artifacts.schema import SchemaError
 from brainseg.artifacts.sections import (
     FORMAT,
+    Deployment,
     Engines,
     FileEntry,
     InputSpec,
@@ -180,6 +181,16 @@ class Manifest:
     def engines(self) -> Engines | None:
         """The engines the export built here and why (None for folders exported before it was recorded)."""
         return self.data.engines
+
+    @property
+    def deployment(self) -> Deployment | None:
+        """The front and the candidate this folder ships (None for folders exported before the front)."""
+        return self.data.deployment
+
+    @property
+    def deployed(self) -> str:
+        """The shipped candidate's name: "ensemble" for folders exported before the front."""
+        return self.data.deployment.candidate if self.data.deployment else "ensemble"
 
     def member_files(self) -> dict[str, str]:
         """{model name: its own fp32 graph's file}."""

@@ -162,6 +162,22 @@ class Engines(Section):
 
 
 @dataclass(frozen=True)
+class Deployment(Section):
+    """Which candidate of the Dice-latency front the folder ships, and why (brainseg.export.front)."""
+
+    candidate: str  # its name in `front`, e.g. "resunet", "unet+resunet/flip", "ensemble", "student"
+    networks: list[str]  # the run's networks in its graph (members, or "student")
+    asked: str  # --deploy: auto, ensemble or a candidate's name
+    dice_tolerance: float
+    rule: str
+    reason: str
+    timed: str = ""  # how the front was timed; "" when it was not (a forced --deploy)
+    eager_ensemble_ms: float | None = None  # PyTorch eager FP32 of the three-model ensemble, same rounds
+    front: list[dict[str, Any]] = field(default_factory=list)  # brainseg.export.front.Candidate.to_row
+    robustness: dict[str, Any] = field(default_factory=dict)  # validation Dice under intensity shifts
+
+
+@dataclass(frozen=True)
 class TensorRTCheck(Section):
     """What TensorRT's parser would refuse in one file: ops outside its list, Q/DQ placements."""
 
@@ -188,6 +204,7 @@ class ManifestData(Section):
     graph_notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensorrt: dict[str, TensorRTCheck] = field(default_factory=dict)
     engines: Engines | None = None
+    deployment: Deployment | None = None  # None in folders exported before the front
 
     def problems(self) -> list[str]:
         wrong_format = format_problem(self.format)

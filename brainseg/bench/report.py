@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
+from brainseg.bench import front as bench_front
 from brainseg.bench.runner import BenchResult, row_id
 from brainseg.bench.stats import CV_WARNING
 from brainseg.errors import BrainsegError, require
@@ -48,7 +49,7 @@ def build_report(result: BenchResult, *, artifacts: Path, manifest_sha256: str, 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "artifacts": str(artifacts), "manifest_sha256": manifest_sha256,
         "environment": environment, "peaks": peaks, "options": options, "conventions": CONVENTIONS,
-        "rows": result.rows, "skipped": result.skipped, "samples": result.samples,
+        "rows": result.rows, "skipped": result.skipped, "samples": result.samples, "front": result.front,
     }
 
 
@@ -108,6 +109,7 @@ def markdown(report: dict) -> str:
                   f"| {r['gpu_stages_ms']['d2h_ms']:.3f} |" for r in staged]
     lines += ["", "## Speed-ups", ""] + _speedups(report["rows"])
     lines += ["", "## What flip TTA costs", ""] + _tta_costs(report["rows"])
+    lines += bench_front.markdown(report.get("front"))
     if report["skipped"]:
         lines += ["", "## Not measured here", ""]
         lines += [f"- {s['backend']}{' ' + s['precision'] if s.get('precision') else ''}: {s['reason']}"

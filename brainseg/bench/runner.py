@@ -39,6 +39,7 @@ import numpy as np
 from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.artifacts.variants import PRECISIONS, variant
 from brainseg.bench import flops, stats
+from brainseg.bench import front as bench_front
 from brainseg.errors import BrainsegError, ConfigError, require
 from brainseg.fileio import write_atomic
 from brainseg.postprocess import TTA_MODES, PostProcessing
@@ -68,6 +69,8 @@ class BenchOptions:
     idle_gap_s: float = 0.1
     warmup: int = 3
     tta: tuple[str, ...] = ("none", "flip")  # runtime ensemble rows with and without flip TTA: its cost
+    front: bool = True  # also time every candidate of the export's front (brainseg.bench.front)
+    front_seconds: float = 1.0  # timed calls per front candidate, over all rounds
 
     def check(self) -> None:
         for name, values, allowed in (("backend", self.backends, BACKENDS), ("mode", self.modes, MODES),
@@ -107,6 +110,7 @@ class BenchResult:
     rows: list[dict] = field(default_factory=list)
     samples: dict[str, list[float]] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    front: dict | None = None  # brainseg.bench.front.time_front's, when asked
 
 
 def row_id(row: dict) -> str:
@@ -128,6 +132,10 @@ def run_bench(manifest: Manifest, options: BenchOptions, *, peaks: dict,
                 opened.callback(close)
             cells += _cells(candidate, options, scans, images, Path(tmp) / "out")
         _time_cells(cells, options, images, peaks, result, progress)
+    if options.front:
+        progress("timing the export's front: every candidate beside PyTorch eager of the three-model ensemble")
+        result.front = bench_front.time_front(manifest, images, rounds=options.rounds, seconds=options.front_seconds,
+                                              progress=progress)
     return result
 
 

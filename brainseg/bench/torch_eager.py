@@ -1,8 +1,8 @@
-"""PyTorch eager FP32: the ensemble as a user without this toolkit would run it, for comparison.
+"""PyTorch eager FP32: the shipped graph as a user without this toolkit would run it, for comparison.
 
-The same module seg-export traced (normalisation, the three models, sigmoid, weighted mean,
-threshold, disagreement), rebuilt from the source run's checkpoints and run eagerly on the CPU
-in float32 under `torch.inference_mode`. Needs the `train` extra; imported only when asked for.
+The same module seg-export traced (normalisation, the shipped candidate's networks, sigmoid,
+weighted mean, threshold, disagreement), rebuilt from the source run's checkpoints and run eagerly
+on the CPU in float32 under `torch.inference_mode`. Needs the `train` extra; imported only when asked for.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ class EagerEnsemble:
         run_dir = manifest.source_run
         if not Path(run_dir).is_dir():
             raise DataError(f"the source run {run_dir} is not on this machine; PyTorch eager needs its checkpoints")
-        run = load_run(run_dir)
-        self.graph = EnsembleGraph([m.model for m in run.members], weights=manifest.ensemble["weights"], norm=run.norm,
-                                   input_dtype=run.input_dtype, threshold=manifest.threshold).eval()
+        shipped = manifest.ensemble["members"]
+        run = load_run(run_dir, models=shipped)
+        self.graph = EnsembleGraph([run.networks[name] for name in shipped], weights=manifest.ensemble["weights"],
+                                   norm=run.norm, input_dtype=run.input_dtype, threshold=manifest.threshold).eval()
         self.threads = threads
         self.precision = "fp32"
 

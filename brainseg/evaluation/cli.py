@@ -60,7 +60,8 @@ def _print_headline(report: dict) -> None:
     dice = report["dice"]
     worst = report["worst_patient"]
     typer.echo(f"{report['patients']} patient(s) scored ({report['patients_with_tumour']} with tumour) with "
-               f"{report['backend']['chosen']} {report['precision']}; {report['postprocessing']['description']}")
+               f"{report['backend'].get('deployed') or 'ensemble'} on {report['backend']['chosen']} "
+               f"{report['precision']}; {report['postprocessing']['description']}")
     if dice["mean"] is None:
         typer.echo(f"No scored patient has tumour in the truth; Dice is not defined ({report['region']}).")
     else:

@@ -156,7 +156,8 @@ def _provenance(report: dict) -> list[str]:
         report["split"], f"the source run's {report['split']} patients")
     return [
         f"- Artifacts: `{report['artifacts']}` (manifest sha256 `{report['manifest_sha256']}`)",
-        f"- Run with: {backend['chosen']} {report['precision']} "
+        f"- Run with: {backend.get('deployed') or 'ensemble'} (the export's shipped candidate) on "
+        f"{backend['chosen']} {report['precision']} "
         f"(`{report['file']}`; {backend['reason']}), threshold {report['threshold']}",
         f"- Post-processing: {report['postprocessing']['description']}",
         f"- Data: `{report['data']}` ({report['layout']} layout; read with {report['data_settings']['source']})",

@@ -141,7 +141,7 @@ def _hd95_cell(row: dict, regions: list[str]) -> str:
 def table_markdown(table: dict[str, dict], *, max_drop: float, parity: dict[str, float],
                    test_table: dict[str, dict] | None = None, postprocessing: dict | None = None) -> str:
     """accuracy.md: the validation table with its gate, the test table, the post-processing choice."""
-    lines = ["# Accuracy of the exported ensemble", ""]
+    lines = ["# Accuracy of the shipped graph", ""]
     if postprocessing:
         lines += [f"Every row is scored as it deploys: {postprocessing['description']} "
                   f"(chosen on {postprocessing['decided_on']}).", ""]

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,11 @@ from brainseg.artifacts.layout import (
     REFERENCE,
     TIMING_CACHE,
 )
-from brainseg.artifacts.manifest import file_entry, write_manifest
+from brainseg.artifacts.manifest import write_manifest
 from brainseg.artifacts.sections import (
     BuiltEngine,
     Engines,
     Ensemble,
-    FileEntry,
     TensorRTCheck,
 )
 from brainseg.artifacts.sessions import ort_session, run
@@ -39,10 +37,11 @@ from brainseg.data.volume import Volume
 from brainseg.deploy import engine_choice, tensorrt_build
 from brainseg.deploy.tensorrt_checks import check_qdq_for_tensorrt, unsupported_ops
 from brainseg.errors import BrainsegError, ConfigError
-from brainseg.export import accuracy, onnx_io, openvino_rows, precision, record
+from brainseg.export import accuracy, front, front_step, onnx_io, openvino_rows, precision, record, robustness
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.graphs import EnsembleGraph, MemberGraph, example_input
 from brainseg.export.postprocess_choice import choose_postprocessing, predictor
+from brainseg.export.staging import Writer, move_into_place, staging_folder
 from brainseg.export.trained_run import TrainedRun, load_run, split_volumes
 from brainseg.fileio import write_atomic
 from brainseg.postprocess import DEFAULT_MIN_VOXELS, PostProcessing
@@ -71,12 +70,28 @@ class ExportOptions:
     engine: str = "auto"  # auto | yes | no: TensorRT engines here too, see brainseg.deploy.engine_choice
     simplify: bool = True
     overwrite: bool = False
+    deploy: str = "auto"  # auto (the front's rule) | ensemble | a candidate's name: see brainseg.export.front
+    dice_tolerance: float = front.DEFAULT_TOLERANCE
+    max_shift_drop: float | None = None  # gate on the worst validation Dice drop under intensity shifts; None: off
+    front_rounds: int = 5
+    front_seconds: float = 1.0  # timed calls per candidate, over all rounds
 
     def __post_init__(self) -> None:
         if self.int8_activations not in INT8_TARGETS:
             raise ConfigError(f"--int8-activations must be one of {', '.join(INT8_TARGETS)}; "
                               f"got {self.int8_activations!r}")
         engine_choice.check_choice(self.engine)
+        if self.dice_tolerance < 0:
+            raise ConfigError(f"--dice-tolerance must be >= 0, got {self.dice_tolerance}")
+        if self.max_shift_drop is not None and self.max_shift_drop < 0:
+            raise ConfigError(f"--max-shift-drop must be >= 0, got {self.max_shift_drop}")
+        if self.front_rounds < 1 or self.front_seconds <= 0:
+            raise ConfigError("the front needs at least one round and a positive time per candidate")
+
+    @property
+    def cpu_int8(self) -> bool:
+        """Whether the export writes the CPU's int8 file, which seg-run runs on a CPU by default."""
+        return self.int8 and "cpu" in INT8_TARGETS[self.int8_activations]
 
     @property
     def gpu_precisions(self) -> tuple[str, ...]:
@@ -93,6 +108,8 @@ class ExportResult:
     test_table: dict[str, dict] = field(default_factory=dict)
     postprocessing: str = ""
     engines: str = ""  # one line: which TensorRT engines were built and scored, or why none
+    deployed: str = "ensemble"  # the front's candidate this folder ships
+    deployed_reason: str = ""
 
 
 def _torch_predict(graph: torch.nn.Module) -> accuracy.Predict:
@@ -108,14 +125,11 @@ def _onnx_predict(path: Path) -> accuracy.Predict:
     return lambda images: run(session, {INPUT_NAME: images})[PROBABILITY]
 
 
-def _choose_weights(run: TrainedRun, member_probs: list[list[np.ndarray]], volumes, spec: str) -> tuple[list, str]:
+def _check_weights(run: TrainedRun, spec: str) -> None:
+    """--weights: auto, equal, or one number per member (the "ensemble" candidate's; a subset takes its share)."""
+    if spec in ("auto", "equal"):
+        return
     count = len(run.members)
-    if spec == "equal" or count == 1:
-        return [1.0 / count] * count, "equal"
-    if spec == "auto":
-        weights, dice = accuracy.fit_weights(member_probs, volumes, threshold=run.threshold)
-        log.info("ensemble weights fitted on %d validation patients: %s (Dice %.4f)", len(volumes), weights, dice)
-        return weights, "auto (fitted on the validation patients)"
     try:
         weights = [float(w) for w in spec.split(",")]
     except ValueError:
@@ -123,7 +137,14 @@ def _choose_weights(run: TrainedRun, member_probs: list[list[np.ndarray]], volum
     if len(weights) != count:
         names = ", ".join(m.name for m in run.members)
         raise ConfigError(f"--weights gives {len(weights)} numbers for {count} models ({names})")
-    return weights, "given"
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(f"--weights must be >= 0 with a positive sum, got {spec!r}")
+
+
+def _weights_source(spec: str, candidate: front.Candidate) -> str:
+    if len(candidate.networks) == 1:
+        return "one network"
+    return {"auto": "auto (fitted on the validation patients)", "equal": "equal"}.get(spec, "given")
 
 
 def _calibration(run: TrainedRun, volumes: list[Volume], options: ExportOptions) -> Iterator[dict]:
@@ -132,37 +153,26 @@ def _calibration(run: TrainedRun, volumes: list[Volume], options: ExportOptions)
         yield {INPUT_NAME: slices[start : start + 8]}
 
 
-@dataclass
-class _Writer:
-    """Collects files in the staging folder with their facts for the manifest."""
-
-    folder: Path
-    files: dict[str, dict] = field(default_factory=dict)
-    notes: dict[str, dict] = field(default_factory=dict)
-
-    def add(self, name: str, **facts) -> Path:
-        self.files[name] = facts
-        return self.folder / name
-
-    def finalise(self) -> dict[str, FileEntry]:
-        return {name: file_entry(self.folder, name, **facts) for name, facts in self.files.items()}
-
-
-def _export_members(run: TrainedRun, writer: _Writer, volumes: list[Volume], options: ExportOptions):
-    """Each model's own graph; returns their PyTorch probabilities on `volumes` and ORT parity."""
+def _export_networks(run: TrainedRun, writer: Writer, sets: tuple[list[Volume], list[Volume]],
+                     options: ExportOptions) -> tuple[dict[str, front.Probabilities], dict]:
+    """Each network's own fp32 graph (the members and the student); returns the front's probabilities of
+    each file on the val and test patients, plain and mirrored, and each file's parity with PyTorch."""
     example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
-    member_probs, parity = [], {}
-    for member in run.members:
-        graph = MemberGraph(member.model, norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
-        path = writer.add(member_file(member.name), kind="member", model=member.name, precision="fp32")
+    probs: dict[str, front.Probabilities] = {"val": {}, "test": {}}
+    parity = {}
+    for name, model in run.networks.items():
+        graph = MemberGraph(model, norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
+        path = writer.add(member_file(name), kind="member", model=name, precision="fp32")
         onnx_io.export_onnx(graph, path, example=example, input_names=[INPUT_NAME], output_names=list(MEMBER_OUTPUTS))
         if options.simplify:
             writer.notes[path.name] = onnx_io.simplify(path)
-        torch_probs = accuracy.predict_volumes(_torch_predict(graph), volumes, img_size=run.img_size)
-        onnx_probs = accuracy.predict_volumes(_onnx_predict(path), volumes, img_size=run.img_size)
-        parity[member.name] = accuracy.max_abs_difference(torch_probs, onnx_probs)
-        member_probs.append(torch_probs)
-    return member_probs, parity
+        onnx_predict = _onnx_predict(path)
+        for split, volumes in zip(("val", "test"), sets, strict=True):
+            probs[split][name] = front_step.network_probabilities(onnx_predict, volumes, img_size=run.img_size,
+                                                                  flip=options.tta != "none")
+        torch_probs = accuracy.predict_volumes(_torch_predict(graph), sets[0], img_size=run.img_size)
+        parity[name] = accuracy.max_abs_difference(torch_probs, probs["val"][name]["none"])
+    return probs, parity
 
 
 @dataclass
@@ -190,17 +200,18 @@ class _Scorer:
         return probs
 
 
-def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weights, options: ExportOptions,
-                     parity: dict) -> tuple[_Scorer, dict]:
-    """The fused graph in each asked precision, scored against PyTorch FP32 on the val and test patients.
+def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], deployed: front.Candidate,
+                     options: ExportOptions, parity: dict) -> tuple[_Scorer, dict]:
+    """The deployed candidate's fused graph in each asked precision, scored against its PyTorch FP32 on the
+    val and test patients.
 
-    The post-processing is chosen on the validation patients with the fp32 file first, so every
-    row, the reference included, is scored as it deploys. Returns (the scorer and its tables,
-    the manifest's "postprocessing" section).
+    The post-processing is chosen on the validation patients with the fp32 file first (`options.tta` and
+    `options.components`, which the front fixes to the candidate's), so every row, the reference included,
+    is scored as it deploys. Returns (the scorer and its tables, the manifest's "postprocessing" section).
     """
     volumes, test = sets
-    graph = EnsembleGraph([m.model for m in run.members], weights=weights, norm=run.norm,
-                          input_dtype=run.input_dtype, threshold=run.threshold)
+    graph = EnsembleGraph([run.networks[name] for name in deployed.networks], weights=deployed.weights,
+                          norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
     example = example_input(batch=2, size=run.img_size, channels=run.in_channels, input_dtype=run.input_dtype)
     names = dict(input_names=[INPUT_NAME], output_names=list(ENSEMBLE_OUTPUTS))
     fp32 = writer.add(variant("fp32", "gpu").onnx_file, kind="ensemble", precision="fp32")
@@ -232,7 +243,7 @@ def _export_ensemble(run, writer, sets: tuple[list[Volume], list[Volume]], weigh
     return scorer, section
 
 
-def _tensorrt_checks(writer: _Writer) -> dict[str, TensorRTCheck]:
+def _tensorrt_checks(writer: Writer) -> dict[str, TensorRTCheck]:
     """Ops outside TensorRT's parser list and Q/DQ placements TensorRT would reject, per file."""
     checks = {}
     for name in writer.files:
@@ -269,24 +280,6 @@ def _export_engines(folder: Path, scorer: _Scorer, choice: engine_choice.EngineC
     return Engines(asked=options.engine, reason=reason, built=entries)
 
 
-def _staging_folder(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
-    return staging
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
-
-
 def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
                *, progress: Callable[[str], None] = log.info) -> ExportResult:
     """Export a seg-train run into an artifacts folder; see the module docstring.
@@ -302,17 +295,26 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
     engine_choice.check_request(options.engine, host, options.gpu_precisions, artifacts=str(out))
     openvino_rows.check_request(options.bf16)
     run = load_run(run_dir)
+    _check_weights(run, options.weights)
     progress(f"reading the {len(run.split.val)} validation and {len(run.split.test)} test patients")
     sets = split_volumes(run, "val"), split_volumes(run, "test")
-    volumes = sets[0]
-    staging = _staging_folder(out, options.overwrite)
+    staging = staging_folder(out, options.overwrite)
     try:
-        writer = _Writer(staging)
-        progress("exporting each model's graph and checking it against PyTorch")
-        member_probs, parity = _export_members(run, writer, volumes, options)
-        weights, weights_source = _choose_weights(run, member_probs, volumes, options.weights)
-        progress("exporting the ensemble graph and the precisions asked for")
-        scorer, post_section = _export_ensemble(run, writer, sets, weights, options, parity)
+        writer = Writer(staging)
+        progress("exporting each network's graph and checking it against PyTorch")
+        probs, parity = _export_networks(run, writer, sets, options)
+        weighed = _weigh_front(run, sets, probs, options, progress)
+        deployed = weighed.chosen
+        progress(f"exporting the shipped candidate ({deployed.name}) in the precisions asked for")
+        scorer, post_section = _export_ensemble(run, writer, sets, deployed, _deployed_options(options, deployed),
+                                                parity)
+        if options.deploy == front.ENSEMBLE:
+            front_step.with_tta(weighed, scorer.post.tta)
+        else:
+            post_section["decided_on"] = (f"the Dice-latency front ({ACCURACY_REPORT}): {deployed.name}'s TTA and "
+                                          "component rule, chosen on the validation patients")
+        weighed.robustness = _shift_check(run, staging, sets[0], scorer, options)
+        _shift_gate(scorer.val_table, weighed.robustness, options.max_shift_drop)
         gated = record.gated_precisions(scorer.val_table, INT8_TARGETS[options.int8_activations])
         choice = engine_choice.choose_engines(options.engine, host, options.gpu_precisions,
                                               [name for name, entry in gated.items() if entry.passed],
@@ -320,20 +322,59 @@ def export_run(run_dir: str | Path, out: str | Path, options: ExportOptions = Ex
         if choice.build:
             progress(f"building TensorRT engines for {', '.join(choice.build)} and scoring them")
         engines = _export_engines(staging, scorer, choice, options)
+        _shift_gate(scorer.val_table, weighed.robustness, options.max_shift_drop)  # the engines' gate re-marked all
         table = scorer.val_table
+        ensemble = Ensemble(members=list(deployed.networks), weights=list(deployed.weights),
+                            weights_source=_weights_source(options.weights, deployed))
         manifest = record.build_manifest(
             run, files=writer.finalise(), notes=writer.notes, tensorrt=_tensorrt_checks(writer),
             tables=(scorer.val_table, scorer.test_table), post_section=post_section, parity=parity,
-            ensemble=Ensemble(members=[m.name for m in run.members], weights=weights, weights_source=weights_source),
-            max_dice_drop=options.max_dice_drop, int8_targets=INT8_TARGETS[options.int8_activations], engines=engines)
+            ensemble=ensemble, max_dice_drop=options.max_dice_drop, int8_targets=INT8_TARGETS[options.int8_activations],
+            engines=engines, deployment=weighed.section(asked=options.deploy, tolerance=options.dice_tolerance))
         write_atomic(staging / ACCURACY_REPORT,
                      accuracy.table_markdown(table, max_drop=options.max_dice_drop, parity=parity,
-                                             test_table=scorer.test_table, postprocessing=post_section))
+                                             test_table=scorer.test_table, postprocessing=post_section)
+                     + "\n" + weighed.markdown(options.dice_tolerance))
+        front_step.plot(staging, weighed, options.dice_tolerance)
         write_manifest(staging, manifest)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     failed = [name for name, row in table.items() if not row["passed"]]
     return ExportResult(out=out, table=table, failed=failed, test_table=scorer.test_table,
-                        postprocessing=post_section["description"], engines=engines.reason)
+                        postprocessing=post_section["description"], engines=engines.reason,
+                        deployed=weighed.chosen.name, deployed_reason=weighed.decision.reason)
+
+
+def _weigh_front(run: TrainedRun, sets, probs, options: ExportOptions, progress) -> front_step.FrontOutcome:
+    settings = front.FrontSettings(threshold=run.threshold, tta=options.tta, components=options.components,
+                                   min_voxels=options.min_voxels, weights=options.weights)
+    ask = front_step.FrontAsk(deploy=options.deploy, tolerance=options.dice_tolerance, cpu_int8=options.cpu_int8,
+                              rounds=options.front_rounds, seconds=options.front_seconds, simplify=options.simplify)
+    return front_step.weigh(run, sets, probs, settings, ask, progress=progress)
+
+
+def _deployed_options(options: ExportOptions, deployed: front.Candidate) -> ExportOptions:
+    """The options the shipped graph is exported with: the front's TTA and component rule for its candidate;
+    `--deploy ensemble` keeps the export's own choice of both, as before the front."""
+    if options.deploy == front.ENSEMBLE:
+        return options
+    return replace(options, tta=deployed.tta, components=deployed.components)
+
+
+def _shift_check(run: TrainedRun, folder: Path, volumes: list[Volume], scorer: _Scorer,
+                 options: ExportOptions) -> dict:
+    """The shipped fp32 file's validation Dice under the intensity shifts (brainseg.export.robustness)."""
+    predict = predictor(_onnx_predict(folder / variant("fp32", "gpu").onnx_file), scorer.post)
+    return robustness.shift_report(predict, volumes, img_size=run.img_size, threshold=run.threshold,
+                                   post=scorer.post, max_drop=options.max_shift_drop)
+
+
+def _shift_gate(table: dict[str, dict], report: dict, max_drop: float | None) -> None:
+    """With --max-shift-drop, a worse drop under an intensity shift fails every row: the model itself failed."""
+    if report.get("passed") is False:
+        for row in table.values():
+            row["passed"] = False
+            row["failed_because"] = (f"intensity shift {report['worst']} drops validation Dice by "
+                                     f"{report['worst_drop']:.4f} > --max-shift-drop {max_drop}")

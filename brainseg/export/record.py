@@ -13,6 +13,7 @@ from brainseg.artifacts.layout import DISAGREEMENT, INPUT_NAME, MASK, PROBABILIT
 from brainseg.artifacts.sections import (
     FORMAT,
     Accuracy,
+    Deployment,
     Engines,
     Ensemble,
     FileEntry,
@@ -55,7 +56,8 @@ def gated_precisions(table: dict, int8_targets: tuple[str, ...]) -> dict[str, Pr
 
 def build_manifest(run: TrainedRun, *, files: dict[str, FileEntry], notes: dict, tensorrt: dict[str, TensorRTCheck],
                    tables: tuple[dict, dict], post_section: dict, parity: dict, ensemble: Ensemble,
-                   max_dice_drop: float, int8_targets: tuple[str, ...], engines: Engines) -> ManifestData:
+                   max_dice_drop: float, int8_targets: tuple[str, ...], engines: Engines,
+                   deployment: Deployment | None = None) -> ManifestData:
     """The manifest of an export of `run`: `tables` are the (validation, test) accuracy tables, gated."""
     table, test_table = tables
     precisions = openvino_rows.add_to_precisions(gated_precisions(table, int8_targets), table)
@@ -84,9 +86,11 @@ def build_manifest(run: TrainedRun, *, files: dict[str, FileEntry], notes: dict,
         source_run=SourceRun(
             path=str(run.run_dir.resolve()), data=run.data, val_patients=list(run.split.val),
             test_patients=list(run.split.test),
-            members={m.name: {"best_epoch": m.best_epoch, "val_dice": m.val_dice} for m in run.members},
+            members={m.name: {"best_epoch": m.best_epoch, "val_dice": m.val_dice}
+                     for m in [*run.members, *([run.student] if run.student else [])]},
             reader=ReaderSettings(layout=config.layout, modalities=list(config.modalities), target=config.target,
                                   patient_regex=config.patient_regex, sample_patients=config.sample_patients,
                                   sample_slices=config.sample_slices, seed=config.seed)),
         engines=engines,
+        deployment=deployment,
     )

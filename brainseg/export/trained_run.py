@@ -12,9 +12,10 @@ from brainseg.data.preprocess import Normalisation
 from brainseg.data.split import Split, load_split
 from brainseg.data.volume import Volume
 from brainseg.errors import CheckpointError, DataError
-from brainseg.train.checkpoint import load_model
+from brainseg.train.checkpoint import load_checkpoint, load_model
 from brainseg.train.config import TrainConfig
 from brainseg.train.dataset import read_run_dataset, resolve_data
+from brainseg.train.distill import STUDENT
 from brainseg.train.models.registry import MODELS
 
 # the facts every member must share for them to be one ensemble graph
@@ -43,6 +44,15 @@ class TrainedRun:
     split: Split
     config: TrainConfig
     data: str
+    student: TrainedMember | None = None  # seg-train --distill's network, where the run has one
+
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network a candidate can use, by its folder name: the members, then the student."""
+        named = {m.name: m.model for m in self.members}
+        if self.student is not None:
+            named[self.student.name] = self.student.model
+        return named
 
     @property
     def input_dtype(self) -> str:
@@ -51,24 +61,30 @@ class TrainedRun:
 
 
 def _member(run_dir: Path, name: str) -> tuple[TrainedMember, dict]:
-    model, payload = load_model(run_dir / name / "best.pt", name)
+    """A network by its folder name; the student's architecture is the one its checkpoint names."""
+    path = run_dir / name / "best.pt"
+    architecture = load_checkpoint(path).get("model", name) if name == STUDENT else name
+    model, payload = load_model(path, architecture)
     return TrainedMember(name, model, payload["best_epoch"], payload["best_dice"]), payload
 
 
 def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun:
     """Load the best checkpoint of each model in a run folder.
 
-    `models` defaults to every model the run trained. Raises CheckpointError naming the file when
-    a checkpoint is missing, corrupt or of another architecture, and when the members disagree
-    on input size, channels, classes or normalisation.
+    `models` defaults to every model the run trained, and the distilled student is loaded beside
+    them where the run has one (`models` may name "student" as well). Raises CheckpointError naming
+    the file when a checkpoint is missing, corrupt or of another architecture, and when the networks
+    disagree on input size, channels, classes or normalisation.
     """
     run_dir = Path(run_dir)
     for required in ("config.json", "split.json", "run.json"):
         if not (run_dir / required).is_file():
             raise CheckpointError(f"{run_dir}: not a seg-train run folder (no {required})")
     config = TrainConfig.from_json(run_dir / "config.json")
-    names = models or [m for m in config.models if m in MODELS]
-    loaded = [_member(run_dir, name) for name in names]
+    names = list(models or [m for m in config.models if m in MODELS])
+    with_student = STUDENT in names or (not models and (run_dir / STUDENT / "best.pt").is_file())
+    names = [name for name in names if name != STUDENT]
+    loaded = [_member(run_dir, name) for name in names] + ([_member(run_dir, STUDENT)] if with_student else [])
     first = loaded[0][1]
     for member, payload in loaded[1:]:
         for key in _SHARED:
@@ -77,8 +93,10 @@ def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun
                     f"{run_dir}: {member.name} has {key}={payload[key]} but {loaded[0][0].name} has {first[key]}; "
                     "members of one ensemble must be trained on the same data and size"
                 )
+    student = loaded.pop()[0] if with_student else None
     return TrainedRun(
-        run_dir=run_dir, members=[m for m, _ in loaded], norm=Normalisation.from_dict(first["normalisation"]),
+        run_dir=run_dir, members=[m for m, _ in loaded], student=student,
+        norm=Normalisation.from_dict(first["normalisation"]),
         img_size=first["img_size"], in_channels=first["in_channels"], classes=first["classes"],
         threshold=first["threshold"], split=load_split(run_dir / "split.json"), config=config,
         data=json.loads((run_dir / "run.json").read_text())["data"],

@@ -168,17 +168,24 @@ class Segmenter:
             why = "OpenVINO's own settings, not gated" if openvino_defaults else "one file as exported, not gated"
             self.choice = Choice(options.backend, options.precision, file, why)
         self.precision = self.choice.precision
+        self._single_file = file is not None
         self._graph = FlipTTA(self.backend, self.threshold) if self.post.tta == "flip" else self.backend
         self.batch_size = min(options.batch_size, self.backend.max_batch or options.batch_size)
-        log.info("backend: %s, precision %s, %s (%s); %s", self.choice.backend, self.choice.precision,
-                 self.choice.file, self.choice.reason, self.post.describe())
+        log.info("backend: %s, precision %s, %s (%s); %s; ships %s", self.choice.backend, self.choice.precision,
+                 self.choice.file, self.choice.reason, self.post.describe(), self.deployed or "one file")
 
     # --- what it runs ---------------------------------------------------------------------------
 
     def describe(self) -> dict:
         """The backend's own description (provider or device, precision, file, threads...), the TTA,
-        and why this backend was chosen."""
-        return {**self._graph.describe(), "reason": self.choice.reason}
+        why this backend was chosen, and which candidate of the export's front the folder ships
+        ("deployed"; None for a single file run outside the gated choice)."""
+        return {**self._graph.describe(), "reason": self.choice.reason, "deployed": self.deployed}
+
+    @property
+    def deployed(self) -> str | None:
+        """The export's shipped candidate ("resunet", "ensemble/flip"...), or None when `file` was given."""
+        return None if self._single_file else self.manifest.deployed
 
     # --- running it -----------------------------------------------------------------------------
 

@@ -114,8 +114,8 @@ class SegmentationService:
         started = time.perf_counter()
         segmenter.infer(warm_up)
         self._slice_seconds = time.perf_counter() - started
-        log.info("serving %s: %s %s (%s); %s", self.artifacts, segmenter.choice.backend, segmenter.precision,
-                 segmenter.choice.reason, segmenter.post.describe())
+        log.info("serving %s (ships %s): %s %s (%s); %s", self.artifacts, segmenter.deployed,
+                 segmenter.choice.backend, segmenter.precision, segmenter.choice.reason, segmenter.post.describe())
         return _Model(segmenter, segmenter.manifest.sha256)
 
     async def __call__(self, request: Request) -> Response:
@@ -156,7 +156,7 @@ class SegmentationService:
         model, o = self._model(), self.options
         segmenter = model.segmenter
         return _json(200, {
-            "artifacts": str(self.artifacts), "manifest_sha256": model.sha256,
+            "artifacts": str(self.artifacts), "manifest_sha256": model.sha256, "deployed": segmenter.deployed,
             "precision": segmenter.precision, "backend": {**segmenter.describe(), "file": segmenter.choice.file},
             "input": asdict(segmenter.spec), "classes": segmenter.manifest.classes, "threshold": segmenter.threshold,
             "postprocessing": {**segmenter.post.to_dict(), "description": segmenter.post.describe()},
