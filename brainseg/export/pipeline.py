@@ -1,5 +1,9 @@
 """`seg-export` as a library call: a training run -> ONNX graphs per precision, checked and gated.
 
+Each network's own graph first; then the Dice-latency front (brainseg.export.front_step) picks the
+candidate to ship, and only that candidate's fused graph is written in every precision asked for,
+calibrated, gated on the validation patients and scored on the test patients.
+
 Everything is written into a hidden sibling folder and renamed into place only when complete,
 so an interrupted export never leaves a folder that looks like valid artifacts.
 """

@@ -96,14 +96,15 @@ class TrainConfig:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
-# quick: sized so that all three models train on the built-in sample in about ten minutes on two
-# AVX2 cores (smaller slices, a narrower classic U-Net, ResNet-18 encoders, a narrower ResNet-UNet
-# decoder); its schedule is too short for early stopping to help (the last, low-learning-rate
-# epochs are usually the best), so patience = epochs. Its student gets 3 epochs: it starts from the
-# trained U-Net, and 3 U-Net epochs keep `make demo` within its budget.
+# quick: sized so that the three models and the student train on the built-in sample in about ten
+# minutes on two AVX2 cores (smaller slices, a narrower classic U-Net, ResNet-18 encoders, a narrower
+# ResNet-UNet decoder; 6 epochs each, one fewer than before the student, whose 3 epochs from the
+# trained U-Net took that time back: benchmarks/results/cpu-2core-avx2/demo_quick.json); its schedule
+# is too short for early stopping to help (the last, low-learning-rate epochs are usually the best),
+# so patience = epochs.
 # full: the settings for real data.
 PRESETS: dict[str, dict] = {
-    "quick": {"epochs": 7, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 8,
+    "quick": {"epochs": 6, "img_size": 128, "batch_size": 8, "lr": 2e-3, "unet_base_channels": 16, "patience": 6,
               "encoder": "resnet18", "decoder_channels": (128, 64, 32, 16, 16), "distill_epochs": 3},
     "full": {},
     # seconds on a CPU, for smoke tests and `seg-demo --preset tiny`; its scores mean nothing
