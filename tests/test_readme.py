@@ -21,6 +21,10 @@ RANGE = ("median", "min", "max")  # "3.12x (2.31-3.70)": median (lowest-highest 
 KEYS: dict[str, list[tuple]] = {
     "**Held-out test Dice, 5 patients": [("deployed_test", "int8-cpu", *DICE), ("deployed_test", "fp32", *DICE),
                                          ("targets", "best_single_model_test_dice")],
+    "**The Dice-latency front**": [("shipped", "test_dice_as_deployed"), ("best_member", "test_dice_fp32"),
+                                   ("front", "name=ensemble/flip", "test_dice"),
+                                   *(("targets", "shipped_latency_vs_ensemble", "rounds", stat) for stat in RANGE),
+                                   ("front", "name=student/flip", "speedup_vs_eager_ensemble")],
     "The same 5 test patients with one FLAIR threshold": [("baseline", "tumour", "test_dice"),
                                                           ("margin", "tumour")],
     "Validation Dice, 5 patients": [(*VAL, name, *DICE) for name in ("pytorch-fp32", "fp32", "fp16", "int8",
