@@ -9,12 +9,11 @@ folder exported before the front has nothing to time. Either is reported as a re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from brainseg.artifacts.layout import INPUT_NAME
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError, DataError, require
 
@@ -39,9 +38,7 @@ def time_front(manifest: Manifest, images: np.ndarray, *, rounds: int, seconds: 
 def _time(manifest: Manifest, images: np.ndarray, *, rounds: int, seconds: float,
           progress: Callable[[str], None]) -> dict:
     from brainseg.export.front import Candidate
-    from brainseg.export.front_timing import GraphSource, timing_plan
-    from brainseg.export.front_timing import time_front as time_candidates
-    from brainseg.export.graphs import EnsembleGraph
+    from brainseg.export.front_timing import time_run_front, timing_plan
     from brainseg.export.trained_run import load_run
 
     deployment = manifest.deployment
@@ -50,17 +47,7 @@ def _time(manifest: Manifest, images: np.ndarray, *, rounds: int, seconds: float
                             row["components"], val_dice=row["val_dice"], test_dice=row["test_dice"])
                   for row in deployment.front]
     plan = timing_plan(cpu_int8="int8" in manifest.usable_precisions("cpu"), rounds=rounds, seconds=seconds)
-    members = [m.name for m in run.members]
-    everything = next((c for c in candidates if c.networks == tuple(members) and c.tta == "none"), None)
-    eager = EnsembleGraph([m.model for m in run.members], weights=everything.weights if everything else
-                          [1.0] * len(members), norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
-    source = GraphSource(run.networks, run.norm, run.input_dtype, run.threshold, run.in_channels, run.img_size)
-
-    def calibration() -> Iterator[dict]:
-        yield {INPUT_NAME: images}
-
-    baseline = time_candidates(candidates, source, plan, image=np.ascontiguousarray(images[:1]), eager=eager,
-                               calibration=calibration, progress=progress)
+    baseline = time_run_front(run, candidates, plan, images, progress=progress)
     return {"deployed": deployment.candidate, "timed": plan.describe(), "eager_ensemble_ms": baseline["ms"],
             "eager_ensemble_ms_range": baseline["ms_range"], "rows": [c.to_row() for c in candidates]}
 

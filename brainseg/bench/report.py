@@ -43,11 +43,11 @@ CONVENTIONS = (
 
 
 def build_report(result: BenchResult, *, artifacts: Path, manifest_sha256: str, environment: dict, peaks: dict,
-                 options: dict) -> dict:
+                 options: dict, deployed: str = "ensemble") -> dict:
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "artifacts": str(artifacts), "manifest_sha256": manifest_sha256,
+        "artifacts": str(artifacts), "manifest_sha256": manifest_sha256, "deployed": deployed,
         "environment": environment, "peaks": peaks, "options": options, "conventions": CONVENTIONS,
         "rows": result.rows, "skipped": result.skipped, "samples": result.samples, "front": result.front,
     }
@@ -80,7 +80,9 @@ def markdown(report: dict) -> str:
     env, peaks = report["environment"], report["peaks"]
     lines = [
         "# seg-bench report", "",
-        f"Artifacts `{report['artifacts']}` (manifest sha256 `{report['manifest_sha256'][:12]}`), {report['created']}.",
+        f"Artifacts `{report['artifacts']}` (manifest sha256 `{report['manifest_sha256'][:12]}`), {report['created']}. "
+        f"Every runtime row runs the export's shipped candidate, **{report.get('deployed', 'ensemble')}** "
+        "(rows named `ensemble` are its graph).",
         "", "## Environment", "",
         f"- CPU: {env.get('cpu_model')} ({env.get('cpu_cores_usable') or env.get('cpu_cores_logical')} cores usable, "
         f"vector ISA {env.get('cpu_vector_isa')})",

@@ -27,5 +27,5 @@ def bench_artifacts(artifacts: str | Path, out: str | Path, options: BenchOption
     peaks = {kind: measure_peak(kind, threads=options.threads) for kind in ("fp32", "int8")}
     result = run_bench(manifest, options, peaks={k: v["gflops"] for k, v in peaks.items()}, progress=progress)
     report = build_report(result, artifacts=artifacts, manifest_sha256=manifest.sha256,
-                          environment=environment, peaks=peaks, options=asdict(options))
+                          environment=environment, peaks=peaks, options=asdict(options), deployed=manifest.deployed)
     return report, write_report(out, report)

@@ -4,21 +4,20 @@ timed, and the one to ship picked by the rule (brainseg.export.front)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from brainseg.artifacts.layout import FRONT_PLOT, INPUT_NAME
+from brainseg.artifacts.layout import FRONT_PLOT
 from brainseg.artifacts.sections import Deployment
 from brainseg.data.volume import Volume
 from brainseg.export import front, front_report, robustness
 from brainseg.export.accuracy import Predict, predict_volumes
 from brainseg.export.calibration import calibration_slices
 from brainseg.export.front import Candidate, Decision, FrontSettings
-from brainseg.export.front_timing import GraphSource, time_front, timing_plan
-from brainseg.export.graphs import EnsembleGraph
+from brainseg.export.front_timing import time_run_front, timing_plan
 from brainseg.export.postprocess_choice import with_flip
 from brainseg.export.trained_run import TrainedRun
 
@@ -86,18 +85,8 @@ def weigh(run: TrainedRun, sets: tuple[list[Volume], list[Volume]], probs: dict[
     timed, eager_ms = "", None
     if ask.deploy == "auto":
         plan = timing_plan(cpu_int8=ask.cpu_int8, rounds=ask.rounds, seconds=ask.seconds)
-        source = GraphSource(run.networks, run.norm, run.input_dtype, run.threshold, run.in_channels, run.img_size,
-                             ask.simplify)
-        everything = next((c for c in candidates if c.networks == tuple(members) and c.tta == "none"), None)
-        eager = EnsembleGraph([m.model for m in run.members], weights=everything.weights if everything else
-                              [1.0] * len(members), norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
         slices = calibration_slices(val, img_size=run.img_size, count=16, seed=run.config.seed)
-
-        def calibration() -> Iterator[dict]:
-            yield {INPUT_NAME: slices}
-
-        baseline = time_front(candidates, source, plan, image=np.ascontiguousarray(slices[:1]), eager=eager,
-                              calibration=calibration, progress=progress)
+        baseline = time_run_front(run, candidates, plan, slices, simplify=ask.simplify, progress=progress)
         timed, eager_ms = plan.describe(), baseline["ms"]
     decision = front.pick(candidates, tolerance=ask.tolerance, deploy=_forced_name(ask.deploy, candidates, members))
     log.info("the front picks %s: %s", decision.chosen.name, decision.reason)

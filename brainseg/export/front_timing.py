@@ -32,6 +32,7 @@ from brainseg.bench import flops, stats
 from brainseg.export import onnx_io, precision
 from brainseg.export.front import Candidate
 from brainseg.export.graphs import EnsembleGraph, example_input
+from brainseg.export.trained_run import TrainedRun
 from brainseg.runtime.backends import auto_backend, open_file
 from brainseg.runtime.backends.tta import FlipTTA
 
@@ -152,3 +153,22 @@ def _rounds(calls: dict[str, Callable[[], object]], plan: TimingPlan,
             medians[name].append(float(np.median(timed)))
     return medians
 
+
+
+def time_run_front(run: TrainedRun, candidates: list[Candidate], plan: TimingPlan, slices: np.ndarray, *,
+                   simplify: bool = True, progress: Callable[[str], None] = log.info) -> dict:
+    """`time_front` for a trained run's candidates: `slices` (real, in the graph's input form) calibrate the int8
+    graphs and the first is timed; the baseline is PyTorch eager FP32 of the run's members mixed with the
+    weights the front fitted for them (equal where it has no such candidate)."""
+    members = [m.name for m in run.members]
+    everything = next((c for c in candidates if c.networks == tuple(members) and c.tta == "none"), None)
+    eager = EnsembleGraph([m.model for m in run.members], weights=everything.weights if everything else
+                          [1.0] * len(members), norm=run.norm, input_dtype=run.input_dtype, threshold=run.threshold)
+    source = GraphSource(run.networks, run.norm, run.input_dtype, run.threshold, run.in_channels, run.img_size,
+                         simplify)
+
+    def calibration() -> Iterator[dict]:
+        yield {INPUT_NAME: slices}
+
+    return time_front(candidates, source, plan, image=np.ascontiguousarray(slices[:1]), eager=eager,
+                      calibration=calibration, progress=progress)
