@@ -164,6 +164,7 @@ def test_health_model_and_stats(service, tiny_artifacts):
     model = json.loads(body)
     manifest = Manifest.load(tiny_artifacts)
     assert model["manifest_sha256"] == manifest.sha256
+    assert model["deployed"] == manifest.deployed == model["backend"]["deployed"]  # which candidate it serves
     assert model["threshold"] == manifest.threshold
     assert model["precision"] in manifest.usable_precisions()
     assert model["backend"]["backend"] == expected_auto_backend()  # no TensorRT here: OpenVINO or ONNX Runtime
