@@ -26,15 +26,14 @@ import numpy as np
 import torch
 
 from brainseg.artifacts.layout import ENSEMBLE_OUTPUTS, INPUT_NAME
-from brainseg.artifacts.sessions import DEFAULT_SPINNING
 from brainseg.artifacts.variants import variant
 from brainseg.bench import flops, stats
 from brainseg.export import onnx_io, precision
 from brainseg.export.front import Candidate
 from brainseg.export.graphs import EnsembleGraph, example_input
 from brainseg.export.trained_run import TrainedRun
-from brainseg.runtime.backends import auto_backend, open_file
-from brainseg.runtime.backends.tta import FlipTTA
+from brainseg.runtime.backends import auto_backend
+from brainseg.runtime.segmenter import open_graph
 
 log = logging.getLogger("brainseg.export")
 EAGER = "pytorch eager ensemble"
@@ -112,14 +111,12 @@ def time_front(candidates: list[Candidate], source: GraphSource, plan: TimingPla
                 continue
             progress(f"the front: writing {candidate.graph}'s graph in {plan.precision}")
             path, gflops[candidate.graph] = source.write(candidate, Path(scratch), plan, calibration)
-            backend = open_file(path, plan.backend, plan.precision, threads=None, spinning=DEFAULT_SPINNING)
-            opened.callback(backend.close)
-            backends[candidate.graph] = backend
+            backends[candidate.graph] = path
         calls = {EAGER: _eager_call(eager, image)}
         for candidate in candidates:
-            runner = backends[candidate.graph]
-            if candidate.tta == "flip":
-                runner = FlipTTA(runner, source.threshold)
+            runner = open_graph(backends[candidate.graph], plan.backend, plan.precision, tta=candidate.tta,
+                                threshold=source.threshold)
+            opened.callback(runner.close)
             calls[candidate.name] = lambda runner=runner: runner.infer(image)
         medians = _rounds(calls, plan, progress)
     baseline = medians[EAGER]

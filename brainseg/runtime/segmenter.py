@@ -32,7 +32,7 @@ from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
 from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.errors import ConfigError
 from brainseg.postprocess import PostProcessing
-from brainseg.runtime.backends import BackendSettings, Choice, open_backend, open_file
+from brainseg.runtime.backends import Backend, BackendSettings, Choice, open_backend, open_file
 from brainseg.runtime.backends.tta import FlipTTA
 from brainseg.runtime.io import loading
 from brainseg.runtime.io.scans import Prediction, Scan, ScanData
@@ -216,3 +216,10 @@ class Segmenter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def open_graph(path: Path, backend: str, precision: str, *, tta: str, threshold: float) -> Backend:
+    """A graph file outside any artifacts folder, opened as a Segmenter opens its backend (seg-run's session
+    settings, flip TTA around it when `tta` is "flip"): the export's front times its candidates with it."""
+    opened = open_file(path, backend, precision, threads=None, spinning=DEFAULT_SPINNING)
+    return FlipTTA(opened, threshold) if tta == "flip" else opened
