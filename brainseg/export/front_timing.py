@@ -105,18 +105,17 @@ def time_front(candidates: list[Candidate], source: GraphSource, plan: TimingPla
                progress: Callable[[str], None] = log.info) -> dict:
     """Fill each candidate's ms, ms_range, speedup and gflop; returns the eager baseline's {"ms", "ms_range"}."""
     with tempfile.TemporaryDirectory(prefix="brainseg-front-") as scratch, ExitStack() as opened:
-        backends, gflops = {}, {}
+        runners, gflops = {}, {}  # per graph, one session serving both TTA modes
         for candidate in candidates:
-            if candidate.graph in backends:
+            if candidate.graph in runners:
                 continue
             progress(f"the front: writing {candidate.graph}'s graph in {plan.precision}")
             path, gflops[candidate.graph] = source.write(candidate, Path(scratch), plan, calibration)
-            backends[candidate.graph] = path
+            runners[candidate.graph] = open_graph(path, plan.backend, plan.precision, threshold=source.threshold)
+            opened.callback(runners[candidate.graph]["none"].close)
         calls = {EAGER: _eager_call(eager, image)}
         for candidate in candidates:
-            runner = open_graph(backends[candidate.graph], plan.backend, plan.precision, tta=candidate.tta,
-                                threshold=source.threshold)
-            opened.callback(runner.close)
+            runner = runners[candidate.graph][candidate.tta]
             calls[candidate.name] = lambda runner=runner: runner.infer(image)
         medians = _rounds(calls, plan, progress)
     baseline = medians[EAGER]

@@ -218,8 +218,9 @@ class Segmenter:
         self.close()
 
 
-def open_graph(path: Path, backend: str, precision: str, *, tta: str, threshold: float) -> Backend:
-    """A graph file outside any artifacts folder, opened as a Segmenter opens its backend (seg-run's session
-    settings, flip TTA around it when `tta` is "flip"): the export's front times its candidates with it."""
+def open_graph(path: Path, backend: str, precision: str, *, threshold: float) -> dict[str, Backend]:
+    """A graph file outside any artifacts folder, opened once as a Segmenter opens its backend (seg-run's
+    session settings), as each TTA mode runs it: {"none": the backend, "flip": FlipTTA around the same one}.
+    The export's front times its candidates with it; closing "none" closes both."""
     opened = open_file(path, backend, precision, threads=None, spinning=DEFAULT_SPINNING)
-    return FlipTTA(opened, threshold) if tta == "flip" else opened
+    return {"none": opened, "flip": FlipTTA(opened, threshold)}
