@@ -14,8 +14,9 @@ On top of them this module builds what a BraTS label volume holds, nested as Bra
 Four sequences are synthesised from the tissue maps (T1, T1ce, T2, FLAIR) and each compartment
 is painted as it shows on real scans: T1 tumour hypo-intense; T1ce rim bright, necrosis dark;
 T2 core, oedema and CSF bright; FLAIR oedema bright, CSF dark. The scanner then adds a smooth bias
-field, Rician noise and a gain per sequence, in float scanner units (hundreds to thousands), with
-the background exactly 0 outside the brain (skull-stripped, as BraTS distributes its cases).
+field, Rician noise, the case's contrast curve (`brainseg.data.synthetic.scanner`) and a gain per
+sequence, in float scanner units (hundreds to thousands), with the background exactly 0 outside
+the brain (skull-stripped, as BraTS distributes its cases).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from brainseg.data.synthetic.phantom import (
     correlation_cells,
     smooth_noise,
 )
+from brainseg.data.synthetic.scanner import ScannerProfile, random_profile
 from brainseg.data.synthetic.tumour import TUMOUR_THRESHOLD, TumourParams, place_tumour
 from brainseg.errors import DataError
 
@@ -59,6 +61,7 @@ class BratsCase:
     seg: np.ndarray  # (S, H, W) uint8 in {0, 1, 2, 4}
     tumour: TumourParams  # its shape; the appearance fields are not used here
     pose: Pose
+    scanner: ScannerProfile
 
 
 def synthesize_case(rng: np.random.Generator, slices: int, size: int, template: Template) -> BratsCase:
@@ -74,7 +77,8 @@ def synthesize_case(rng: np.random.Generator, slices: int, size: int, template: 
         raise DataError(f"could not place a BraTS tumour in {slices} slices of {size}x{size}; use more slices")
     images = healthy_contrasts(rng, tissue, pose)
     paint_tumour(rng, images, seg, pose)
-    return BratsCase(images=acquire_scanner_units(rng, images, brain, pose), seg=seg, tumour=params, pose=pose)
+    volumes, scanner = acquire_scanner_units(rng, images, brain, pose)
+    return BratsCase(images=volumes, seg=seg, tumour=params, pose=pose, scanner=scanner)
 
 
 def _usable(seg: np.ndarray, slices: int) -> bool:
@@ -159,23 +163,30 @@ def bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
 
 def acquire_scanner_units(
     rng: np.random.Generator, images: np.ndarray, brain: np.ndarray, pose: Pose
-) -> dict[str, np.ndarray]:
-    """Bias field, Rician noise and a gain per sequence -> modality -> (S, H, W) float32.
+) -> tuple[dict[str, np.ndarray], ScannerProfile]:
+    """Bias field, Rician noise, the case's contrast curve and a gain per sequence -> modality ->
+    (S, H, W) float32, and the profile drawn (its window and gains are not used).
 
     The pieces of `brainseg.data.synthetic.phantom.acquire` (shared plus per-sequence bias, magnitude of
-    complex Gaussian noise), but four sequences in whole scanner units instead of three 8-bit
-    channels. Brain voxels are at least 1, so the reader's non-zero brain mask is exactly `brain`.
+    complex Gaussian noise, a `ScannerProfile` per case for bias strength, noise and curve), but four
+    sequences in whole scanner units instead of three 8-bit channels: no window, so nothing
+    saturates. Brain voxels are at least 1, so the reader's non-zero brain mask is exactly `brain`.
     """
     shape, inside = brain.shape, int(brain.sum())
-    shared_bias = rng.uniform(0.06, 0.15) * smooth_noise(rng, shape, correlation_cells(pose, 120.0))[brain]
-    sigma = np.float32(rng.uniform(0.012, 0.035))
+    profile = random_profile(rng, len(MODALITIES))
+    shared_bias = profile.bias * smooth_noise(rng, shape, correlation_cells(pose, 120.0))[brain]
+    sigma = np.float32(profile.noise)
     volumes = {}
     for c, modality in enumerate(MODALITIES):
         gain = np.float32(np.exp(rng.uniform(*np.log(GAINS[modality]))))
         bias = np.exp(shared_bias + 0.05 * smooth_noise(rng, shape, correlation_cells(pose, 100.0))[brain])
         signal = images[..., c][brain] * bias + sigma * rng.standard_normal(inside, dtype=np.float32)
         magnitude = np.hypot(signal, sigma * rng.standard_normal(inside, dtype=np.float32))  # (inside,)
+        curved = _CEILING * profile.curve_of(np.clip(magnitude / _CEILING, 0.0, 1.0))
         volume = np.zeros(shape, np.float32)
-        volume[brain] = np.maximum(np.rint(magnitude * gain), 1)
+        volume[brain] = np.maximum(np.rint(curved * gain), 1)
         volumes[modality] = volume
-    return volumes
+    return volumes, profile
+
+
+_CEILING = np.float32(1.6)  # above every compartment's signal: the curve acts on [0, _CEILING]

@@ -15,8 +15,9 @@ notice.
 A patient's head is the template under a random pose (rotation, scale 0.9-1.1, shift) and a
 smooth elastic warp, cut into a slab of consecutive axial slices (`random_pose`,
 `template_points`, `elastic_warp`, `Template.sample`). Three contrasts are synthesised from the
-tissue maps (`base_contrasts`), then a smooth multiplicative bias field, Rician noise and a
-per-patient gain turn them into 8-bit slices (`acquire`). The tumour that goes into the head is
+tissue maps (`base_contrasts`), then a smooth multiplicative bias field, Rician noise, per-channel
+gains and the patient's own window and contrast curve turn them into 8-bit slices (`acquire`, with
+a profile from `brainseg.data.synthetic.scanner`). The tumour that goes into the head is
 modelled in `brainseg.data.synthetic.sample`.
 """
 
@@ -31,6 +32,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from brainseg.data.synthetic.scanner import ScannerProfile, random_profile
 from brainseg.errors import DataError, missing_extra, require
 
 TEMPLATE_FILES = {
@@ -298,16 +300,20 @@ def _add_white_matter_lesions(rng: np.random.Generator, images: np.ndarray, wm: 
     images[..., 2] *= 1 - 0.08 * spots
 
 
-def acquire(rng: np.random.Generator, images: np.ndarray, brain: np.ndarray, pose: Pose) -> np.ndarray:
-    """Bias field, Rician noise, per-patient gain, skull-stripped background -> (S, H, W, 3) uint8."""
+def acquire(
+    rng: np.random.Generator, images: np.ndarray, brain: np.ndarray, pose: Pose
+) -> tuple[np.ndarray, ScannerProfile]:
+    """Bias field, Rician noise, per-channel gain, then the patient's own window and contrast
+    curve (`brainseg.data.synthetic.scanner`) -> (S, H, W, 3) uint8 with background 0, and the
+    profile drawn."""
     shape = brain.shape
-    shared_bias = rng.uniform(0.06, 0.15) * smooth_noise(rng, shape, correlation_cells(pose, 120.0))
-    sigma = np.float32(rng.uniform(0.012, 0.035))
-    gains = (180 * rng.uniform(0.88, 1.12, 3)).astype(np.float32)
+    profile = random_profile(rng, images.shape[-1])
+    shared_bias = profile.bias * smooth_noise(rng, shape, correlation_cells(pose, 120.0))
+    sigma = np.float32(profile.noise)
     out = np.empty((*shape, 3), np.uint8)
     for c in range(3):
         bias = np.exp(shared_bias + 0.05 * smooth_noise(rng, shape, correlation_cells(pose, 100.0)))
         signal = images[..., c] * bias + sigma * rng.standard_normal(shape, dtype=np.float32)
         magnitude = np.hypot(signal, sigma * rng.standard_normal(shape, dtype=np.float32))
-        out[..., c] = np.clip(magnitude * brain * gains[c] + 0.5, 0, 255)
-    return out
+        out[..., c] = profile.to_8bit(magnitude * brain * np.float32(profile.gains[c]))
+    return out, profile

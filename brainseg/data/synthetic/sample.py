@@ -46,7 +46,7 @@ from brainseg.data.synthetic.tumour import synthesize_patient
 from brainseg.errors import ConfigError, DataError
 from brainseg.machine import package_version
 
-VERSION = 1  # bump whenever the same spec would produce different files
+VERSION = 2  # bump whenever the same spec would produce different files
 INFO_FILE = "sample_info.json"
 CHANNELS = ("t1_pre_contrast", "flair", "t1_post_contrast")
 _FIRST_STUDY_DATE = datetime.date(2026, 1, 1)
@@ -217,7 +217,8 @@ def _write_patient(root: Path, spec: SampleSpec, template: Template, index: int)
     patient = synthesize_patient(rng, spec.slices, spec.size, template)
     _write_slices(root / name, name, patient.image, patient.mask)
     tumour_slices = np.flatnonzero(patient.mask.any(axis=(1, 2))) + 1
-    return {"folder": name, "tumour_slices": tumour_slices.tolist(), **patient.tumour.summary()}
+    return {"folder": name, "tumour_slices": tumour_slices.tolist(), **patient.tumour.summary(),
+            "scanner": patient.scanner.summary()}
 
 
 def _write_slices(folder: Path, name: str, image: np.ndarray, mask: np.ndarray) -> None:

@@ -42,7 +42,7 @@ from brainseg.data.synthetic.sample import (
 )
 from brainseg.errors import ConfigError, DataError, require
 
-VERSION = 1  # bump whenever the same spec would produce different files
+VERSION = 2  # bump whenever the same spec would produce different files
 SAMPLE_LAYOUTS = ("kaggle_3m", "brats")
 ORIENTATIONS = ("LPS", "RAS", "LAS")  # voxel axis codes of case 1, 2, 3, then again
 _RNG_STREAM = 2  # cases draw from their own stream, not the kaggle_3m patients' with the same seed
@@ -174,7 +174,11 @@ def _write_case(root: Path, spec: BratsSampleSpec, template: Template, nib, inde
         "sigma_mm": round(float(case.tumour.sigmas[0]), 1),
         "volume_ml": {label: round(float(counts[value] * voxel_ml), 2)
                       for label, value in (("necrosis", NECROSIS), ("oedema", OEDEMA), ("enhancing", ENHANCING))},
+        "scanner": {key: value for key, value in case.scanner.summary().items() if key in _FLOAT_PROFILE},
     }
+
+
+_FLOAT_PROFILE = ("curve", "curve_value", "bias", "noise")  # no window or gains: NIfTI units do not saturate
 
 
 def to_nifti(

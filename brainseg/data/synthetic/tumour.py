@@ -28,6 +28,7 @@ from brainseg.data.synthetic.phantom import (
     soft_step,
     template_points,
 )
+from brainseg.data.synthetic.scanner import ScannerProfile
 from brainseg.errors import DataError
 
 TUMOUR_THRESHOLD = 0.5  # level of the tumour field that bounds the mask
@@ -165,6 +166,7 @@ class SyntheticPatient:
     mask: np.ndarray  # (S, H, W) uint8 in {0, 255}
     tumour: TumourParams
     pose: Pose
+    scanner: ScannerProfile
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,9 @@ def synthesize_patient(
         raise DataError(f"could not place a tumour in {slices} slices of {size}x{size}; use more slices")
     images = base_contrasts(rng, tissue, pose)
     add_tumour(rng, images, maps, params, pose)
-    image = acquire(rng, images, tissue[..., 3], pose)
-    return SyntheticPatient(image=image, mask=maps.mask.astype(np.uint8) * 255, tumour=params, pose=pose)
+    image, scanner = acquire(rng, images, tissue[..., 3], pose)
+    return SyntheticPatient(image=image, mask=maps.mask.astype(np.uint8) * 255, tumour=params, pose=pose,
+                            scanner=scanner)
 
 
 def _pick_centre(rng: np.random.Generator, template: Template) -> np.ndarray:
