@@ -38,7 +38,11 @@ def train_command(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
     patience: Annotated[int | None, typer.Option(help="Epochs without better val Dice before stopping.")] = None,
     oversample: Annotated[float | None, typer.Option(help="Share of tumour slices per batch; 0 = natural.")] = None,
-    augment: Annotated[bool, typer.Option(help="Flips, small rotation/scale, intensity and gamma jitter.")] = True,
+    augment: Annotated[bool, typer.Option(help="Flips, small rotation/scale, intensity curves, noise, blur.")] = True,
+    intensity_augment: Annotated[str | None, typer.Option(
+        help="8-bit sources: scale-gamma (default) or curves (adds saturating windows, S-shaped curves).")] = None,
+    normalisation: Annotated[str | None, typer.Option(
+        help="8-bit sources, per slice: slice_foreground (mean/std; default) or slice_quartiles (median/IQR).")] = None,
     amp: Annotated[str | None, typer.Option(help="auto (fp16 on CUDA, bf16 on capable CPUs), off, bf16, fp16.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     layout: Annotated[str | None, typer.Option(help="auto, kaggle_3m, brats or folders.")] = None,
@@ -64,7 +68,8 @@ def train_command(
     cfg = make_config(
         preset, models=_csv(models), epochs=epochs, img_size=img_size, batch_size=batch_size, lr=lr,
         patience=patience, oversample=oversample, augment=augment, amp=amp, layout=layout,
-        modalities=_csv(modalities), target=target, patient_regex=patient_regex,
+        intensity_augment=intensity_augment, normalisation=normalisation, modalities=_csv(modalities),
+        target=target, patient_regex=patient_regex,
         val_fraction=val_fraction, test_fraction=test_fraction, folds=folds, fold=fold, seed=seed,
         encoder_weights=encoder_weights, distill=distill, distill_epochs=distill_epochs,
     )

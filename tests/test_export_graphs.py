@@ -153,6 +153,19 @@ def test_slice_foreground_graph_ignores_the_scale_of_a_scan(members, tmp_path):
     assert np.abs(_torch_outputs(fixed, images)[0] - _torch_outputs(fixed, images // 2)[0]).max() > 1e-3
 
 
+def test_slice_quartiles_graph_matches_torch_in_onnxruntime_and_openvino(members, tmp_path):
+    graph = MemberGraph(members[0], norm=Normalisation("uint8", scheme="slice_quartiles"), input_dtype="uint8")
+    images = _images(3, seed=6)
+    path = export_onnx(graph, tmp_path / "q.onnx", example=_images(1), input_names=["image"], output_names=["p", "m"])
+    expected = _torch_outputs(graph, images)[0]
+    np.testing.assert_allclose(run(ort_session(path), {"image": images.numpy()})["p"], expected, rtol=0, atol=FP32_TOL)
+    assert "TopK" not in op_types(path), "TensorRT's TopK stops at 3840 elements: quantiles are counted instead"
+    ov = pytest.importorskip("openvino", reason="needs the openvino extra")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ours = compiled({"image": images.numpy()})[compiled.output("p")]
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-3)
+
+
 def test_run_says_what_the_graph_expects(ensemble_onnx):
     session = ort_session(ensemble_onnx)
     good = _images(1).numpy()

@@ -19,8 +19,11 @@ TINY = ["--preset", "quick", "--img-size", "64", "--batch-size", "4", "--no-prog
 
 
 def test_cli_smoke_train_writes_everything(tiny_sample, tmp_path):
+    """Also the intensity options that are not the defaults (the fixtures train with the defaults)."""
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--data", str(tiny_sample), "--out", str(out), "--epochs", "1", *TINY])
+    options = ["--intensity-augment", "curves", "--normalisation", "slice_quartiles"]
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_sample), "--out", str(out), "--epochs", "1",
+                                      *options, *TINY])
     assert result.exit_code == 0, result.output
     for name in ("unet", "fpn", "resunet"):
         files = {p.name for p in (out / name).iterdir()}
@@ -28,6 +31,9 @@ def test_cli_smoke_train_writes_everything(tiny_sample, tmp_path):
                 "val_report.json", "test_report.json"} <= files
         payload = load_checkpoint(out / name / "best.pt", expect_model=name)
         assert payload["img_size"] == 64 and payload["normalisation"]["kind"] == "uint8"
+        assert payload["normalisation"]["scheme"] == "slice_quartiles"
+        config = json.loads((out / name / "config.json").read_text())
+        assert (config["intensity_augment"], config["normalisation"]) == ("curves", "slice_quartiles")
         report = json.loads((out / name / "val_report.json").read_text())
         assert 0.0 <= report["regions"]["tumour"]["dice"]["mean"] <= 1.0
     split = json.loads((out / "split.json").read_text())

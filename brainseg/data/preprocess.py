@@ -13,13 +13,19 @@ import numpy as np
 
 from brainseg.errors import ConfigError
 
-SCHEMES = ("slice_foreground", "volume_nonzero", "fixed")
+SCHEMES = ("slice_foreground", "slice_quartiles", "volume_nonzero", "fixed")
+SLICE_SCHEMES = ("slice_foreground", "slice_quartiles")  # the 8-bit schemes a new run may choose
 # slice_foreground constants: the share of a slice's range below which pixels count as background
 # (noise of an MRI background stays under it), the floor of the std (a slice with almost no
 # foreground would otherwise blow up) and the clip of the result
 FOREGROUND_FRACTION = 0.05
 STD_FLOOR = 0.01
 Z_CLIP = 10.0
+# slice_quartiles: quantiles are counted on a grid of about QUANTILE_GRID x QUANTILE_GRID pixels of
+# the slice (every k-th row and column) at the 255 levels of an 8-bit value; IQR / IQR_TO_STD is
+# the std of a normal distribution with that interquartile range
+QUANTILE_GRID = 32
+IQR_TO_STD = 1.349
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,10 @@ class Normalisation:
       slice because 8-bit sources arrive as slices (a kaggle_3m patient is a folder of files, and
       a folder of single slices has no volume at all), and because the graph computes it, every
       backend and every batch (slices of different patients mixed) sees the same thing.
+    - "slice_quartiles" (8-bit sources): the same foreground, but centred on its median and divided
+      by its interquartile range / 1.349, so that saturating the brightest quarter of the brain
+      (an over-bright window) moves neither; the quantiles are counted on a grid of every k-th pixel
+      (about QUANTILE_GRID x QUANTILE_GRID) at the 8-bit levels, with the graph's elementwise ops.
     - "volume_nonzero" (NIfTI sources, kind "float"): the reader z-scores each volume over its
       non-zero (brain) voxels before slicing (nnU-Net's MRI rule); the graph passes values on.
     - "fixed": one mean and std per channel fitted on the training slices, applied after /255.
@@ -74,19 +84,25 @@ class Normalisation:
         if self.scheme == "slice_foreground":
             return (f"per slice and channel: z-score over pixels above min + {FOREGROUND_FRACTION} x (max - min), "
                     f"std floored at {STD_FLOOR} x (max - min), clipped to +-{Z_CLIP}")
+        if self.scheme == "slice_quartiles":
+            return (f"per slice and channel: (x - median) / (IQR / {IQR_TO_STD}) over pixels above min + "
+                    f"{FOREGROUND_FRACTION} x (max - min), quantiles on a ~{QUANTILE_GRID}x{QUANTILE_GRID} "
+                    f"pixel grid at 8-bit levels, scale floored at {STD_FLOOR} x (max - min), clipped to +-{Z_CLIP}")
         if self.scheme == "volume_nonzero":
             return "per volume and channel: z-score over non-zero voxels, by the reader"
         return "x / 255, then (x - mean) / std per channel with constants fitted on the training slices"
 
 
-def normalisation_for(dtype: str, channels: int) -> Normalisation:
+def normalisation_for(dtype: str, channels: int, slice_scheme: str = "slice_foreground") -> Normalisation:
     """The normalisation of new runs on slices of `dtype` ("uint8" or "float32") with `channels` channels.
 
-    Per-slice foreground z-score for 8-bit sources, the reader's per-volume z-score for NIfTI.
-    Nothing is fitted: neither depends on the training scans' scale.
+    `slice_scheme` (one of SLICE_SCHEMES) for 8-bit sources, the reader's per-volume z-score for
+    NIfTI. Nothing is fitted: none depends on the training scans' scale.
     """
     if dtype == "uint8":
-        return Normalisation("uint8", scheme="slice_foreground")
+        if slice_scheme not in SLICE_SCHEMES:
+            raise ConfigError(f"unknown slice normalisation {slice_scheme!r}; choose from: {', '.join(SLICE_SCHEMES)}")
+        return Normalisation("uint8", scheme=slice_scheme)
     return Normalisation("float", (0.0,) * channels, (1.0,) * channels, scheme="volume_nonzero")
 
 

@@ -7,11 +7,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from brainseg.data.names import BRATS_MODALITIES
+from brainseg.data.preprocess import SLICE_SCHEMES
 from brainseg.errors import ConfigError
 
 DEFAULT_MODELS = ("unet", "fpn", "resunet")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SCHEDULES = ("onecycle", "cosine")
+INTENSITY_RECIPES = ("scale-gamma", "curves")  # brainseg.train.augment's, kept here so config imports no torch
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class TrainConfig:
     patience: int = 12
     oversample: float = 0.5
     augment: bool = True
+    intensity_augment: str = "scale-gamma"  # 8-bit sources: INTENSITY_RECIPES (docs/data.md says why this one)
+    normalisation: str = "slice_foreground"  # 8-bit sources: brainseg.data.preprocess.SLICE_SCHEMES
     amp: str = "auto"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -68,6 +72,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "distill_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.intensity_augment not in INTENSITY_RECIPES:
+            raise ConfigError(f"intensity_augment must be one of {', '.join(INTENSITY_RECIPES)}, "
+                              f"got {self.intensity_augment!r}")
+        if self.normalisation not in SLICE_SCHEMES:
+            raise ConfigError(f"normalisation must be one of {', '.join(SLICE_SCHEMES)}, got {self.normalisation!r}")
         if self.decoder_channels and (len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1):
             raise ConfigError(f"decoder_channels takes five positive widths, got {self.decoder_channels}")
         if not 0.0 <= self.oversample < 1.0:

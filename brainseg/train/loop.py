@@ -16,7 +16,7 @@ from brainseg.data.preprocess import Normalisation
 from brainseg.data.volume import Volume
 from brainseg.metrics import headline_dice, score_volumes
 from brainseg.train import reports
-from brainseg.train.augment import augment_batch
+from brainseg.train.augment import AugmentSettings, augment_batch
 from brainseg.train.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.train.config import TrainConfig
 from brainseg.train.distributed import DistContext, broadcast
@@ -150,7 +150,8 @@ class Trainer:
         images, masks = to_tensors(self.job.train, index, self.job.norm, self.ctx.device)
         targets = self._targets(index, masks)
         if self.cfg.augment:
-            images, targets = augment_batch(images, targets, generator, unit_range=unit_range)
+            images, targets = augment_batch(images, targets, generator, unit_range=unit_range,
+                                            settings=AugmentSettings(intensity=self.cfg.intensity_augment))
         return images, targets
 
     def _train_epoch(self, epoch: int, on_step) -> float:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from brainseg.data.preprocess import FOREGROUND_FRACTION, STD_FLOOR, Z_CLIP, Normalisation
+from brainseg.data.preprocess import (
+    FOREGROUND_FRACTION,
+    IQR_TO_STD,
+    QUANTILE_GRID,
+    STD_FLOOR,
+    Z_CLIP,
+    Normalisation,
+)
 from brainseg.errors import ConfigError
 
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
@@ -42,10 +49,40 @@ def slice_foreground_zscore(images: torch.Tensor) -> torch.Tensor:
     return torch.clamp(centred / std, -Z_CLIP, Z_CLIP)
 
 
+def slice_foreground_quartiles(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) float32 in [0, 1] -> each slice and channel centred on its foreground's median
+    and divided by its interquartile range / IQR_TO_STD (the "slice_quartiles" scheme).
+
+    The quantiles are counted, not sorted (TensorRT's TopK stops at 3840 elements): on every k-th
+    pixel (k = W // QUANTILE_GRID), the number of foreground pixels at or above each 8-bit level;
+    the q-quantile is the highest level that more than (1 - q) of them reach. Only elementwise ops
+    and sums, so every backend computes the same.
+    """
+    low = images.amin(dim=_PLANE, keepdim=True)
+    span = images.amax(dim=_PLANE, keepdim=True) - low  # (B, C, 1, 1)
+    step = max(1, images.shape[-1] // QUANTILE_GRID)
+    grid = images[:, :, ::step, ::step]  # (B, C, h, w)
+    foreground = (grid > low + FOREGROUND_FRACTION * span).to(images.dtype)
+    count = foreground.sum(dim=_PLANE)  # (B, C)
+    levels = (torch.arange(1, 256, dtype=images.dtype, device=images.device) - 0.5) / 255.0  # (255,)
+    at_or_above = (grid.unsqueeze(-1) >= levels).to(images.dtype)  # (B, C, h, w, 255)
+    reached = (at_or_above * foreground.unsqueeze(-1)).sum(dim=_PLANE)  # (B, C, 255)
+
+    def quantile(q: float) -> torch.Tensor:  # (B, C, 1, 1)
+        above = (reached > (1.0 - q) * count.unsqueeze(-1)).to(images.dtype).sum(dim=-1)
+        return (above / 255.0).view(*count.shape, 1, 1)
+
+    median, spread = quantile(0.5), (quantile(0.75) - quantile(0.25)) / IQR_TO_STD
+    scale = torch.maximum(spread, STD_FLOOR * span + 1e-6)
+    return torch.clamp((images - median) / scale, -Z_CLIP, Z_CLIP)
+
+
 def standardise(images: torch.Tensor, norm: Normalisation) -> torch.Tensor:
     """(B, C, H, W) float32 from `to_unit` -> network input, by `norm.scheme`."""
     if norm.scheme == "slice_foreground":
         return slice_foreground_zscore(images)
+    if norm.scheme == "slice_quartiles":
+        return slice_foreground_quartiles(images)
     mean = torch.tensor(norm.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(norm.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
     return (images - mean) / std

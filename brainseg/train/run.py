@@ -181,7 +181,7 @@ def train_run(
         table = cache.table()
         val = _read(data, cfg, split.val)
         first = cache.patients[0]
-        norm = normalisation_for(first.dtype, first.channels)
+        norm = normalisation_for(first.dtype, first.channels, cfg.normalisation)
         probs, scored = {}, {}
         test: list[Volume] = []
         with TrainProgress(enabled=progress and ctx.is_main, epochs=cfg.epochs) as bar:
