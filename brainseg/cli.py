@@ -133,7 +133,7 @@ def export_command(
              "ensemble (every member, as before the front), or a candidate's name (unet, unet+resunet, student, "
              "resunet/flip...).")] = "auto",
     dice_tolerance: Annotated[float, typer.Option(
-        help="auto ships the fastest candidate whose validation Dice is within this of the best's.")] = 0.002,
+        help="auto ships the fastest candidate whose validation Dice is within this of the best's.")] = 0.005,
     max_shift_drop: Annotated[float | None, typer.Option(
         help="Fail the export when an intensity shift (x0.3 ... gamma 1.5) drops the shipped candidate's "
              "validation Dice by more than this (default: reported, not gated).")] = None,

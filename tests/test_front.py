@@ -137,7 +137,7 @@ def front_manifest(tiny_artifacts):
 
 def test_export_records_the_front_and_ships_its_pick(front_manifest, tiny_artifacts):
     deployment = front_manifest.deployment
-    assert deployment is not None and deployment.asked == "auto" and deployment.dice_tolerance == 0.002
+    assert deployment is not None and deployment.asked == "auto" and deployment.dice_tolerance == 0.005
     rows = {row["name"]: row for row in deployment.front}
     assert {"unet", "fpn", "resunet", "ensemble", "student", "unet+fpn/flip"} <= set(rows)
     assert all(row["ms_per_slice"] > 0 and row["speedup_vs_eager_ensemble"] > 0 for row in rows.values())
