@@ -76,7 +76,8 @@ def main() -> None:
     if ensemble is not None:
         ratio = _ratio(shipped, ensemble)
         targets["shipped_latency_vs_ensemble"] = {**_target(ratio["median"], 0.5, "<="), "rounds": ratio,
-                                                  "ensemble": ensemble["name"]}
+                                                  "ensemble": ensemble["name"],
+                                                  "ensemble_test_dice": ensemble["test_dice"]}
         student = rows.get("student" + suffix)
         if student is not None:
             s_ratio = _ratio(student, ensemble)

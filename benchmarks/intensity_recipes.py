@@ -56,13 +56,20 @@ def main() -> None:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dev-patients", type=int, default=32)
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help=f"comma-separated, of: {', '.join(RECIPES)}")
     parser.add_argument("--score-only", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rows, seconds = {}, {}
     dev_spec = SampleSpec(patients=args.dev_patients, seed=args.seed + DEV_SEED_OFFSET)
     dev = [v for v in read_dataset(cached_sample_dataset(dev_spec)).volumes if v.mask.any()]
-    for name, (augment, norm) in RECIPES.items():
+    names = [name.strip() for name in args.recipes.split(",")]
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe {unknown[0]!r}; known: {', '.join(RECIPES)}")
+    for name in names:
+        augment, norm = RECIPES[name]
         run_dir = args.work / name.replace(" + ", "+")
         if not args.score_only and not (run_dir / "report.json").is_file():  # a finished run is reused
             train(run_dir, args, augment, norm)
