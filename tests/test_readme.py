@@ -22,22 +22,28 @@ KEYS: dict[str, list[tuple]] = {
     "**Held-out test Dice, 5 patients": [("deployed_test", "int8-cpu", *DICE), ("deployed_test", "fp32", *DICE),
                                          ("targets", "best_single_model_test_dice")],
     "**The Dice-latency front**": [("shipped", "test_dice_as_deployed"), ("best_member", "test_dice_fp32"),
-                                   ("front", "name=ensemble/flip", "test_dice"),
+                                   ("targets", "shipped_latency_vs_ensemble", "ensemble_test_dice"),
                                    *(("targets", "shipped_latency_vs_ensemble", "rounds", stat) for stat in RANGE),
-                                   ("front", "name=student/flip", "speedup_vs_eager_ensemble")],
+                                   ("shipped", "front_row", "speedup_vs_eager_ensemble")],
     "The same 5 test patients with one FLAIR threshold": [("baseline", "tumour", "test_dice"),
                                                           ("margin", "tumour")],
     "Validation Dice, 5 patients": [(*VAL, name, *DICE) for name in ("pytorch-fp32", "fp32", "fp16", "int8",
                                                                      "int8-cpu")],
-    "Intensity shifts, int8 CPU file": [("mean_dice", shift) for shift in (
-        "original", "x0.3", "x0.5", "x1.5 clipped", "gamma 0.67", "gamma 1.5")] + [("worst_drop_of_mean",)],
-    "The same before this version": [("mean_dice", shift) for shift in ("original", "x0.3", "x0.5", "gamma 0.67")],
-    "**BraTS sample**": [("test_region_dice", "int8-cpu", region) for region in REGIONS]
+    "**Intensity shifts**, int8 CPU file": [("mean_dice", shift) for shift in (
+        "original", "x0.3", "x0.5", "x1.5 clipped", "gamma 0.67", "gamma 1.5")] + [("worst_drop_of_mean",)]
+    + [("worst_patient_drop", shift) for shift in ("x1.5 clipped", "gamma 0.67")],
+    "Which intensity recipe ships": [("recipes", recipe, "dev", *key) for recipe in (
+        "scale-gamma + slice_foreground", "curves + slice_foreground") for key in (
+        ("mean_dice", "none"), ("mean_dice", "gamma 1.5"), ("targets_met",))],
+    "*Sample v1*: intensity shifts before": [("mean_dice", shift) for shift in ("original", "x0.3", "x0.5",
+                                                                                 "gamma 0.67")],
+    "*Sample v1*: **BraTS sample**": [("test_region_dice", "int8-cpu", region) for region in REGIONS]
     + [("test_region_dice", "fp32", region) for region in REGIONS]
     + [("threshold_baseline_test_dice", region) for region in REGIONS],
     "`seg-run` over 20 BraTS-size cases": [("brats_peak_rss_gb",), ("voxels_per_s_ratio_brats_to_8bit", "each", 0),
                                            ("voxels_per_s_ratio_brats_to_8bit", "each", 1)],
     "`make demo`, whole command": [("wall_seconds",), ("stage_seconds", "train")],
+    "The previous version's `make demo`": [("wall_seconds",), ("stage_seconds", "train")],
     "ONNX Runtime CPU, batch 1, median ms": [
         (0, "latency", "ensemble.fp32.onnx", "median_ms"),
         (0, "latency", "members in turn (fp32), threads asleep between ops", "median_ms"),
