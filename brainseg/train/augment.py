@@ -65,7 +65,6 @@ class AugmentSettings:
                               f"choose from: {', '.join(INTENSITY_RECIPES)}")
 
 
-
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> torch.Tensor:
     return (torch.rand(n, generator=g) * (high - low) + low).to(device)
 
