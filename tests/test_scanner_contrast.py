@@ -86,7 +86,7 @@ def test_curves_recipe_saturates_some_slices_at_the_top_of_the_range():
     images[:, :, 8:24, 8:24] = torch.linspace(0.1, 0.6, 256).view(16, 16)
     masks = torch.zeros(64, 1, 32, 32)
     out, _ = augment_batch(images, masks, torch.Generator().manual_seed(1), unit_range=True,
-                           settings=AugmentSettings(noise=0.0, blur=0.0, affine=0.0, flip=0.0))
+                           settings=AugmentSettings(intensity="curves", noise=0.0, blur=0.0, affine=0.0, flip=0.0))
     saturated = (out[:, :, 8:24, 8:24] >= 1.0).float().mean(dim=(2, 3))  # (B, C)
     assert 0.1 < (saturated > 0.05).float().mean() < 0.7, saturated
     old, _ = augment_batch(images, masks, torch.Generator().manual_seed(1), unit_range=True,
