@@ -38,6 +38,11 @@ from brainseg.train.dataset import read_run_dataset
 
 DEFAULT_MAX_DROP = 0.03
 MAX_DROP = {"x1.5 clipped": 0.08}  # clipping destroys what was above 170; the others lose nothing
+
+
+def max_drop(shift: str) -> float:
+    """Issue 22's target for `shift`: the most the mean Dice may drop under it."""
+    return MAX_DROP.get(shift, DEFAULT_MAX_DROP)
 MAX_AS_IS_FALL = 0.01  # the recipe may cost at most this much test Dice on unshifted scans
 
 
@@ -85,8 +90,8 @@ def measure(artifacts: Path, run: Path | None) -> dict:
     drops = {name: means["original"] - means[name] for name in SHIFTS}
     patient_drops = {name: max(s["original"] - s[name] for s in per_patient.values()) for name in SHIFTS}
     worst_patient = {name: min(s[name] for s in per_patient.values()) for name in ("original", *SHIFTS)}
-    targets = {name: {"max_drop": MAX_DROP.get(name, DEFAULT_MAX_DROP), "drop": drops[name],
-                      "met": bool(drops[name] <= MAX_DROP.get(name, DEFAULT_MAX_DROP))} for name in SHIFTS}
+    targets = {name: {"max_drop": max_drop(name), "drop": drops[name], "met": bool(drops[name] <= max_drop(name))}
+               for name in SHIFTS}
     return {
         "artifacts": str(artifacts),
         "manifest_sha256": manifest.sha256,
