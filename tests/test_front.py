@@ -105,6 +105,17 @@ def test_the_rule_ships_the_fastest_within_tolerance():
     assert pick(front, tolerance=0.01).chosen.name == "unet"
 
 
+def test_the_default_tolerance_is_the_gate_s_margin_everywhere():
+    import inspect
+
+    from brainseg.cli import export_command
+    from brainseg.export.front import DEFAULT_TOLERANCE
+    from brainseg.export.pipeline import ExportOptions
+
+    cli_default = inspect.signature(export_command).parameters["dice_tolerance"].default
+    assert cli_default == ExportOptions().dice_tolerance == DEFAULT_TOLERANCE == ExportOptions().max_dice_drop
+
+
 def test_ties_in_time_go_to_the_better_dice_and_the_best_may_win():
     front = [_timed("a", 0.90, 10.0), _timed("b", 0.899, 10.0)]
     decision = pick(front, tolerance=0.002)
