@@ -68,6 +68,7 @@ class Trainer:
 
     def __init__(self, job: ModelJob, cfg: TrainConfig, ctx: DistContext) -> None:
         self.job, self.cfg, self.ctx = job, cfg, ctx
+        self.augment = AugmentSettings(intensity=cfg.intensity_augment)
         torch.manual_seed(cfg.seed + 1000 * job.index)
         # oneDNN and cuDNN convolutions run faster NHWC
         self.model = self._build_model().to(ctx.device, memory_format=torch.channels_last)
@@ -150,8 +151,7 @@ class Trainer:
         images, masks = to_tensors(self.job.train, index, self.job.norm, self.ctx.device)
         targets = self._targets(index, masks)
         if self.cfg.augment:
-            images, targets = augment_batch(images, targets, generator, unit_range=unit_range,
-                                            settings=AugmentSettings(intensity=self.cfg.intensity_augment))
+            images, targets = augment_batch(images, targets, generator, unit_range=unit_range, settings=self.augment)
         return images, targets
 
     def _train_epoch(self, epoch: int, on_step) -> float:
