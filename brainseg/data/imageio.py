@@ -26,18 +26,21 @@ _TAIL = 64  # bytes at the end of a file searched for an end marker (some writer
 _TIFF_STRIP_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), tiles likewise
 
 
-def read_image(path: Path | str) -> np.ndarray:
+def read_image(path: Path | str, content: bytes | None = None) -> np.ndarray:
     """Read one slice as (H, W, C) in RGB order, keeping its stored dtype (uint8 or uint16).
 
     Grayscale files get a channel axis (C = 1); colour files are converted from OpenCV's BGR to
-    RGB (C = 3); an alpha channel is dropped.
+    RGB (C = 3); an alpha channel is dropped. With `content`, those bytes are decoded from memory
+    and `path` only names them in errors.
 
     Raises:
         InputSkipped: (a `DataError`) the file is missing, empty, truncated, undecodable,
             or has a dtype or channel count other than the above.
     """
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path) if content is None else content
+    if not data:
+        raise InputSkipped(path, "file is empty (0 bytes)")
     _check_complete(path, data)
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -98,6 +101,56 @@ def to_uint8(image: np.ndarray, peak: float | None = None) -> np.ndarray:
     return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
+def declared_size(data: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, channels, bytes per sample) that a PNG, JPEG or classic TIFF's header
+    declares, read from the header alone (nothing decoded); None for another format or a header
+    that does not say (a JPEG with no frame header before its scan, a TIFF cut short).
+
+    This is what decoding the image would allocate, so a service can refuse an image that is too
+    large before OpenCV reserves the memory.
+    """
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 26 and data[12:16] == b"IHDR":
+        width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour, 4)
+        return height, width, channels, 2 if depth == 16 else 1
+    if data.startswith(_JPEG_SIGNATURE):
+        return _jpeg_frame_size(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*") and len(data) >= 8:
+        order, fields, _ = _tiff_directory(data)
+        values = {tag: _tiff_values(data, order, *fields[tag]) for tag in (256, 257, 258, 277) if tag in fields}
+        if not values.get(256) or not values.get(257):
+            return None
+        channels = (values.get(277) or [1])[0]
+        bits = max(values.get(258) or [8])
+        return values[257][0], values[256][0], channels, max(1, -(-bits // 8))
+    return None
+
+
+def _jpeg_frame_size(data: bytes) -> tuple[int, int, int, int] | None:
+    """The frame header's (height, width, components, 1) of a JPEG, walking its markers."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers with no length
+            at += 2
+            continue
+        (length,) = struct.unpack(">H", data[at + 2 : at + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame
+            if at + 10 > len(data):
+                return None
+            height, width, components = struct.unpack(">HHB", data[at + 5 : at + 10])
+            return height, width, components, 1 if data[at + 4] <= 8 else 2
+        if marker == 0xDA:  # start of scan with no frame header before it
+            return None
+        at += 2 + length
+    return None
+
+
 def _read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
@@ -124,22 +177,31 @@ def _check_complete(path: Path, data: bytes) -> None:
             )
 
 
-def _tiff_required_size(data: bytes) -> int:
-    """Bytes a classic TIFF needs for its first directory and that image's strips or tiles."""
+def _tiff_directory(data: bytes) -> tuple[str, dict[int, tuple[int, int, bytes]], int]:
+    """(byte order, {tag: (type, count, raw value)}, end of the table) of a classic TIFF's first
+    directory; the dict is empty when the file ends before the table does."""
     order = "<" if data[:2] == b"II" else ">"
     (ifd,) = struct.unpack(order + "I", data[4:8])
     if ifd + 2 > len(data):
-        return ifd + 2
+        return order, {}, ifd + 2
     (count,) = struct.unpack(order + "H", data[ifd : ifd + 2])
     table_end = ifd + 2 + 12 * count + 4
     if table_end > len(data):
-        return table_end
+        return order, {}, table_end
     fields = {}
     for i in range(count):
         tag, kind, n, raw = struct.unpack(
             order + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
         )
         fields[tag] = (kind, n, raw)
+    return order, fields, table_end
+
+
+def _tiff_required_size(data: bytes) -> int:
+    """Bytes a classic TIFF needs for its first directory and that image's strips or tiles."""
+    order, fields, table_end = _tiff_directory(data)
+    if not fields:
+        return table_end
     needed = table_end
     for offsets_tag, counts_tag in _TIFF_STRIP_TAGS:
         if offsets_tag in fields and counts_tag in fields:

@@ -1,7 +1,7 @@
 """The `seg-serve` command: parse the options, call `serve_forever` once, print the URL when healthy.
 
-Only typer, the standard library and brainseg.cli_support are imported at module level; Ray and
-the runtime are imported when the command runs. Library errors are printed as one line and exit
+Only typer, the standard library and brainseg.cli_support are imported at module level; uvicorn,
+FastAPI, Ray and the runtime are imported when the command runs. Library errors are printed as one line and exit
 with code 1 (`brainseg.cli_support.command`), Typer's usage errors with 2.
 """
 
@@ -15,17 +15,23 @@ import typer
 from brainseg.choices import BackendName, ComponentRule, TtaMode
 from brainseg.cli_support import Backend, Components, Precision, Tta, command
 
+MAX_PIXELS = 16384 * 16384  # ServeOptions' defaults, restated so that --help needs no runtime import
+MAX_VOXELS = 512 * 512 * 320
+
 
 @command()
 def serve_command(
     artifacts: Annotated[Path, typer.Option(help="An artifacts folder written by seg-export.")],
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port of the HTTP server.")] = 8000,
-    replicas: Annotated[int, typer.Option(help="Model replicas (processes), each with its own backend.")] = 1,
+    ray: Annotated[str | None, typer.Option(
+        help="Serve on Ray Serve instead of in this process: 'local' starts Ray here, any other value is the "
+             "address of a Ray cluster to join.", metavar="local|ADDRESS")] = None,
+    replicas: Annotated[int, typer.Option(help="Model replicas on Ray Serve (with --ray), each its own process.")] = 1,
     max_batch: Annotated[int, typer.Option(help="Most slices one backend call takes, across requests.")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(
-        help="Least time a batch waits for more slices when the replica is busy (it also waits out a running batch; "
-             "an idle replica never waits).")]
+        help="How long a batch may wait for more slices: for requests still being decoded (embedded), or when the "
+             "replica is busy (--ray). An idle model never waits.")]
     = 5.0,
     precision: Precision = None,
     backend: Backend = BackendName.AUTO,
@@ -34,18 +40,33 @@ def serve_command(
     = None,
     tta: Tta = TtaMode.AUTO,
     components: Components = ComponentRule.AUTO,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; bigger ones get 413.")] = 64.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB, as sent; bigger ones get 413.")]
+    = 64.0,
+    max_pixels: Annotated[int, typer.Option(
+        help="Most pixels a slice's header may declare (413 beyond; default: 16384 x 16384).")] = MAX_PIXELS,
+    max_voxels: Annotated[int, typer.Option(
+        help="Most voxels a volume's header may declare, channels included (413 beyond; default: 512 x 512 x 320).")]
+    = MAX_VOXELS,
+    body_timeout_s: Annotated[float, typer.Option(help="Seconds a client has to send a whole body (408 after).")]
+    = 30.0,
+    max_uploads: Annotated[int, typer.Option(help="Bodies received at once; more get 503 with Retry-After.")] = 128,
+    max_buffered_mb: Annotated[float, typer.Option(
+        help="MiB of request bodies held in memory at once; more get 503 with Retry-After.")] = 1024.0,
 ) -> None:
-    """Serve an exported ensemble over HTTP on Ray Serve: POST a slice or a NIfTI volume, get its mask.
+    """Serve an exported ensemble over HTTP: POST a slice or a NIfTI volume, get its mask.
 
-    Runs until Ctrl-C. Endpoints: POST /v1/segment, GET /healthz, GET /v1/model, GET /v1/stats.
+    Runs in this one process unless --ray is given. Runs until Ctrl-C. Endpoints: POST /v1/segment,
+    GET /healthz, GET /v1/model, GET /v1/stats, GET /docs. Limits and what to put in front of it:
+    docs/security.md.
     """
     from brainseg.serve.options import ServeOptions
     from brainseg.serve.service import serve_forever
 
-    options = ServeOptions(host=host, port=port, replicas=replicas, batch_size=max_batch, batch_wait_ms=batch_wait_ms,
-                           precision=precision, backend=backend, device=device, threads=threads, tta=tta,
-                           components=components, max_body_mb=max_body_mb)
+    options = ServeOptions(host=host, port=port, ray=ray, replicas=replicas, batch_size=max_batch,
+                           batch_wait_ms=batch_wait_ms, precision=precision, backend=backend, device=device,
+                           threads=threads, tta=tta, components=components, max_body_mb=max_body_mb,
+                           max_pixels=max_pixels, max_voxels=max_voxels, body_timeout_s=body_timeout_s,
+                           max_uploads=max_uploads, max_buffered_mb=max_buffered_mb)
 
     def ready(url: str) -> None:
         typer.echo(f"seg-serve is ready at {url} (POST {url}/v1/segment; Ctrl-C to stop)")

@@ -66,7 +66,7 @@ def _load_images(scan: Scan, spec: InputSpec) -> ScanData:
             scan.paths[0],
             f"is a 2-D image, but these artifacts take volumes ({needed}) z-scored per scan; give NIfTI or DICOM",
         )
-    images = [read_image(path) for path in scan.paths]  # (H, W, C) each
+    images = [read_image(path, scan.content) for path in scan.paths]  # (H, W, C) each; content: one in memory
     for path, image in zip(scan.paths[1:], images[1:], strict=True):
         if (image.shape, image.dtype) != (images[0].shape, images[0].dtype):
             raise InputSkipped(path, f"is {image.shape} {image.dtype} but {scan.paths[0].name} is "
@@ -82,7 +82,7 @@ def _load_images(scan: Scan, spec: InputSpec) -> ScanData:
 
 
 def _load_volume(scan: Scan, spec: InputSpec) -> ScanData:
-    data, info = read_nifti(scan.paths[0]) if scan.kind == "nifti" else read_dicom(scan.paths)
+    data, info = read_nifti(scan.paths[0], scan.content) if scan.kind == "nifti" else read_dicom(scan.paths)
     return _volume_data(scan, data, info, spec)
 
 

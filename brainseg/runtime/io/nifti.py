@@ -36,8 +36,11 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def read_nifti(path: Path) -> tuple[np.ndarray, dict]:
+def read_nifti(path: Path, content: bytes | None = None) -> tuple[np.ndarray, dict]:
     """Read a 3-D volume, or a 4-D one with channels last, as float32 RAS+ (X, Y, Z, C) plus `info`.
+
+    With `content` (the bytes of a .nii, or of a .nii.gz), they are read from memory and `path`
+    only names them in errors: nothing is written to disk.
 
     Raises:
         InputSkipped: the file is empty, not NIfTI, truncated, not 3-D or 4-D, or has NaN or
@@ -45,10 +48,10 @@ def read_nifti(path: Path) -> tuple[np.ndarray, dict]:
     """
     nib = require("nibabel", "nifti")
     path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
+    if (content is not None and not content) or (content is None and path.is_file() and path.stat().st_size == 0):
         raise InputSkipped(path, "file is empty (0 bytes)")
     try:
-        original = nib.load(str(path))
+        original = nib.load(str(path)) if content is None else _image_from_bytes(nib, content)
         canonical = nib.as_closest_canonical(original)
         data = canonical.get_fdata(dtype=np.float32)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
@@ -67,6 +70,17 @@ def read_nifti(path: Path) -> tuple[np.ndarray, dict]:
         "source_dtype": str(original.get_data_dtype()),
     }
     return data, info
+
+
+def _image_from_bytes(nib, content: bytes):
+    """A NIfTI-1 or NIfTI-2 image read from the bytes of a single-file .nii (or .nii.gz)."""
+    if content[:2] == b"\x1f\x8b":
+        content = gzip.decompress(content)
+    header_size = int.from_bytes(content[:4], "little")
+    if header_size not in (348, 540):
+        header_size = int.from_bytes(content[:4], "big")
+    kind = nib.Nifti2Image if header_size == 540 else nib.Nifti1Image
+    return kind.from_bytes(content)
 
 
 def check_finite(path: Path, data: np.ndarray) -> None:

@@ -27,12 +27,15 @@ class Scan:
         paths: the files it is read from (slices in order for kaggle_3m and DICOM; the modality
             files in the manifest's order for BraTS; one file otherwise).
         root: the input path it was discovered under.
+        content: for a scan that arrives in memory (a seg-serve request): the bytes of its one
+            file, read from there instead of `paths[0]`, which then only names it in messages.
     """
 
     key: str
     kind: str
     paths: tuple[Path, ...]
     root: Path
+    content: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
