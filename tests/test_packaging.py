@@ -24,7 +24,7 @@ def test_the_runtime_imports_neither_torch_nor_export():
         "import brainseg.artifacts.manifest, brainseg.runtime.segmenter, brainseg.runtime.batch.ray_run\n"
         "import brainseg.metrics, brainseg.data.readers, brainseg.data.split, brainseg.data.synthetic.sample\n"
         "import brainseg.postprocess, brainseg.runtime.backends.tta, brainseg.evaluation.evaluate\n"
-        "import brainseg.evaluation.report, brainseg.serve.app, brainseg.deploy.triton, brainseg.cli\n"
+        "import brainseg.evaluation.report, brainseg.serve.core, brainseg.deploy.triton, brainseg.cli\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 
 # the command modules that run an export: seg-run, its Ray path, seg-eval, seg-serve, seg-bench
 COMMANDS = ("brainseg.runtime.batch.pipeline", "brainseg.runtime.batch.ray_run", "brainseg.evaluation.evaluate",
-            "brainseg.serve.app", "brainseg.bench.runner")
+            "brainseg.serve.core", "brainseg.bench.runner")
 # what opens or wraps a backend: only the Segmenter may import these
 BACKEND_MODULES = ("brainseg.runtime.backends.tta", "brainseg.runtime.backends.onnxruntime",
                    "brainseg.runtime.backends.openvino", "brainseg.runtime.backends.tensorrt")

@@ -1,7 +1,7 @@
 """seg-serve's HTTP face: one ASGI app (FastAPI, with its OpenAPI page) over a `SegmentationService`.
 
 The same app runs in both modes: under uvicorn in this process (`brainseg.serve.embedded`) and
-in each Ray Serve replica (`brainseg.serve.ray_mode`), so routes, answers, headers and limits are
+in each Ray Serve replica (`brainseg.serve.ray_replica`), so routes, answers, headers and limits are
 identical. Routes (docs/serve.md):
 
 - `POST /v1/segment`: a PNG/TIFF/JPEG slice or a NIfTI volume in, the mask `seg-run` writes for
@@ -14,8 +14,9 @@ identical. Routes (docs/serve.md):
 The outermost layer (`_Edge`, plain ASGI) gives every request an id (a client's well-formed
 `X-Request-ID`, else a new one), answers in the `X-Request-ID` header, turns any exception that
 escapes into `{"error": "internal error", "request_id": ...}` with status 500 (the traceback goes
-to the log, never to the client), counts statuses and logs one line per request: its id, route,
-status, declared body size and time. Nothing from the client's headers but the id is logged.
+to the log, never to the client), marks every answer `Cache-Control: no-store`, counts statuses
+and logs one line per request: its id, route, status, declared body size and time. Nothing from
+the client's headers but the id is logged.
 
 This module imports FastAPI (`pip install 'brainseg[serve]'`); `brainseg.serve.service` checks
 that it is installed before importing it.
@@ -63,7 +64,7 @@ _SEGMENT_DOC = {
 
 def build_app(service: SegmentationService, mode: str):
     """The ASGI app serving `service` ("embedded" or "ray" in /v1/model)."""
-    app = FastAPI(title="brainseg seg-serve", version=__version__, redoc_url=None,
+    app = FastAPI(title="brainseg seg-serve", version=__version__, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                   description="Brain-MRI tumour segmentation: POST a slice or a NIfTI volume, get its mask. "
                               "See docs/serve.md and docs/security.md.")
 
@@ -73,8 +74,7 @@ def build_app(service: SegmentationService, mode: str):
     @app.post("/v1/segment", openapi_extra=_SEGMENT_DOC, summary="Segment one slice or one NIfTI volume")
     async def segment(request: Request) -> Response:
         result = await service.segment(request)
-        return Response(result.body, media_type=result.media_type, headers={**result.headers,
-                                                                             "Cache-Control": "no-store"})
+        return Response(result.body, media_type=result.media_type, headers=result.headers)
 
     @app.get("/healthz", summary="200 once the model is loaded; 503 while it loads or if it failed")
     async def healthz() -> Response:
@@ -126,12 +126,12 @@ class _Edge:
         request_id = _incoming_id(scope) or uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
         started, status = time.perf_counter(), [0]
+        extra = [(b"x-request-id", request_id.encode()), (b"cache-control", b"no-store")]  # answers hold patient data
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", request_id.encode())]}
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         try:
@@ -143,7 +143,7 @@ class _Edge:
                 body = error_body(INTERNAL, request_id)
                 await send({"type": "http.response.start", "status": 500,
                             "headers": [(b"content-type", JSON.encode()), (b"content-length", str(len(body)).encode()),
-                                        (b"x-request-id", request_id.encode())]})
+                                        *extra]})
                 await send({"type": "http.response.body", "body": body})
         finally:
             self.service.stats.statuses[status[0]] += 1

@@ -13,7 +13,7 @@ The model runs one batch at a time, so the batches form themselves:
   `wait_s` for them rather than run a batch that they would have filled.
 
 asyncio and numpy only (Ray mode batches with Ray Serve's `serve.batch` instead:
-`brainseg.serve.ray_mode`).
+`brainseg.serve.ray_replica`).
 """
 
 from __future__ import annotations

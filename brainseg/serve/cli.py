@@ -51,7 +51,8 @@ def serve_command(
     = 30.0,
     max_uploads: Annotated[int, typer.Option(help="Bodies received at once; more get 503 with Retry-After.")] = 128,
     max_buffered_mb: Annotated[float, typer.Option(
-        help="MiB of request bodies held in memory at once; more get 503 with Retry-After.")] = 1024.0,
+        help="MiB held for requests at once: bodies and their decoded scans (estimated from their headers); "
+             "more get 503 with Retry-After.")] = 2048.0,
 ) -> None:
     """Serve an exported ensemble over HTTP: POST a slice or a NIfTI volume, get its mask.
 

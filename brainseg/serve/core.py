@@ -4,18 +4,21 @@
 starts, so `/healthz` can say "loading"), the request counters, and the admission gate that keeps
 slow or many clients from starving it. `brainseg.serve.app` puts its routes on an ASGI app; the
 embedded mode (`brainseg.serve.embedded`) runs that app under uvicorn with a `LocalBatcher`, Ray
-mode (`brainseg.serve.ray_mode`) runs it in each Serve replica with `serve.batch`.
+mode (`brainseg.serve.ray_replica`) runs it in each Serve replica with `serve.batch`.
 
 What a `POST /v1/segment` goes through, in order, each step able to refuse it with a 4xx:
 1. the model is loaded (503 otherwise), the Content-Type is one we take (415), the declared
    Content-Length is within `--max-body-mb` (413);
 2. an upload slot: at most `--max-uploads` bodies are being received at once, and at most
-   `--max-buffered-mb` of body bytes are held in memory across requests (503 with Retry-After
+   `--max-buffered-mb` of memory is held for requests: their bodies (a declared Content-Length
+   is reserved up front) and, from step 4 on, what decoding them will hold (503 with Retry-After
    beyond either: a client that can wait retries, a flood is refused at once);
 3. the body, read within `--body-timeout-s` (408) and counted as it arrives (413);
-4. decoding from memory, at most `DECODERS` bodies at a time: magic bytes against the
-   Content-Type (415), declared pixels or voxels against `--max-pixels` / `--max-voxels` (413),
-   the runtime's readers (422);
+4. its first bytes: magic bytes against the Content-Type (415), declared pixels or voxels
+   against `--max-pixels` / `--max-voxels` (413); then the memory its header says decoding will
+   take, reserved (`formats.decoded_estimate`; 413 if more than the whole budget, 503 while
+   others hold it); then decoding from memory, at most `DECODERS` bodies at a time, by the
+   runtime's readers (422); everything held is released when the request is answered;
 5. the batcher and the backend; 6. the answer, built off the event loop.
 
 `/healthz`, `/v1/model` and `/v1/stats` never wait on any of it: they read state the event loop
@@ -42,7 +45,7 @@ from brainseg.serve.errors import RequestError
 from brainseg.serve.options import ServeOptions
 
 log = logging.getLogger("brainseg.serve")
-DECODERS = 2  # bodies decoded at once: bounds the memory of decoded volumes
+DECODERS = 2  # bodies decoded at once: bounds the CPU that decoding takes from inference
 RETRY_AFTER_S = "1"
 Submit = Callable[[np.ndarray], Awaitable[list]]
 
@@ -216,6 +219,8 @@ class SegmentationService:
         try:
             body, held = await self._receive(request)
             marks.append(time.perf_counter())
+            payloads.check_header(body, media, self.limits)  # magic bytes, declared size: nothing decoded
+            held += self._hold_decoded(body, media)
             self.decoding += 1
             try:
                 data, image = await self._decode(body, media, model)
@@ -270,6 +275,17 @@ class SegmentationService:
         finally:
             admission.leave()
         return b"".join(chunks), held
+
+    def _hold_decoded(self, body: bytes, media: str) -> int:
+        """Count the memory decoding and answering `body` will hold (its header's estimate) against
+        the buffer budget: 413 when it could never fit, 503 while other requests hold too much."""
+        estimate = formats.decoded_estimate(body, media)
+        budget = self.admission.max_buffered_bytes
+        if estimate > budget:
+            raise RequestError(413, f"decoding this body would hold about {estimate // 2**20} MiB, more than the "
+                                    f"{budget // 2**20} MiB budget (seg-serve --max-buffered-mb)")
+        self.admission.hold(estimate)
+        return estimate
 
     async def _decode(self, body: bytes, media: str, model: _Model) -> tuple[ScanData, np.ndarray]:
         if self._decoders is None:

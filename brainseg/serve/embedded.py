@@ -7,19 +7,22 @@ uvicorn server (not started); `brainseg.serve.service.running_service` starts it
 uvicorn settings that are part of the hardening (docs/security.md): no `Server` header, no access
 log of its own (the app logs one line per request, without client-supplied names), keep-alive
 connections closed after `KEEP_ALIVE_S` idle, at most `4 x --max-uploads` connections and tasks
-(uvicorn answers 503 beyond), request lines and headers of at most `MAX_HEADER_BYTES`, and
-`HEADER_TIMEOUT_S` to send the request line and headers (uvicorn itself has no such timeout).
+(uvicorn answers 503 beyond). The protocol class adds what uvicorn lacks: `HEADER_TIMEOUT_S` to
+send a request's line and headers, and at most `MAX_HEADER_BYTES` of them (431 beyond), whichever
+HTTP parser uvicorn runs (httptools or h11).
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 from brainseg.errors import require
 from brainseg.serve.app import build_app
 from brainseg.serve.batching import LocalBatcher
 from brainseg.serve.core import SegmentationService
+from brainseg.serve.errors import error_body
 from brainseg.serve.options import ServeOptions
 
 KEEP_ALIVE_S = 5
@@ -62,6 +65,17 @@ def _protocol_with_header_timeout():
         def _arm(self) -> None:
             loop = asyncio.get_running_loop()
             self._header_timer = loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+            self._header_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if getattr(self, "_header_timer", None) is None:  # headers complete (or closed): a body's bytes
+                return
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+                self._disarm()
+                self.transport.write(_headers_too_large())
+                self.transport.close()
 
         def _headers_too_slow(self) -> None:
             if self.cycle is None or self.cycle.response_complete:  # no request under way: nothing arrived
@@ -92,6 +106,14 @@ def _protocol_with_header_timeout():
                 self._header_timer = None
 
     return HeaderTimeout
+
+
+def _headers_too_large() -> bytes:
+    """A whole 431 answer, written by the protocol itself (the app never saw the request)."""
+    body = error_body(f"the request line and headers are over {MAX_HEADER_BYTES} bytes", uuid.uuid4().hex[:16])
+    head = (f"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
 
 
 def _auto_protocol():

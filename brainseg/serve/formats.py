@@ -77,6 +77,40 @@ def check_image_size(body: bytes, max_pixels: int) -> None:
                                 f"{max_pixels} (seg-serve --max-pixels)")
 
 
+# bytes held per decoded voxel, from the decoded float32 volume to the float32 probabilities resized
+# back for the answer (see `decoded_estimate`)
+_VOLUME_BYTES_PER_VOXEL = 18
+_SLICE_BYTES_PER_PIXEL = 16  # besides the decoded samples: RGB copy, probabilities and mask at full size
+
+
+def decoded_estimate(body: bytes, media: str) -> int:
+    """The memory, in bytes, that decoding and answering this body will hold, from its header alone.
+
+    An estimate, for the service's memory budget: for a slice, its decoded samples plus about 16
+    bytes per pixel (the RGB copy, the probabilities resized back, the mask); for a volume, the
+    inflated file plus about 18 bytes per voxel (float32 as read, the artifacts' input, the float32
+    probability and disagreement resized back, the mask). 0 when the header does not say (the
+    body is then refused by the checks that read it).
+    """
+    try:
+        if formats_kind(media) == "slice":
+            size = declared_size(body)
+            if size is None:
+                return 0
+            height, width, channels, sample_bytes = size
+            return height * width * (channels * sample_bytes + _SLICE_BYTES_PER_PIXEL)
+        head = _inflate(body, _NIFTI2_SIZE) if media == "application/gzip" else body[:_NIFTI2_SIZE]
+        header = parse_nifti_header(head)
+    except RequestError:
+        return 0
+    return header.file_bytes + header.voxels * _VOLUME_BYTES_PER_VOXEL
+
+
+def formats_kind(media: str) -> str:
+    """"slice" or "nifti": the runtime's scan kind for an accepted media type."""
+    return MEDIA_TYPES[media]
+
+
 @dataclass(frozen=True)
 class NiftiHeader:
     """What a NIfTI header declares: its dims, bytes per voxel and where the voxels start."""
@@ -98,6 +132,18 @@ class NiftiHeader:
         return self.vox_offset + int(self.voxels * self.bytes_per_voxel)
 
 
+def check_nifti_size(body: bytes, media: str, max_voxels: int) -> NiftiHeader:
+    """The body's NIfTI header (inflating only its first bytes); 413 when it declares more than
+    `max_voxels` voxels, 422 when it is not a single-file NIfTI-1/2 header."""
+    head = _inflate(body, _NIFTI2_SIZE) if media == "application/gzip" else body[:_NIFTI2_SIZE]
+    header = parse_nifti_header(head)
+    if header.voxels > max_voxels:
+        shape = "x".join(str(n) for n in header.dims)
+        raise RequestError(413, f"the volume declares {shape} = {header.voxels} voxels; the limit is {max_voxels} "
+                                "(seg-serve --max-voxels)")
+    return header
+
+
 def nifti_content(body: bytes, media: str, max_voxels: int) -> bytes:
     """The .nii bytes of a NIfTI body (inflated when gzip'd), checked against what its header declares.
 
@@ -105,13 +151,8 @@ def nifti_content(body: bytes, media: str, max_voxels: int) -> bytes:
     is not a single-file NIfTI-1/2 header, declares impossible dims, or the body holds fewer
     bytes than it declares (truncated). A gzip stream is inflated only up to the declared size.
     """
+    header = check_nifti_size(body, media, max_voxels)
     gzipped = media == "application/gzip"
-    head = _inflate(body, _NIFTI2_SIZE) if gzipped else body[:_NIFTI2_SIZE]
-    header = parse_nifti_header(head)
-    if header.voxels > max_voxels:
-        shape = "x".join(str(n) for n in header.dims)
-        raise RequestError(413, f"the volume declares {shape} = {header.voxels} voxels; the limit is {max_voxels} "
-                                "(seg-serve --max-voxels)")
     content = _inflate(body, header.file_bytes) if gzipped else body[:header.file_bytes]
     if len(content) < header.file_bytes:
         raise RequestError(422, f"the NIfTI is truncated: its header declares {header.file_bytes} bytes, "

@@ -23,7 +23,8 @@ class ServeOptions(SegmenterOptions):
     `replicas`: Ray Serve replicas (Ray mode only).
     Limits (docs/security.md): `max_body_mb` on the wire, `max_pixels` / `max_voxels` declared by
     an image's or a volume's header, `body_timeout_s` to receive a whole body, `max_uploads`
-    bodies received at once, `max_buffered_mb` of bodies held in memory at once.
+    bodies received at once, `max_buffered_mb` of memory held for requests at once (their bodies
+    and what decoding them holds, estimated from their headers).
     """
 
     batch_size: int = 16
@@ -37,7 +38,7 @@ class ServeOptions(SegmenterOptions):
     max_voxels: int = MAX_VOXELS
     body_timeout_s: float = 30.0
     max_uploads: int = 128
-    max_buffered_mb: float = 1024.0
+    max_buffered_mb: float = 2048.0
 
     def check(self) -> None:
         """Raise ConfigError naming the first option out of range."""

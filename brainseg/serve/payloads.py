@@ -67,6 +67,18 @@ def wants_json(format_param: str | None, accept: str | None) -> bool:
     return JSON in (accept or "").lower()
 
 
+def check_header(body: bytes, media: str, limits: Limits) -> None:
+    """What the first bytes of a body decide, nothing decoded: 400 when empty, 415 when its magic
+    bytes are not those of `media`, 413 when its header declares more pixels or voxels than `limits`."""
+    if not body:
+        raise RequestError(400, "the body is empty; send the image or volume bytes")
+    formats.check_media(media, body)
+    if formats.MEDIA_TYPES[media] == "slice":
+        formats.check_image_size(body, limits.max_pixels)
+    else:
+        formats.check_nifti_size(body, media, limits.max_voxels)
+
+
 def read_body(body: bytes, media: str, steps: ScanSteps, limits: Limits) -> tuple[ScanData, np.ndarray]:
     """Decode one request body from memory as the runtime reads a file: (its ScanData, (S, h, w, C)
     at the graph's size).

@@ -1,7 +1,7 @@
 """One Ray Serve replica of seg-serve: the same ASGI app and service as the embedded mode, batched
 with Ray Serve's `serve.batch`, and a health check Serve acts on.
 
-Imported only inside Ray (by `brainseg.serve.ray_mode` once ray[serve] is known to be installed).
+Imported only inside Ray (deployed by `brainseg.serve.service` once ray[serve] is known to be installed).
 
 How long a batch waits to fill (`serve.batch`'s `batch_wait_timeout_s`, set before each request
 joins) depends on the replica, since Ray closes a batch when its wait ends even while the model is
@@ -12,8 +12,9 @@ busy and a closed batch can only queue:
   at least `--batch-wait-ms`;
 - otherwise (slices queued, none running yet): `--batch-wait-ms`.
 
-`check_health` raises once the model has failed to load, so Serve replaces the replica instead of
-leaving it RUNNING and taking traffic.
+The model loads in the constructor, so a replica whose model cannot load never starts: Serve retries
+it and then marks the deployment failed, with the reason, instead of leaving it RUNNING and taking
+traffic. `check_health` raises whenever the service says it is not healthy, so Serve replaces it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class SegmentationReplica:
     def __init__(self, artifacts: str, options: ServeOptions) -> None:
         replica = serve.get_replica_context().replica_id.unique_id
         self.service = SegmentationService(artifacts, options, replica=replica)
+        # loaded before the replica counts as started: a model that cannot load fails the replica's
+        # start, so Serve retries it and then marks the deployment failed, with the reason
+        self.service.wait_loaded()
         self.service.submit = self._submit
         self._options = options
         self._queued = 0  # slices handed to the batcher and not yet answered
@@ -49,8 +53,9 @@ class SegmentationReplica:
 
     def check_health(self) -> None:
         """Called by Serve every few seconds: raising makes Serve replace this replica."""
-        if self.service.load_failed:
-            raise RuntimeError("the model failed to load; see /healthz on a fresh replica for why")
+        status, record = self.service.health()
+        if status != 200:
+            raise RuntimeError(record["error"])
 
     async def _submit(self, image: np.ndarray) -> list:
         if self._max_batch != self.service.max_batch:  # lowered by a TensorRT engine's profile

@@ -144,8 +144,11 @@ def _on_ray(artifacts: str | Path, options: ServeOptions, startup_timeout_s: flo
             raise ConfigError(f"an application named {APP_NAME!r} already runs on this cluster's Serve (another "
                               "seg-serve?); stop it first")
         deployed = True
-        serve.run(build_application(artifacts, options), name=APP_NAME, route_prefix="/",
-                  logging_config=SERVE_LOGGING)
+        try:
+            serve.run(build_application(artifacts, options), name=APP_NAME, route_prefix="/",
+                      logging_config=SERVE_LOGGING)
+        except RuntimeError as err:  # Serve gave up starting the replicas: say why in one line
+            raise BrainsegError(f"seg-serve could not start on Ray Serve: {deploy_failure(serve, str(err))}") from None
         url = f"http://{_url_host(options.host)}:{options.port}"
         wait_until_healthy(url, timeout_s=startup_timeout_s)
         yield url
@@ -156,6 +159,18 @@ def _on_ray(artifacts: str | Path, options: ServeOptions, startup_timeout_s: flo
             if options.ray == "local":
                 serve.shutdown()
             ray.shutdown()
+
+
+def deploy_failure(serve: ModuleType, message: str, app: str = APP_NAME) -> str:
+    """Why Serve could not deploy `app`, in one line: the replica's error from the deployment's
+    status (Serve's own exception names only the deployment) when it says, else `message`."""
+    statuses = serve.status().applications.get(app)
+    details = [d.message for d in statuses.deployments.values() if d.message] if statuses else []
+    lines = [line.strip() for text in (*details, message) for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):  # a traceback's last error line says what went wrong
+        if "Error: " in line and not line.startswith("File ") and "Traceback" not in line:
+            return line
+    return lines[0] if lines else "the deployment failed"
 
 
 def serve_http_address(ray: ModuleType) -> tuple[str, int] | None:
