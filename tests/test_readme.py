@@ -52,10 +52,15 @@ KEYS: dict[str, list[tuple]] = {
                                               ("end_to_end_share_of_bare",)],
     "`seg-run --ray local` against the local": [("ray_slices_per_s",), ("local_slices_per_s",),
                                                 ("ray_share_of_local",)],
-    "`seg-serve` on loopback": [("load", "concurrency=1", "p50_ms"), ("bare_inference_batch1", "p50_ms"),
-                                ("load", "concurrency=1", "requests_per_s"),
-                                ("load", "concurrency=32", "requests_per_s"),
-                                ("targets", "requests_per_s_c32_over_c1")],
+    "`seg-serve` on loopback": [("modes", "embedded", "targets", "batch1_p50_over_bare_ms"),
+                                *(("modes", "embedded", "targets", "batch1_p50_over_bare_ms_rounds", stat)
+                                  for stat in ("min", "max")),
+                                ("modes", "embedded", "targets", "requests_per_s_c16_over_c1"),
+                                ("modes", "embedded", "bare_batching_gain", "gain"), ("ray_over_embedded_c1_p50",)],
+    "`seg-serve` against hostile clients": [
+        *(("modes", mode, "hostile", "cases", "volume_bombs_x4", "slowest_s") for mode in ("embedded", "ray")),
+        *(("modes", mode, "hostile", "cases", "volume_bombs_x4", "peak_rss_up_mb") for mode in ("embedded", "ray")),
+        *(("modes", "embedded", "hostile", "cases", "stalled_uploads_x64", key) for key in ("healthz_s", "slice_s"))],
     "CPU targets, one seg-bench run": [("targets", target, stat) for target in (
         "compute_b1_vs_eager", "end_to_end_b1_vs_eager") for stat in RANGE],
     "The same run: that path over OpenVINO's default": [

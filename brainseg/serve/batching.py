@@ -8,9 +8,11 @@ The model runs one batch at a time, so the batches form themselves:
 - an idle model starts a lone slice at once: a single client pays no batching delay;
 - while a batch runs, new slices queue, and the next batch takes every one of them, up to
   `max_batch`, the moment the model is free;
-- when the model comes free with fewer than `max_batch` slices queued while other requests are
-  still being decoded (they were admitted, so their slices are about to join), it waits up to
-  `wait_s` for them rather than run a batch that they would have filled.
+- when the model comes free with fewer than `max_batch` slices queued while more are expected,
+  it waits up to `wait_s` for them rather than run a batch they would have filled. More are
+  expected while admitted requests are still decoding, or while fewer slices are queued than the
+  last batch took: under load, the clients of that batch are sending their next requests. A lone
+  client's batches hold one slice, so it never waits.
 
 asyncio and numpy only (Ray mode batches with Ray Serve's `serve.batch` instead:
 `brainseg.serve.ray_replica`).
@@ -42,6 +44,7 @@ class LocalBatcher:
         self._queue: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._last_size = 1  # slices in the last batch run
         self._decoding = decoding  # how many admitted requests are still decoding (their slices will join)
 
     async def submit(self, image: np.ndarray) -> list[tuple[Outputs, tuple[int, float]]]:
@@ -70,10 +73,15 @@ class LocalBatcher:
                 if live:
                     await self._run_one(live)
 
+    def _more_expected(self) -> bool:
+        """Whether more slices are about to join: requests still decoding, or fewer queued than the
+        last batch took (under load, its clients are sending their next requests)."""
+        return self._decoding() > 0 or len(self._queue) < self._last_size
+
     async def _wait_for_decoding(self) -> None:
-        """Wait up to `wait_s` while requests are still decoding and the queue cannot fill a batch."""
+        """Wait up to `wait_s` while more slices are expected and the queue cannot fill a batch."""
         deadline = time.perf_counter() + self._wait_s
-        while self._decoding() > 0 and len(self._queue) < self._max_batch():
+        while self._more_expected() and len(self._queue) < self._max_batch():
             left = deadline - time.perf_counter()
             if left <= 0:
                 return
@@ -91,6 +99,7 @@ class LocalBatcher:
                 if not future.done():
                     future.set_exception(err)
             return
+        self._last_size = len(live)
         number = self._on_batch(len(live)) if self._on_batch is not None else 0
         for index, (_, future) in enumerate(live):
             if not future.done():
