@@ -83,9 +83,21 @@ def test_ray_local_writes_what_seg_run_writes_and_stops_the_ray_it_started(
     local_out, local = local_run
     started_here = not ray.is_initialized()
     monkeypatch.setattr(ray_run.os, "cpu_count", lambda: 2)  # "local" starts Ray with one CPU per core
+    # an earlier Ray killed without cleaning up leaves the address of a cluster that is gone: "local"
+    # must start its own instance rather than try to join it
+    stale = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+    kept = stale.read_bytes() if stale.is_file() else None
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("127.0.0.1:9\n")  # the discard port: nothing answers there
     written = []
-    summary = segment([scans], tiny_artifacts, tmp_path / "out", RunOptions(batch_size=4, ray="local"),
-                      on_scan=lambda key, slices: written.append((key, slices)))
+    try:
+        summary = segment([scans], tiny_artifacts, tmp_path / "out", RunOptions(batch_size=4, ray="local"),
+                          on_scan=lambda key, slices: written.append((key, slices)))
+    finally:
+        if kept is None:
+            stale.unlink(missing_ok=True)
+        else:
+            stale.write_bytes(kept)
     out = tmp_path / "out"
     if started_here:
         assert not ray.is_initialized(), "--ray local must stop the Ray it started"

@@ -127,10 +127,9 @@ def _on_ray(artifacts: str | Path, options: ServeOptions, startup_timeout_s: flo
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        address = None if options.ray == "local" else options.ray
-        if address is None:
+        if options.ray == "local":  # always a new instance here, never one RAY_ADDRESS or a stale file names
             _check_port_free(options.host, options.port)
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=options.ray, include_dashboard=False, logging_level=logging.WARNING)
     deployed = False
     try:
         _check_cpus(ray, options.replicas)

@@ -112,7 +112,9 @@ def _ray_session(ray: ModuleType, address: str) -> Iterator[None]:
         return
     try:
         if address == LOCAL:  # workers at seg-run's own priority (Ray starts them at niceness 15)
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+            # address="local": always a new instance here, never a cluster that RAY_ADDRESS or a
+            # stale /tmp/ray/ray_current_cluster names
+            ray.init(address=LOCAL, num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                      _system_config={"worker_niceness": 0})
         else:
             ray.init(address=address, logging_level=logging.WARNING)
