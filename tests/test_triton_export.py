@@ -116,6 +116,9 @@ def test_default_repository_serves_every_precision_that_passed(tiny_artifacts, t
     assert accelerators(config(repo.path, "brainseg-fp32")) == []
     (trt,) = accelerators(config(repo.path, "brainseg-int8"))
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "INT8"
+    # the engine cache is the model's own, named by its file's sha256: no other model or export loads it
+    int8_sha = sha256_file(repo.path / "brainseg-int8" / "1" / "model.onnx")
+    assert trt.parameters["trt_engine_cache_path"] == f"/tmp/brainseg-ort-tensorrt-cache/brainseg-int8-{int8_sha[:16]}"
     assert trt.parameters["trt_profile_min_shapes"] == "image:1x64x64x3"
     assert trt.parameters["trt_profile_max_shapes"] == "image:32x64x64x3"
 
@@ -291,9 +294,9 @@ def test_precision_not_exported_or_not_passed(artifacts_copy, tmp_path):
     assert [m.precision for m in repo.models] == ["fp32"]
 
 
-def test_non_empty_destination_needs_overwrite(tiny_artifacts, tmp_path):
+def test_non_empty_destination_needs_overwrite_and_overwrite_replaces_only_its_own(tiny_artifacts, tmp_path):
     out = tmp_path / "repo"
-    out.mkdir()
+    export_triton(tiny_artifacts, out, TritonOptions(precisions=("fp32", "int8")))
     (out / "stale").write_text("from before")
     options = TritonOptions(precisions=("fp32",))
     with pytest.raises(ConfigError, match=f"{out} is not empty; pass --overwrite"):
@@ -301,6 +304,16 @@ def test_non_empty_destination_needs_overwrite(tiny_artifacts, tmp_path):
     export_triton(tiny_artifacts, out, TritonOptions(precisions=("fp32",), overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == sorted([README, RECORD, "brainseg-fp32"])
     assert not list(tmp_path.glob(".repo.*"))  # no staging or old folder left behind
+
+
+def test_overwrite_refuses_a_folder_it_did_not_write(tiny_artifacts, tmp_path):
+    shared = tmp_path / "models"  # say, a Triton repository holding another team's model
+    (shared / "their-model" / "1").mkdir(parents=True)
+    (shared / "their-model" / "config.pbtxt").write_text('name: "their-model"')
+    with pytest.raises(ConfigError, match="did not write \\(no brainseg-triton.json\\)"):
+        export_triton(tiny_artifacts, shared, TritonOptions(precisions=("fp32",), overwrite=True))
+    assert (shared / "their-model" / "config.pbtxt").read_text() == 'name: "their-model"'
+    assert sorted(p.name for p in shared.iterdir()) == ["their-model"]
 
 
 def test_destination_holding_the_artifacts_is_refused(artifacts_copy):

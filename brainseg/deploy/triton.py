@@ -42,6 +42,7 @@ from brainseg.deploy.triton_config import (
     import_model_config,
     model_config,
     ort_tensorrt_accelerator,
+    ort_tensorrt_cache,
     read_signature,
     to_pbtxt,
     with_fixed_batch,
@@ -214,7 +215,8 @@ def _write_onnx_model(manifest: Manifest, graph: _ServedGraph, repo: Path, optio
     optimization = None
     if options.kind == "gpu" and graph.precision in ORT_TENSORRT_PRECISION:
         profile = None if batching.max_batch == 0 else (1, opt, batching.max_batch)
-        optimization = ort_tensorrt_accelerator(graph.precision, inputs[0], profile)
+        optimization = ort_tensorrt_accelerator(graph.precision, inputs[0], profile,
+                                                ort_tensorrt_cache(name, graph.sha256))
     config = model_config(name, ONNXRUNTIME, inputs=inputs, outputs=outputs, batching=batching, kind=options.kind,
                           instances=options.instances, optimization=optimization)
     _write_model(repo / name, config, graph.path, "model.onnx", graph.sha256, options.hardlink)
@@ -305,8 +307,12 @@ def _check_destination(out: Path, artifacts: Path, overwrite: bool) -> None:
     source = artifacts.resolve()
     if out.resolve() == source or out.resolve() in source.parents:
         raise ConfigError(f"--out {out} holds the artifacts folder it reads; choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
+        if not (out / RECORD).is_file():  # --overwrite replaces only what seg-export triton wrote
+            raise ConfigError(f"{out} holds files seg-export triton did not write (no {RECORD}); --overwrite "
+                              "replaces only its own repositories: choose another --out")
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -361,8 +367,9 @@ def readme(manifest: Manifest, repo: TritonRepository) -> str:
     if any(m.ort_tensorrt for m in repo.models):
         lines += ["## ONNX Runtime with TensorRT", "",
                   "The fp16 and int8 ONNX models run through ONNX Runtime's TensorRT provider on GPU instances. "
-                  "Their first load builds a TensorRT engine (minutes); it is kept in "
-                  f"`{ORT_TENSORRT_CACHE}` on the server for the next load.", ""]
+                  "Their first load builds a TensorRT engine (minutes); it is kept on the server for the next "
+                  f"load, in a folder of each model's own under `{ORT_TENSORRT_CACHE}` (named by the model and "
+                  "its file's sha256, so no other model or export loads it).", ""]
     plans = [m for m in repo.models if m.serves_on]
     if plans:
         lines += ["## TensorRT engines", "", *(f"- `{m.name}` runs only under {m.serves_on}." for m in plans), ""]

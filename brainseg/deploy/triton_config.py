@@ -160,15 +160,25 @@ def with_fixed_batch(tensors: Sequence[TensorSpec], batch: int) -> list[TensorSp
     return [TensorSpec(t.name, t.dtype, (batch, *t.dims)) for t in tensors]
 
 
-def ort_tensorrt_accelerator(precision: str, image: TensorSpec, batch: tuple[int, int, int] | None) -> dict:
+def ort_tensorrt_cache(model: str, sha256: str) -> str:
+    """Where ONNX Runtime's TensorRT provider keeps `model`'s engines on the server: a folder of its
+    own, named by the model and its file's sha256. ONNX Runtime's cache key hashes the model file's
+    name (model.onnx for every Triton model), tensor names and versions, not the weights, so a shared
+    folder would let one model, or a retrained export of it, load another's engine."""
+    return f"{ORT_TENSORRT_CACHE}/{model}-{sha256[:16]}"
+
+
+def ort_tensorrt_accelerator(precision: str, image: TensorSpec, batch: tuple[int, int, int] | None,
+                             cache: str) -> dict:
     """Triton's onnxruntime backend running `precision`'s graph through ONNX Runtime's TensorRT provider.
 
     The Q/DQ (int8) and float16 graphs carry their precision in the file; precision_mode lets
     TensorRT pick the matching kernels. `batch` (min, opt, max) becomes one optimisation profile,
     so the provider builds once instead of again for each larger batch it meets; None: fixed shapes.
+    `cache`: the model's own engine folder (`ort_tensorrt_cache`).
     """
     parameters = {"precision_mode": ORT_TENSORRT_PRECISION[precision], "trt_engine_cache_enable": "1",
-                  "trt_engine_cache_path": ORT_TENSORRT_CACHE}
+                  "trt_engine_cache_path": cache}
     if batch is not None:
         item = "x".join(str(dim) for dim in image.dims)
         for key, size in zip(("min", "opt", "max"), batch, strict=True):

@@ -35,6 +35,7 @@ from brainseg.postprocess import PostProcessing
 from brainseg.runtime.backends import Backend, BackendSettings, Choice, open_backend, open_file
 from brainseg.runtime.backends.tta import FlipTTA
 from brainseg.runtime.io import loading
+from brainseg.runtime.io.declared import MAX_VOXELS
 from brainseg.runtime.io.scans import Prediction, Scan, ScanData
 
 log = logging.getLogger("brainseg.runtime")
@@ -55,6 +56,8 @@ class SegmenterOptions:
             none/largest/min_volume override it.
         batch_size: the most slices one graph call takes (`predict` splits a scan into such batches).
         cuda_graph: TensorRT: capture a CUDA graph for batches of `batch_size`.
+        max_voxels: a volume whose header declares more voxels (channels included) is refused
+            before anything is allocated for it (`brainseg.runtime.io.declared`).
     """
 
     backend: str = BackendName.AUTO.value
@@ -66,6 +69,7 @@ class SegmenterOptions:
     components: str = ComponentRule.AUTO.value
     batch_size: int = 8
     cuda_graph: bool = False
+    max_voxels: int = MAX_VOXELS
 
     def segmenter_options(self) -> SegmenterOptions:
         """These settings alone, from a command's options that extend them (RunOptions, EvalOptions...)."""
@@ -82,6 +86,8 @@ class SegmenterOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
+        if self.max_voxels < 1:
+            raise ConfigError(f"--max-voxels must be at least 1, got {self.max_voxels}")
 
 
 @dataclass(frozen=True)
@@ -92,15 +98,17 @@ class ScanSteps:
     spec: InputSpec
     threshold: float
     post: PostProcessing
+    max_voxels: int = MAX_VOXELS
 
     @classmethod
     def of(cls, manifest: Manifest, options: SegmenterOptions) -> ScanSteps:
         post = manifest.postprocessing.with_overrides(tta=options.tta, components=options.components)
-        return cls(manifest.input, manifest.threshold, post)
+        return cls(manifest.input, manifest.threshold, post, options.max_voxels)
 
     def read(self, scan: Scan) -> tuple[ScanData, np.ndarray]:
-        """Read `scan` (`loading.load`) and bring its slices to the graph's input size: (data, (S, h, w, C))."""
-        data = loading.load(scan, self.spec)
+        """Read `scan` (`loading.load`, volumes up to `max_voxels`) and bring its slices to the graph's
+        input size: (data, (S, h, w, C))."""
+        data = loading.load(scan, self.spec, max_voxels=self.max_voxels)
         return data, self.to_graph_size(data.image)
 
     def to_graph_size(self, image: np.ndarray) -> np.ndarray:

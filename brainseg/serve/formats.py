@@ -15,11 +15,9 @@ Standard library and numpy only; every refusal is a `RequestError` with a one-li
 
 from __future__ import annotations
 
-import struct
-import zlib
-from dataclasses import dataclass
-
 from brainseg.data.imageio import declared_size
+from brainseg.runtime.io import declared
+from brainseg.runtime.io.declared import NIFTI2_SIZE, NiftiHeader
 from brainseg.serve.errors import RequestError
 
 # Content-Type -> the runtime's scan kind (2-D slice or NIfTI volume)
@@ -27,8 +25,6 @@ MEDIA_TYPES = {"image/png": "slice", "image/tiff": "slice", "image/jpeg": "slice
                "application/gzip": "nifti", "application/x-nifti": "nifti"}
 _FORMATS = {"image/png": "PNG", "image/tiff": "TIFF", "image/jpeg": "JPEG", "application/gzip": "gzip'd NIfTI",
             "application/x-nifti": "NIfTI (.nii)"}
-_NIFTI1_MAGIC, _NIFTI2_MAGIC = b"n+1\0", b"n+2\0\r\n\x1a\n"
-_NIFTI1_SIZE, _NIFTI2_SIZE = 348, 540
 _GZIP = b"\x1f\x8b"
 
 
@@ -51,7 +47,7 @@ def sniff(body: bytes) -> str | None:
         return "image/jpeg"
     if body.startswith(_GZIP):
         return "application/gzip"
-    if _nifti_layout(body) is not None:
+    if declared.nifti_layout(body) is not None:
         return "application/x-nifti"
     return None
 
@@ -99,7 +95,7 @@ def decoded_estimate(body: bytes, media: str) -> int:
                 return 0
             height, width, channels, sample_bytes = size
             return height * width * (channels * sample_bytes + _SLICE_BYTES_PER_PIXEL)
-        head = _inflate(body, _NIFTI2_SIZE) if media == "application/gzip" else body[:_NIFTI2_SIZE]
+        head = _inflate(body, NIFTI2_SIZE) if media == "application/gzip" else body[:NIFTI2_SIZE]
         header = parse_nifti_header(head)
     except RequestError:
         return 0
@@ -111,36 +107,14 @@ def formats_kind(media: str) -> str:
     return MEDIA_TYPES[media]
 
 
-@dataclass(frozen=True)
-class NiftiHeader:
-    """What a NIfTI header declares: its dims, bytes per voxel and where the voxels start."""
-
-    dims: tuple[int, ...]
-    bytes_per_voxel: float
-    vox_offset: int
-
-    @property
-    def voxels(self) -> int:
-        count = 1
-        for n in self.dims:
-            count *= n
-        return count
-
-    @property
-    def file_bytes(self) -> int:
-        """Bytes the single-file .nii needs: header and extensions, then every voxel."""
-        return self.vox_offset + int(self.voxels * self.bytes_per_voxel)
-
-
 def check_nifti_size(body: bytes, media: str, max_voxels: int) -> NiftiHeader:
     """The body's NIfTI header (inflating only its first bytes); 413 when it declares more than
     `max_voxels` voxels, 422 when it is not a single-file NIfTI-1/2 header."""
-    head = _inflate(body, _NIFTI2_SIZE) if media == "application/gzip" else body[:_NIFTI2_SIZE]
+    head = _inflate(body, NIFTI2_SIZE) if media == "application/gzip" else body[:NIFTI2_SIZE]
     header = parse_nifti_header(head)
     if header.voxels > max_voxels:
-        shape = "x".join(str(n) for n in header.dims)
-        raise RequestError(413, f"the volume declares {shape} = {header.voxels} voxels; the limit is {max_voxels} "
-                                "(seg-serve --max-voxels)")
+        raise RequestError(413, f"the volume declares {header.shape} = {header.voxels} voxels; the limit is "
+                                f"{max_voxels} (seg-serve --max-voxels)")
     return header
 
 
@@ -162,53 +136,15 @@ def nifti_content(body: bytes, media: str, max_voxels: int) -> bytes:
 
 def parse_nifti_header(head: bytes) -> NiftiHeader:
     """The dims, voxel size and data offset of a NIfTI-1 or NIfTI-2 header; 422 for anything else."""
-    layout = _nifti_layout(head)
-    if layout is None:
-        raise RequestError(422, "the body is not a single-file NIfTI-1 or NIfTI-2 image (no n+1/n+2 header)")
-    order, version = layout
-    if version == 1:
-        dims = struct.unpack(order + "8h", head[40:56])
-        bitpix = struct.unpack(order + "h", head[72:74])[0]
-        offset = struct.unpack(order + "f", head[108:112])[0]
-    else:
-        bitpix = struct.unpack(order + "h", head[14:16])[0]
-        dims = struct.unpack(order + "8q", head[16:80])
-        offset = struct.unpack(order + "q", head[168:176])[0]
-    rank = dims[0]
-    if not 1 <= rank <= 7 or any(n < 1 for n in dims[1:rank + 1]):
-        raise RequestError(422, f"the NIfTI header declares impossible dims {list(dims)}")
-    if bitpix <= 0 or bitpix % 8 or offset != offset or not 0 <= offset <= 2**31:
-        raise RequestError(422, f"the NIfTI header declares {bitpix} bits per voxel at offset {offset}")
-    minimum = _NIFTI1_SIZE + 4 if version == 1 else _NIFTI2_SIZE + 4
-    return NiftiHeader(tuple(int(n) for n in dims[1:rank + 1]), bitpix / 8, max(int(offset), minimum))
-
-
-def _nifti_layout(head: bytes) -> tuple[str, int] | None:
-    """(struct byte order, NIfTI version) of a single-file NIfTI header, or None."""
-    for order in ("<", ">"):
-        if len(head) < 4:
-            return None
-        size = struct.unpack(order + "i", head[:4])[0]
-        if size == _NIFTI1_SIZE and head[344:348] == _NIFTI1_MAGIC:
-            return order, 1
-        if size == _NIFTI2_SIZE and head[4:12] == _NIFTI2_MAGIC:
-            return order, 2
-    return None
+    try:
+        return declared.parse_nifti_header(head)
+    except declared.HeaderError as err:
+        raise RequestError(422, f"the body is {err}" if str(err).startswith("not ") else str(err)) from None
 
 
 def _inflate(body: bytes, most: int) -> bytes:
-    """Up to `most` bytes of the gzip stream(s) in `body`: never inflates more; 422 for a broken stream."""
-    pieces: list[bytes] = []
-    have, rest = 0, body
+    """Up to `most` bytes of the gzip stream(s) in `body`; 422 for a broken stream."""
     try:
-        while rest and have < most:
-            stream = zlib.decompressobj(wbits=31)
-            piece = stream.decompress(rest, most - have)
-            pieces.append(piece)
-            have += len(piece)
-            if not stream.eof:
-                break  # the limit was reached, or the stream is cut short
-            rest = stream.unused_data
-    except zlib.error as err:
-        raise RequestError(422, f"the gzip stream is corrupt ({err})") from None
-    return b"".join(pieces)
+        return declared.inflate(body, most)
+    except declared.HeaderError as err:
+        raise RequestError(422, str(err)) from None

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from brainseg.errors import ConfigError
 from brainseg.runtime.segmenter import SegmenterOptions
 
-MAX_PIXELS = 16384 * 16384  # a 16k x 16k slice
-MAX_VOXELS = 512 * 512 * 320  # a 512 x 512 x 320 volume (channels count as voxels)
+MAX_PIXELS = 16384 * 16384  # a 16k x 16k slice (max_voxels, for volumes, is SegmenterOptions')
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,6 @@ class ServeOptions(SegmenterOptions):
     batch_wait_ms: float = 5.0
     max_body_mb: float = 64.0
     max_pixels: int = MAX_PIXELS
-    max_voxels: int = MAX_VOXELS
     body_timeout_s: float = 30.0
     max_uploads: int = 128
     max_buffered_mb: float = 2048.0
@@ -45,7 +43,7 @@ class ServeOptions(SegmenterOptions):
         limits = {"--port": (self.port, 1, 65535), "--replicas": (self.replicas, 1, None),
                   "--max-batch": (self.batch_size, 1, None), "--batch-wait-ms": (self.batch_wait_ms, 0, None),
                   "--max-body-mb": (self.max_body_mb, 0.001, None), "--max-pixels": (self.max_pixels, 1, None),
-                  "--max-voxels": (self.max_voxels, 1, None), "--body-timeout-s": (self.body_timeout_s, 0.1, None),
+                  "--body-timeout-s": (self.body_timeout_s, 0.1, None),
                   "--max-uploads": (self.max_uploads, 1, None),
                   "--max-buffered-mb": (self.max_buffered_mb, self.max_body_mb, None)}
         for flag, (value, low, high) in limits.items():

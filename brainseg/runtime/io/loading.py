@@ -31,7 +31,7 @@ from brainseg.runtime.io.nifti import read_nifti
 from brainseg.runtime.io.scans import Scan, ScanData
 
 
-def load(scan: Scan, spec: InputSpec) -> ScanData:
+def load(scan: Scan, spec: InputSpec, *, max_voxels: int | None = None) -> ScanData:
     """Read `scan` as (S, H, W, C) slices in the artifacts' input dtype and channel count.
 
     - 2-D images: uint8 RGB (as `read_image` gives). 16-bit pixels are rescaled to 8-bit with one
@@ -47,12 +47,15 @@ def load(scan: Scan, spec: InputSpec) -> ScanData:
     Raises:
         InputSkipped: a file is empty, truncated, unreadable or has NaN/infinite voxels; the
             channel count does not fit; the slices of a series or the modalities of a case
-            differ in size; a modality is empty (float32); nibabel or pydicom is missing.
+            differ in size; a modality is empty (float32); nibabel or pydicom is missing; a
+            volume's header declares more than `max_voxels` voxels (checked before reading it).
     """
     readers = {"slice": _load_images, "kaggle_3m": _load_images, "nifti": _load_volume, "brats": _load_brats,
                "dicom": _load_volume}
     try:
-        return readers[scan.kind](scan, spec)
+        if scan.kind == "slice" or scan.kind == "kaggle_3m":
+            return readers[scan.kind](scan, spec)
+        return readers[scan.kind](scan, spec, max_voxels)
     except InputSkipped:
         raise
     except BrainsegError as exc:  # nibabel or pydicom is not installed
@@ -81,16 +84,19 @@ def _load_images(scan: Scan, spec: InputSpec) -> ScanData:
     return ScanData(scan, stack, [path.stem for path in scan.paths], notes=notes)
 
 
-def _load_volume(scan: Scan, spec: InputSpec) -> ScanData:
-    data, info = read_nifti(scan.paths[0], scan.content) if scan.kind == "nifti" else read_dicom(scan.paths)
+def _load_volume(scan: Scan, spec: InputSpec, max_voxels: int | None) -> ScanData:
+    if scan.kind == "nifti":
+        data, info = read_nifti(scan.paths[0], scan.content, max_voxels=max_voxels)
+    else:
+        data, info = read_dicom(scan.paths, max_voxels=max_voxels)
     return _volume_data(scan, data, info, spec)
 
 
-def _load_brats(scan: Scan, spec: InputSpec) -> ScanData:
+def _load_brats(scan: Scan, spec: InputSpec, max_voxels: int | None) -> ScanData:
     """One (X, Y, Z) array per modality file, kept apart: each is z-scored and laid out once, never stacked."""
     channels, info = [], None
     for path in scan.paths:
-        data, read_info = read_nifti(path)  # (X, Y, Z, 1) in RAS+
+        data, read_info = read_nifti(path, max_voxels=max_voxels)  # (X, Y, Z, 1) in RAS+
         if data.shape[3] != 1:
             raise InputSkipped(path, f"is 4-D {data.shape}; a BraTS modality must be one 3-D volume")
         if channels and data.shape[:3] != channels[0].shape:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.errors import InputSkipped, require
+from brainseg.runtime.io import declared
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)  # the orientation of a RAS+ array
 
@@ -36,20 +37,23 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def read_nifti(path: Path, content: bytes | None = None) -> tuple[np.ndarray, dict]:
+def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
     """Read a 3-D volume, or a 4-D one with channels last, as float32 RAS+ (X, Y, Z, C) plus `info`.
 
     With `content` (the bytes of a .nii, or of a .nii.gz), they are read from memory and `path`
-    only names them in errors: nothing is written to disk.
+    only names them in errors: nothing is written to disk. With `max_voxels`, the header is read
+    first and a volume that declares more voxels is refused before anything is allocated for it.
 
     Raises:
         InputSkipped: the file is empty, not NIfTI, truncated, not 3-D or 4-D, or has NaN or
-            infinite voxels.
+            infinite voxels, or declares more than `max_voxels` voxels.
     """
     nib = require("nibabel", "nifti")
     path = Path(path)
     if (content is not None and not content) or (content is None and path.is_file() and path.stat().st_size == 0):
         raise InputSkipped(path, "file is empty (0 bytes)")
+    if max_voxels is not None:
+        _check_declared(path, content, max_voxels)
     try:
         original = nib.load(str(path)) if content is None else _image_from_bytes(nib, content)
         canonical = nib.as_closest_canonical(original)
@@ -70,6 +74,18 @@ def read_nifti(path: Path, content: bytes | None = None) -> tuple[np.ndarray, di
         "source_dtype": str(original.get_data_dtype()),
     }
     return data, info
+
+
+def _check_declared(path: Path, content: bytes | None, max_voxels: int) -> None:
+    """InputSkipped when the header declares more than `max_voxels` voxels; a header that cannot be
+    parsed is left to nibabel, which says why in its own words."""
+    try:
+        header = declared.nifti_header(path, content)
+    except declared.HeaderError:
+        return
+    reason = declared.check_voxels(header.voxels, header.shape, max_voxels)
+    if reason:
+        raise InputSkipped(path, reason)
 
 
 def _image_from_bytes(nib, content: bytes):
