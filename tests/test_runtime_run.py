@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.cli import app
+from brainseg.errors import ConfigError
 from brainseg.runtime import outputs
 from brainseg.runtime.backends import auto_backend
 from brainseg.runtime.batch.pipeline import RunOptions, segment
@@ -134,6 +135,60 @@ def test_an_interrupted_run_continues_where_it_stopped(result, scans, tiny_artif
     assert len(list(csv.DictReader((copy / "results.csv").open()))) == 5
 
 
+def _other_threshold(tiny_artifacts: Path, folder: Path) -> Path:
+    """A copy of the artifacts with another threshold: another model as far as the masks go, and
+    another manifest sha256."""
+    shutil.copytree(tiny_artifacts, folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["threshold"] = round(raw["threshold"] * 0.5, 6)
+    (folder / "manifest.json").write_text(json.dumps(raw, indent=2))
+    return folder
+
+
+def test_every_row_names_the_model_that_made_it(result, tiny_artifacts):
+    out, summary = result
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {row["manifest_sha256"] for row in rows} == {Manifest.load(tiny_artifacts).sha256}
+    assert {row["precision"] for row in rows} == {summary.precision}
+    assert {row["postprocessing"] for row in rows} == {summary.postprocessing["description"]}
+
+
+def test_resuming_with_other_artifacts_or_post_processing_is_refused_and_overwrite_redoes_all(
+        result, scans, tiny_artifacts, tmp_path):
+    out, first = result
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = {p: p.read_bytes() for p in sorted((copy / "masks").rglob("*.png"))}
+    other = _other_threshold(tiny_artifacts, tmp_path / "other")
+    old_sha, other_sha = Manifest.load(tiny_artifacts).sha256, Manifest.load(other).sha256
+    refused = f"other artifacts \\(manifest sha256\\): .* has {old_sha}, this run {other_sha}"
+    with pytest.raises(ConfigError, match=refused):
+        segment([scans], other, copy, RunOptions(batch_size=4))
+    other_tta = "none" if "flip" in first.postprocessing["description"] else "flip"
+    with pytest.raises(ConfigError, match="other post-processing"):
+        segment([scans], tiny_artifacts, copy, RunOptions(batch_size=4, tta=other_tta))
+    assert {p: p.read_bytes() for p in sorted((copy / "masks").rglob("*.png"))} == before  # nothing touched
+    redone = segment([scans], other, copy, RunOptions(batch_size=4, overwrite=True))
+    assert redone.resumed == 0 and redone.done == first.done
+    rows = list(csv.DictReader((copy / "results.csv").open()))
+    assert {row["manifest_sha256"] for row in rows} == {other_sha}
+    again = segment([scans], other, copy, RunOptions(batch_size=4))  # the same model again: a plain resume
+    assert again.done == 0 and again.resumed == redone.done
+
+
+def test_rows_of_an_older_brainseg_that_name_no_model_are_not_resumed(result, scans, tiny_artifacts, tmp_path):
+    out, _ = result
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for record in (copy / ".rows").rglob("*.json"):
+        row = json.loads(record.read_text())
+        for name in outputs.MADE_BY:
+            row.pop(name)
+        record.write_text(json.dumps(row))
+    with pytest.raises(ConfigError, match="not recorded \\(an older brainseg\\)"):
+        segment([scans], tiny_artifacts, copy, RunOptions(batch_size=4))
+
+
 def test_tampered_artifacts_are_refused_with_exit_code_2(scans, tiny_artifacts, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(tiny_artifacts, art)
@@ -222,10 +277,10 @@ def test_a_reader_dying_while_the_queue_is_full_stops_the_run_instead_of_hanging
         scans, tiny_artifacts, tmp_path, monkeypatch):
     real_load, real_infer = loading.load, Segmenter.infer
 
-    def load(scan, spec):
+    def load(scan, spec, **limits):
         if scan.key == "c":  # keys are relative to the root given, scans/slices
             raise _ReaderCrash(f"reader crashed on {scan.key}")
-        return real_load(scan, spec)
+        return real_load(scan, spec, **limits)
 
     def slow_infer(segmenter, batch):  # inference slower than reading keeps the queue full
         time.sleep(0.5)

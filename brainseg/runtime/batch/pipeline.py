@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,12 @@ def segment(paths: Sequence[str | Path], artifacts: str | Path, out: str | Path,
     with OutputLock(out):
         segmenter = plan.open_segmenter(options)
         summary = plan.summary(out, segmenter.describe(), segmenter.precision)
-        todo = plan.todo(out)
+        try:
+            todo = plan.todo(out, segmenter.precision)  # ConfigError: the folder holds another model's scans
+        except BaseException:
+            segmenter.close()
+            raise
+        plan.out_options = replace(plan.out_options, made_by=plan.made_by(segmenter.precision))
         summary.resumed = len(plan.scans) - len(todo)
         started = time.perf_counter()
         try:

@@ -17,7 +17,7 @@ import numpy as np
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.data.volume import SkippedInput
-from brainseg.errors import DataError
+from brainseg.errors import ConfigError, DataError
 from brainseg.runtime import outputs
 from brainseg.runtime.io import discovery
 from brainseg.runtime.io.scans import Scan, ScanData
@@ -81,9 +81,39 @@ class RunPlan:
     steps: ScanSteps
     out_options: outputs.OutputOptions
 
-    def todo(self, out: Path) -> list[Scan]:
-        """Every scan with `overwrite`, else those an earlier run has not done."""
-        return self.scans if self.out_options.overwrite else [s for s in self.scans if not outputs.is_done(out, s)]
+    def todo(self, out: Path, precision: str | None = None) -> list[Scan]:
+        """Every scan with `overwrite`, else those an earlier run has not done.
+
+        Raises ConfigError when a scan done earlier was made by other artifacts, post-processing or
+        (when `precision` is given) precision than this run's: resuming would leave the other
+        model's masks under this run's summary (`check_made_by`).
+        """
+        if self.out_options.overwrite:
+            return self.scans
+        done = [scan for scan in self.scans if outputs.is_done(out, scan)]
+        self.check_made_by(out, done, precision)
+        return [scan for scan in self.scans if scan not in done]
+
+    def made_by(self, precision: str) -> dict:
+        """What each row of this run records about the model that made it (outputs.MADE_BY)."""
+        return {"manifest_sha256": self.manifest.sha256, "precision": precision,
+                "postprocessing": self.steps.post.describe()}
+
+    def check_made_by(self, out: Path, done: list[Scan], precision: str | None) -> None:
+        """ConfigError naming both models when a done scan's row was made by another (see `todo`)."""
+        wanted = self.made_by(precision or "")
+        names = {"manifest_sha256": "artifacts (manifest sha256)", "precision": "precision",
+                 "postprocessing": "post-processing"}
+        for scan in done:
+            row = outputs.load_row(out, scan)
+            for field_name in outputs.MADE_BY:
+                if field_name == "precision" and precision is None:
+                    continue
+                if row.get(field_name) != wanted[field_name]:
+                    was = row.get(field_name) or "not recorded (an older brainseg)"
+                    raise ConfigError(f"{out} holds scans made with other {names[field_name]}: {scan.key} has "
+                                      f"{was}, this run {wanted[field_name]}; pass --overwrite to redo every scan, "
+                                      "or choose another --out")
 
     def summary(self, out: Path, backend: dict, precision: str) -> RunSummary:
         post = {**self.steps.post.to_dict(), "description": self.steps.post.describe()}

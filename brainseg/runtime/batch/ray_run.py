@@ -137,6 +137,11 @@ def _run(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: R
     described = _checked_backend(ray, shared, actor_options, resources)
     summary.precision = described.pop("precision")
     summary.backend = described
+    # the scans done earlier were checked for artifacts and post-processing; now the precision is known
+    if not options.overwrite:
+        done = [scan for scan in plan.scans if scan not in todo and outputs.is_done(out, scan)]
+        plan.check_made_by(out, done, summary.precision)
+    shared.out_options = replace(shared.out_options, made_by=plan.made_by(summary.precision))
     started = time.perf_counter()
     for row in _dataset(ray, todo, shared, out, actor_options, resources).iter_rows():
         for stage in STAGES:

@@ -45,8 +45,9 @@ from brainseg.runtime.outputs.dicom_seg import segmentation_bytes
 ROW_COLUMNS = (
     "key", "kind", "source", "slices", "height", "width", "tumour_pixels", "tumour_area_mm2",
     "tumour_volume_ml", "wt_volume_ml", "tc_volume_ml", "et_volume_ml", "largest_component_pixels",
-    "max_probability", "mean_disagreement", "qc_flag", "notes",
+    "max_probability", "mean_disagreement", "qc_flag", "notes", "manifest_sha256", "precision", "postprocessing",
 )  # fmt: skip
+MADE_BY = ("manifest_sha256", "precision", "postprocessing")  # which model made a row: a resume must match them
 VOLUME_KINDS = ("nifti", "brats", "dicom")
 PROBABILITY_FLOOR = 0.1  # ensemble probability above which some member may have seen tumour
 HIGH_DISAGREEMENT = 0.5  # overlays outline pixels whose member probabilities differ by more
@@ -74,6 +75,8 @@ class OutputOptions:
         qc_threshold: a scan is flagged "disagree" when its mean disagreement is above this.
         manifest_sha256: the artifacts' manifest sha256; when set, a DICOM series also gets a DICOM
             SEG that names it in its algorithm identification (None: no DICOM SEG is written).
+        made_by: MADE_BY's values (manifest sha256, precision, post-processing description), written
+            into every row, so that a later run into the same folder can tell which model made it.
     """
 
     overwrite: bool = False
@@ -81,6 +84,7 @@ class OutputOptions:
     overlays: bool = True
     qc_threshold: float = 0.25
     manifest_sha256: str | None = None
+    made_by: dict | None = None
 
 
 def check_relative_name(name: str, what: str = "output name") -> None:
@@ -373,7 +377,7 @@ def write_scan(
     row_path = _row_path(out, data.scan)
     if row_path.is_file() and not options.overwrite:
         return load_row(out, data.scan)
-    row = scan_row(data, pred, options.qc_threshold)
+    row = {**scan_row(data, pred, options.qc_threshold), **(options.made_by or {})}
     for path, produce in _planned_files(out, data, pred, options, volume_writer or nifti_like):
         if options.overwrite or not path.exists():
             write_atomic(path, produce())
