@@ -114,6 +114,46 @@ def test_ray_local_writes_what_seg_run_writes_and_stops_the_ray_it_started(
     assert stored["timings_s"]["infer"] > 0 and (out / "report.html").is_file()
 
 
+# Loaded by every Python process started with this folder on PYTHONPATH: Ray's workers, in the test below.
+# A process that opens the poisoned file dies at once, as one whose decoder segfaults or is OOM-killed.
+_DIE_ON_OPEN = """import os, sys
+_target = os.environ.get("BRAINSEG_TEST_DIE_ON")
+if _target:
+    def _die_on_open(event, args):
+        if event == "open" and args and str(args[0]).endswith(_target):
+            os._exit(137)
+    sys.addaudithook(_die_on_open)
+"""
+
+
+@pytest.mark.slow
+def test_a_scan_whose_worker_dies_is_skipped_after_its_attempts_and_every_other_scan_is_written(
+        tiny_sample, tiny_artifacts, tmp_path, monkeypatch):
+    if ray.is_initialized():
+        pytest.skip("needs a Ray of its own, started with the hook in its workers' environment")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    slices = _slices(tiny_sample)
+    for i in range(6):
+        assert cv2.imwrite(str(inputs / f"s{i}.png"), cv2.imread(str(slices[i])))
+    shutil.copyfile(inputs / "s0.png", inputs / "poison.png")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_DIE_ON_OPEN)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("BRAINSEG_TEST_DIE_ON", "poison.png")
+    monkeypatch.setattr(ray_run.os, "cpu_count", lambda: 2)
+    started = time.perf_counter()
+    summary = segment([inputs], tiny_artifacts, tmp_path / "out", RunOptions(batch_size=8, ray="local",
+                                                                            overlays=False))
+    assert time.perf_counter() - started < 120
+    assert (summary.done, summary.exit_code) == (6, 1)
+    (skipped,) = summary.skipped
+    assert Path(skipped["path"]).name == "poison.png" and "failed 3 time(s)" in skipped["reason"]
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").rglob("*.png")) == [f"s{i}.png" for i in range(6)]
+    assert len(_rows(tmp_path / "out")) == 6
+
+
 @pytest.mark.slow
 def test_a_second_run_does_only_what_is_missing(ray_session, scans, local_run, tiny_artifacts, tmp_path):
     local_out, _ = local_run
