@@ -220,6 +220,8 @@ def run_command(
     ray: Annotated[str | None, typer.Option(
         help="Run on Ray Data: 'local', or a cluster's address (HOST:6379, auto, ray://HOST:10001).")] = None,
     ray_actors: Annotated[int, typer.Option(help="With --ray: inference actors, one backend (and GPU) each.")] = 1,
+    max_attempts: Annotated[int, typer.Option(
+        help="With --ray: tries of a scan's task (its worker may die); then the scan is skipped.")] = 3,
     max_voxels: Annotated[int, typer.Option(
         help="Skip a volume whose header declares more voxels, channels included, before reading it "
              "(default: 512 x 512 x 320).")] = 512 * 512 * 320,
@@ -234,7 +236,8 @@ def run_command(
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
                          overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin,
-                         tta=tta, components=components, ray=ray, ray_actors=ray_actors, max_voxels=max_voxels)
+                         tta=tta, components=components, ray=ray, ray_actors=ray_actors, max_voxels=max_voxels,
+                         max_attempts=max_attempts)
     with scan_progress(enabled=progress) as on_scan:
         summary = segment(scans, artifacts, out, options, on_scan=on_scan)
     typer.echo(f"{summary.done} scan(s), {summary.slices} slice(s) in {summary.timings_s['wall']:.1f} s "

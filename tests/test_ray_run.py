@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,10 +144,15 @@ def test_a_scan_whose_worker_dies_is_skipped_after_its_attempts_and_every_other_
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("BRAINSEG_TEST_DIE_ON", "poison.png")
     monkeypatch.setattr(ray_run.os, "cpu_count", lambda: 2)
-    started = time.perf_counter()
-    summary = segment([inputs], tiny_artifacts, tmp_path / "out", RunOptions(batch_size=8, ray="local",
-                                                                            overlays=False))
+    started, ended = time.perf_counter(), []
+    options = RunOptions(batch_size=8, ray="local", overlays=False)
+    run = threading.Thread(target=lambda: ended.append(segment([inputs], tiny_artifacts, tmp_path / "out", options)),
+                           daemon=True)
+    run.start()
+    run.join(timeout=300)  # a run that retries without end must fail this test, not hang the suite
+    assert ended, "seg-run --ray did not end: the dying scan is retried forever"
     assert time.perf_counter() - started < 120
+    (summary,) = ended
     assert (summary.done, summary.exit_code) == (6, 1)
     (skipped,) = summary.skipped
     assert Path(skipped["path"]).name == "poison.png" and "failed 3 time(s)" in skipped["reason"]

@@ -41,6 +41,7 @@ class RunOptions(SegmenterOptions):
     qc_threshold: float = 0.25
     ray: str | None = None  # "local" or a Ray cluster's address: run on Ray Data (brainseg.runtime.batch.ray_run)
     ray_actors: int = 1  # Ray: inference actors, one Segmenter (and one GPU where the cluster has GPUs) each
+    max_attempts: int = 3  # Ray: a scan's task tried at most this often (its worker may die), then the scan is skipped
 
 
 @dataclass

@@ -18,13 +18,18 @@ What runs where:
   (`RunPlan.write`); the driver counts the scan (`on_scan`) as its write task ends.
 
 Retries and exactly once: Ray Data runs a read or write task again when its worker process dies,
-and restarts an actor that dies and runs the batch it was running again on it: its defaults for
-actor pools are `max_restarts=-1` and `max_task_retries=-1`, which this module leaves as they are
-(Ray 2.60 deprecates passing them to `map_batches`; tests/test_ray_run.py kills an actor to
-check the behaviour). Only the outputs of the attempt that finishes reach the write tasks. Every
-file is written atomically and the row record last (`outputs.write_scan`); a retried write of a
-scan whose row record exists keeps it (with `overwrite`: one whose row record is newer than this
-run's lock), so each scan is written once and has one row in results.csv.
+at most `max_attempts` times in all (Ray Data's own default retries without end, so one file
+whose decoder kills its process, a segfault or an OOM kill, hung the run forever). A scan whose
+task still fails is dropped from the stream (Ray Data's `max_errored_blocks`, one scan per block)
+and skipped with the reason, and the run goes on: the other scans, and the inference actor's last
+partial batch, are written. Ray restarts an actor that dies and runs the batch it was running
+again on it: its defaults for actor pools are `max_restarts=-1` and `max_task_retries=-1`, which
+this module leaves as they are (Ray 2.60 deprecates passing them to `map_batches`;
+tests/test_ray_run.py kills an actor to check the behaviour). Only the outputs of the attempt
+that finishes reach the write tasks. Every file is written atomically and the row record last
+(`outputs.write_scan`); a retried write of a scan whose row record exists keeps it (with
+`overwrite`: one whose row record is newer than this run's lock), so each scan is written once
+and has one row in results.csv.
 
 Between stages a scan travels as pickled bytes (its `ScanData`, its graph-size slices, its graph
 outputs), which Ray Data's Arrow blocks hold as they are. Every node needs brainseg installed and
@@ -88,6 +93,8 @@ def segment_on_ray(paths: Sequence[str | Path], artifacts: str | Path, out: str 
 
     if options.ray_actors < 1:
         raise ConfigError(f"--ray-actors must be at least 1, got {options.ray_actors}")
+    if options.max_attempts < 1:
+        raise ConfigError(f"--max-attempts must be at least 1, got {options.max_attempts}")
     out, plan = Path(out), plan_run(paths, artifacts, options)
     with OutputLock(out):
         todo = plan.todo(out)
@@ -143,7 +150,9 @@ def _run(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: R
         plan.check_made_by(out, done, summary.precision)
     shared.out_options = replace(shared.out_options, made_by=plan.made_by(summary.precision))
     started = time.perf_counter()
+    answered = set()
     for row in _dataset(ray, todo, shared, out, actor_options, resources).iter_rows():
+        answered.add(row["key"])
         for stage in STAGES:
             seconds[stage] += float(row[f"{stage}_s"])
         if row["skip_reason"]:
@@ -151,6 +160,12 @@ def _run(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: R
             log.warning("skipped %s: %s", row["skip_path"], row["skip_reason"])
         else:
             summary.count(row["key"], int(row["slices"]), on_scan)
+    for scan in todo:  # dropped by Ray Data after its last attempt: never a row
+        if scan.key not in answered:
+            reason = (f"its task failed {options.max_attempts} time(s) (the worker process died, e.g. killed by "
+                      "the OS or crashed in a decoder, or Ray lost it); see Ray's worker logs")
+            plan.skipped.append(SkippedInput(str(scan.paths[0]), reason))
+            log.warning("skipped %s: %s", scan.paths[0], reason)
     # Ray Data leaves reference cycles that hold object refs and actor handles: free them while Ray
     # still runs, not in whatever allocation (or interpreter exit) next wakes the garbage collector
     gc.collect()
@@ -200,15 +215,19 @@ def _dataset(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, option
     since_ns = (out / LOCK_NAME).stat().st_mtime_ns  # this run's lock was taken then
     context = ray.data.DataContext.get_current()
     shown, context.enable_progress_bars = context.enable_progress_bars, False  # `on_scan` shows the progress
+    # a scan whose task fails `max_attempts` times is dropped, not the run: the driver skips it
+    errored, context.max_errored_blocks = context.max_errored_blocks, len(items)
     try:  # a dataset keeps a copy of the context it was made in
         dataset = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_READ_TASKS))
     finally:
-        context.enable_progress_bars = shown
-    return (dataset.map(_read, fn_kwargs={"plan": plan}, num_cpus=TASK_CPUS)
+        context.enable_progress_bars, context.max_errored_blocks = shown, errored
+    retries = {"max_retries": options.max_attempts - 1}
+    return (dataset.map(_read, fn_kwargs={"plan": plan}, num_cpus=TASK_CPUS, **retries)
             .map_batches(ScanSegmenter, batch_size=_scans_per_call(todo, options.batch_size),
                          fn_constructor_kwargs={"plan": plan, "options": options},
                          compute=ray.data.ActorPoolStrategy(size=options.ray_actors), **resources)
-            .map(_write, fn_kwargs={"plan": plan, "out": str(out), "since_ns": since_ns}, num_cpus=TASK_CPUS))
+            .map(_write, fn_kwargs={"plan": plan, "out": str(out), "since_ns": since_ns}, num_cpus=TASK_CPUS,
+                 **retries))
 
 
 def _scans_per_call(todo: list[Scan], batch_size: int) -> int:
