@@ -220,11 +220,8 @@ def run_command(
     ray: Annotated[str | None, typer.Option(
         help="Run on Ray Data: 'local', or a cluster's address (HOST:6379, auto, ray://HOST:10001).")] = None,
     ray_actors: Annotated[int, typer.Option(help="With --ray: inference actors, one backend (and GPU) each.")] = 1,
-    max_attempts: Annotated[int, typer.Option(
-        help="With --ray: tries of a scan's task (its worker may die); then the scan is skipped.")] = 3,
-    max_voxels: Annotated[int, typer.Option(
-        help="Skip a volume whose header declares more voxels, channels included, before reading it "
-             "(default: 512 x 512 x 320).")] = 512 * 512 * 320,
+    max_attempts: Annotated[int, typer.Option(help="With --ray: tries of a scan's dying task, then skip it.")] = 3,
+    max_voxels: Annotated[int, typer.Option(help="Skip a volume declaring more voxels (512x512x320).")] = 83886080,
 ) -> None:
     """Segment a folder of scans with an exported ensemble (no torch needed).
 

@@ -103,3 +103,13 @@ def test_seg_run_skips_the_huge_volume_and_segments_the_rest(tiny_artifacts, tmp
     (skipped,) = summary.skipped
     assert Path(skipped["path"]).name == "bomb.nii.gz" and "2048x2048x2048" in skipped["reason"]
     assert (tmp_path / "out" / "volumes" / "good.nii.gz").is_file()
+
+
+def test_seg_run_default_limit_is_the_runtime_default():
+    import inspect
+
+    from brainseg.cli import run_command
+    from brainseg.runtime.segmenter import SegmenterOptions
+
+    default = inspect.signature(run_command).parameters["max_voxels"].default
+    assert default == MAX_VOXELS == SegmenterOptions().max_voxels

@@ -155,7 +155,7 @@ def test_a_scan_whose_worker_dies_is_skipped_after_its_attempts_and_every_other_
     (summary,) = ended
     assert (summary.done, summary.exit_code) == (6, 1)
     (skipped,) = summary.skipped
-    assert Path(skipped["path"]).name == "poison.png" and "failed 3 time(s)" in skipped["reason"]
+    assert Path(skipped["path"]).name == "poison.png" and "died 3 time(s)" in skipped["reason"]
     assert sorted(p.name for p in (tmp_path / "out" / "masks").rglob("*.png")) == [f"s{i}.png" for i in range(6)]
     assert len(_rows(tmp_path / "out")) == 6
 

@@ -162,8 +162,9 @@ def _run(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: R
             summary.count(row["key"], int(row["slices"]), on_scan)
     for scan in todo:  # dropped by Ray Data after its last attempt: never a row
         if scan.key not in answered:
-            reason = (f"its task failed {options.max_attempts} time(s) (the worker process died, e.g. killed by "
-                      "the OS or crashed in a decoder, or Ray lost it); see Ray's worker logs")
+            reason = (f"a Ray task on it failed: its worker process died {options.max_attempts} time(s) "
+                      "(killed by the OS, crashed in a decoder, or lost with its node), or the task raised an "
+                      "error; Ray's worker logs say which")
             plan.skipped.append(SkippedInput(str(scan.paths[0]), reason))
             log.warning("skipped %s: %s", scan.paths[0], reason)
     # Ray Data leaves reference cycles that hold object refs and actor handles: free them while Ray
