@@ -3,14 +3,13 @@ for it, by every volume reader (NIfTI, 4-D NIfTI, a BraTS case, a DICOM series),
 
 from __future__ import annotations
 
-import gzip
-import struct
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from lying_headers import nifti_claiming
 from scan_files import F32, MODALITIES, U8, U8_GRAY, brain, one, write_case, write_dicom, write_nifti
 
 from brainseg.errors import InputSkipped
@@ -22,16 +21,9 @@ pytest.importorskip("nibabel")
 
 
 def _declaring(path: Path, dims: tuple[int, ...]) -> Path:
-    """A gzip'd NIfTI-1 whose header declares `dims` of uint8 and which holds no voxels at all."""
-    header = bytearray(352)
-    struct.pack_into("<i", header, 0, 348)
-    struct.pack_into("<8h", header, 40, len(dims), *dims, *([1] * (7 - len(dims))))
-    struct.pack_into("<hh", header, 70, 2, 8)  # uint8
-    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)  # pixdim
-    struct.pack_into("<f", header, 108, 352.0)
-    header[344:348] = b"n+1\0"
+    """A .nii.gz at `path` whose header declares `dims` of uint8 and which holds no voxels at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(bytes(header)))
+    path.write_bytes(nifti_claiming(*dims))
     return path
 
 

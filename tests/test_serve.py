@@ -19,7 +19,6 @@ import logging
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import cv2
 import numpy as np
 import pytest
 from auto_choice import expected_auto_backend
+from lying_headers import nifti_claiming, png_claiming
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError, ConfigError
@@ -262,25 +262,6 @@ def test_concurrent_clients_share_batches(service, tiny_sample):
     assert max(size for size, count in ran.items() if count > 0) > 1, after
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG header declaring width x height RGB, and nothing after it."""
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-
-
-def _nifti_bomb(side: int = 1024) -> bytes:
-    """A gzip'd NIfTI-1 header declaring side^3 uint8 voxels and holding none (about 60 bytes)."""
-    header = bytearray(352)
-    struct.pack_into("<i", header, 0, 348)
-    struct.pack_into("<8h", header, 40, 3, side, side, side, 1, 1, 1, 1)
-    struct.pack_into("<hh", header, 70, 2, 8)
-    struct.pack_into("<f", header, 108, 352.0)
-    header[344:348] = b"n+1\0"
-    return gzip.compress(bytes(header))
-
-
 @slow
 @pytest.mark.parametrize("case", ["empty", "not an image", "truncated", "wrong channels", "too large",
                                   "text content type", "no content type", "bad format", "wrong method", "no route",
@@ -307,14 +288,15 @@ def test_bad_requests_get_a_4xx_json_line_and_the_service_stays_healthy(service,
         "tiff sent as png": (415, ("POST", "/v1/segment", good, {"Content-Type": "image/png"})),
         "webp": (415, ("POST", "/v1/segment", cv2.imencode(".webp", gray)[1].tobytes(), {"Content-Type": "image/png"})),
         "bmp": (415, ("POST", "/v1/segment", cv2.imencode(".bmp", gray)[1].tobytes(), {"Content-Type": "image/tiff"})),
-        "pixels over the limit": (413, ("POST", "/v1/segment", _png_claiming(20000, 20000),
+        "pixels over the limit": (413, ("POST", "/v1/segment", png_claiming(20000, 20000),
                                         {"Content-Type": "image/png"})),
-        "voxels over the limit": (413, ("POST", "/v1/segment", _nifti_bomb(), {"Content-Type": "application/gzip"})),
-        "nifti shorter than declared": (422, ("POST", "/v1/segment", _nifti_bomb(128),
+        "voxels over the limit": (413, ("POST", "/v1/segment", nifti_claiming(1024, 1024, 1024),
+                                        {"Content-Type": "application/gzip"})),
+        "nifti shorter than declared": (422, ("POST", "/v1/segment", nifti_claiming(128, 128, 128),
                                               {"Content-Type": "application/gzip"})),
         "bad content length": (400, ("POST", "/v1/segment", None, {"Content-Type": "image/png",
                                                                    "Content-Length": "12abc"})),
-        "decoded size over the budget": (413, ("POST", "/v1/segment", _png_claiming(16000, 16000),
+        "decoded size over the budget": (413, ("POST", "/v1/segment", png_claiming(16000, 16000),
                                                {"Content-Type": "image/png"})),
     }[case]
     status, headers, body = _request(service, *request)
@@ -393,7 +375,7 @@ def test_a_chunked_body_over_the_limit_gets_413_and_the_service_stays_healthy(se
 
 @slow
 def test_four_concurrent_volume_bombs_are_each_refused_within_a_second(service):
-    bomb = _nifti_bomb()
+    bomb = nifti_claiming(1024, 1024, 1024)
     assert len(bomb) < 100
     answers = []
 

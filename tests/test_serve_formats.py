@@ -9,11 +9,11 @@ from __future__ import annotations
 import gzip
 import struct
 import time
-import zlib
 
 import cv2
 import numpy as np
 import pytest
+from lying_headers import nifti_claiming, png_claiming
 
 from brainseg.data.imageio import declared_size, read_image
 from brainseg.runtime.io.nifti import read_nifti
@@ -42,12 +42,6 @@ def test_declared_size_is_what_decoding_gives(suffix, shape, dtype):
     assert sample_bytes == decoded.itemsize
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares width x height, followed by no image data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-
-
 def _tiff_claiming(width: int, height: int) -> bytes:
     """A little-endian TIFF whose first directory declares width x height, with no strips."""
     entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (277, 3, 1, 1)]
@@ -62,7 +56,7 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
     return b"\xff\xd8" + app0 + b"\xff\xc0" + struct.pack(">H", 2 + len(frame)) + frame
 
 
-@pytest.mark.parametrize("claim", [_png_claiming, _tiff_claiming, _jpeg_claiming])
+@pytest.mark.parametrize("claim", [png_claiming, _tiff_claiming, _jpeg_claiming])
 def test_an_image_declaring_too_many_pixels_is_413_before_decoding(claim):
     body = claim(60000, 60000)
     assert declared_size(body)[:2] == (60000, 60000)
@@ -112,19 +106,8 @@ def test_a_nifti_header_is_read_as_nibabel_reads_it(version):
     assert formats.nifti_content(raw, "application/x-nifti", max_voxels=315) == raw
 
 
-def _bomb(side: int = 1024) -> bytes:
-    """A gzip'd NIfTI-1 header declaring side^3 uint8 voxels, and no voxels: about 60 bytes."""
-    header = bytearray(352)
-    struct.pack_into("<i", header, 0, 348)
-    struct.pack_into("<8h", header, 40, 3, side, side, side, 1, 1, 1, 1)
-    struct.pack_into("<hh", header, 70, 2, 8)  # uint8, 8 bits
-    struct.pack_into("<f", header, 108, 352.0)
-    header[344:348] = b"n+1\0"
-    return gzip.compress(bytes(header))
-
-
 def test_a_63_byte_volume_declaring_1024_cubed_voxels_is_413_at_once():
-    body = _bomb()
+    body = nifti_claiming(1024, 1024, 1024)
     assert len(body) < 100
     started = time.perf_counter()
     with pytest.raises(RequestError) as refused:
@@ -135,7 +118,7 @@ def test_a_63_byte_volume_declaring_1024_cubed_voxels_is_413_at_once():
 
 def test_a_volume_under_the_limit_that_holds_fewer_bytes_than_declared_is_422_not_an_allocation():
     with pytest.raises(RequestError) as refused:
-        formats.nifti_content(_bomb(256), "application/gzip", max_voxels=512 * 512 * 320)
+        formats.nifti_content(nifti_claiming(256, 256, 256), "application/gzip", max_voxels=512 * 512 * 320)
     assert refused.value.status == 422 and "truncated" in refused.value.message
 
 
@@ -166,7 +149,7 @@ def test_the_readers_read_bytes_as_they_read_the_file(tmp_path):
 
 
 def test_the_decoded_estimate_grows_with_what_the_header_declares():
-    small, large = _png_claiming(100, 100), _png_claiming(1000, 1000)
+    small, large = png_claiming(100, 100), png_claiming(1000, 1000)
     assert formats.decoded_estimate(large, "image/png") == 100 * formats.decoded_estimate(small, "image/png")
     assert formats.decoded_estimate(small, "image/png") >= 100 * 100 * 3  # at least the decoded samples
     volume = _nifti((20, 20, 10), np.int16)
