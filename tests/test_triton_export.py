@@ -316,6 +316,53 @@ def test_overwrite_refuses_a_folder_it_did_not_write(tiny_artifacts, tmp_path):
     assert sorted(p.name for p in shared.iterdir()) == ["their-model"]
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_add_writes_models_beside_others_and_replaces_only_its_own(tiny_artifacts, tmp_path):
+    shared = tmp_path / "models"  # a Triton repository holding another team's model and files
+    (shared / "their-model" / "1").mkdir(parents=True)
+    (shared / "their-model" / "config.pbtxt").write_text('name: "their-model"')
+    (shared / "their-model" / "1" / "model.onnx").write_bytes(b"theirs")
+    (shared / "README.md").write_text("the team's notes")
+    theirs = _tree(shared)
+    repo = export_triton(tiny_artifacts, shared, TritonOptions(precisions=("fp32",), add=True))
+    assert [m.name for m in repo.models] == ["brainseg-fp32"]
+    assert {k: v for k, v in _tree(shared).items() if k in theirs} == theirs  # not one byte of theirs changed
+    assert sorted(p.name for p in shared.iterdir()) == sorted(
+        ["their-model", "README.md", "brainseg-fp32", "brainseg.README.md", "brainseg.brainseg-triton.json"])
+    assert (shared / "brainseg-fp32" / triton.MODEL_MARKER).is_file()
+    config = parse_pbtxt((shared / "brainseg-fp32" / "config.pbtxt").read_text())
+    assert config.name == "brainseg-fp32"
+
+    # a second export with another name goes beside both; the same name needs --overwrite
+    export_triton(tiny_artifacts, shared, TritonOptions(precisions=("int8",), name="candidate", add=True))
+    assert (shared / "candidate-int8" / "1" / "model.onnx").is_file() and (shared / "brainseg-fp32").is_dir()
+    before = _tree(shared)
+    with pytest.raises(ConfigError, match="brainseg-fp32 exists; pass --overwrite"):
+        export_triton(tiny_artifacts, shared, TritonOptions(precisions=("fp32",), add=True))
+    assert _tree(shared) == before
+    export_triton(tiny_artifacts, shared, TritonOptions(precisions=("fp32",), add=True, overwrite=True))
+    after, record = _tree(shared), "brainseg.brainseg-triton.json"
+    assert json.loads(after.pop(record))["options"]["overwrite"] and before.pop(record)
+    assert after == before  # the rest replaced by the same export: the same bytes
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or old folder left
+
+
+def test_add_never_replaces_a_model_it_did_not_write(tiny_artifacts, tmp_path):
+    shared = tmp_path / "models"
+    (shared / "brainseg-fp32" / "1").mkdir(parents=True)  # another team's model that happens to share the name
+    (shared / "brainseg-fp32" / "config.pbtxt").write_text('name: "brainseg-fp32"')
+    before = _tree(shared)
+    with pytest.raises(ConfigError, match=r"did not write it \(no brainseg-model.json\); choose another --name"):
+        export_triton(tiny_artifacts, shared, TritonOptions(precisions=("fp32",), add=True, overwrite=True))
+    assert _tree(shared) == before and sorted(p.name for p in shared.iterdir()) == ["brainseg-fp32"]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    with pytest.raises(ConfigError, match="no such folder; --add writes models into an existing"):
+        export_triton(tiny_artifacts, tmp_path / "absent", TritonOptions(add=True))
+
+
 def test_destination_holding_the_artifacts_is_refused(artifacts_copy):
     with pytest.raises(ConfigError, match="holds the artifacts folder it reads"):
         export_triton(artifacts_copy, artifacts_copy.parent, TritonOptions(overwrite=True))
@@ -386,7 +433,8 @@ def test_command_errors_are_one_line_with_exit_codes(tmp_path, capsys):
 
 def test_command_defaults_are_the_library_defaults():
     parameters, defaults = inspect.signature(triton_command).parameters, TritonOptions()
-    for option in ("kind", "instances", "max_batch", "max_queue_delay_us", "name", "hardlink", "overwrite"):
+    for option in ("kind", "instances", "max_batch", "max_queue_delay_us", "name", "hardlink", "overwrite",
+                   "add"):
         assert parameters[option].default == getattr(defaults, option), option
 
 

@@ -11,8 +11,9 @@ not checked here but written into the repository's README.
 
 Every copied file is checked against the sha256 the manifest records (an engine against its
 source). The repository is assembled beside its destination and moved into place whole, so a
-failure leaves no half-written repository. Only the artifacts are read: no torch, nothing from
-brainseg.train.
+failure leaves no half-written repository. With `add` the models go into an existing repository
+beside the models already there, one whole model folder at a time, touching none of the others
+(`triton_place`). Only the artifacts are read: no torch, nothing from brainseg.train.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,14 +47,22 @@ from brainseg.deploy.triton_config import (
     to_pbtxt,
     with_fixed_batch,
 )
+from brainseg.deploy.triton_place import (
+    MODEL_MARKER,
+    README,
+    RECORD,
+    add_into,
+    check_destination,
+    move_into_place,
+    shared_names,
+    staging_for,
+)
 from brainseg.errors import ArtifactError, ConfigError, DataError
 from brainseg.fileio import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION = "1"
-README = "README.md"
-RECORD = "brainseg-triton.json"  # the options and sources this repository was written with
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -70,7 +78,8 @@ class TritonOptions:
     max_queue_delay_us: int = 100  # how long the dynamic batcher waits to fill a preferred batch
     name: str = "brainseg"  # models are <name>-<precision> and <name>-<precision>-trt
     hardlink: bool = False  # hard-link model files instead of copying them (copied where linking fails)
-    overwrite: bool = False  # replace a non-empty destination folder
+    overwrite: bool = False  # replace a repository seg-export triton wrote (with `add`: its models of these names)
+    add: bool = False  # write the models into an existing repository, beside the models already there
 
     def check(self) -> None:
         """Raise ConfigError saying which option is out of range and what it takes."""
@@ -128,7 +137,8 @@ def export_triton(artifacts: str | Path, out: str | Path, options: TritonOptions
     """Write a Triton model repository for `artifacts` at `out`; see the module docstring.
 
     Raises ArtifactError for a missing, unverifiable or inconsistent artifacts folder and
-    ConfigError for options it cannot serve (a precision that failed the gate, a non-empty `out`).
+    ConfigError for options it cannot serve (a precision that failed the gate, a non-empty `out`, a
+    name taken in a shared repository).
     """
     options.check()
     artifacts, out = Path(artifacts), Path(out)
@@ -137,9 +147,8 @@ def export_triton(artifacts: str | Path, out: str | Path, options: TritonOptions
     manifest = Manifest.load(artifacts)
     precisions = choose_precisions(manifest, options.precisions, options.kind)
     import_model_config()  # a missing extra fails before anything is written
-    _check_destination(out, artifacts, options.overwrite)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir(parents=True)
+    check_destination(out, artifacts, options.overwrite, options.add)
+    staging = staging_for(out)
     try:
         repo = TritonRepository(out)
         for precision in precisions:
@@ -147,9 +156,13 @@ def export_triton(artifacts: str | Path, out: str | Path, options: TritonOptions
             repo.models.append(_write_onnx_model(manifest, graph, staging, options))
             if options.kind == "gpu":
                 _write_plan_model(manifest, graph, staging, options, repo)
-        write_atomic(staging / README, readme(manifest, repo))
-        write_atomic(staging / RECORD, _record(manifest, repo, options))
-        _move_into_place(staging, out)
+        readme_name, record_name = shared_names(options.name) if options.add else (README, RECORD)
+        write_atomic(staging / readme_name, readme(manifest, repo))
+        write_atomic(staging / record_name, _record(manifest, repo, options))
+        if options.add:
+            add_into(staging, out, options.overwrite)
+        else:
+            move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -281,6 +294,10 @@ def _write_model(folder: Path, config: dict, source: Path, file_name: str, sha25
     header = [f"written by seg-export triton from {source.resolve()}", f"sha256 {sha256}"]
     write_atomic(folder / "config.pbtxt", to_pbtxt(config, header))
     _place(source, folder / MODEL_VERSION / file_name, sha256, hardlink)
+    # the marker that lets a later export replace this folder in a shared repository (Triton reads
+    # only config.pbtxt and the numbered version folders of a model folder)
+    marker = {"written_by": "seg-export triton", "source": source.name, "sha256": sha256}
+    write_atomic(folder / MODEL_MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 def _place(source: Path, dest: Path, sha256: str, hardlink: bool) -> None:
@@ -299,30 +316,6 @@ def _place(source: Path, dest: Path, sha256: str, hardlink: bool) -> None:
     if found != sha256:
         raise ArtifactError(f"{dest}: the copy of {source.name} has sha256 {found[:12]}..., "
                             f"expected {sha256[:12]}...; the source changed while it was copied, or the disk is full")
-
-
-def _check_destination(out: Path, artifacts: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file; --out must be a folder")
-    source = artifacts.resolve()
-    if out.resolve() == source or out.resolve() in source.parents:
-        raise ConfigError(f"--out {out} holds the artifacts folder it reads; choose another folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty; pass --overwrite to replace it or choose another --out")
-        if not (out / RECORD).is_file():  # --overwrite replaces only what seg-export triton wrote
-            raise ConfigError(f"{out} holds files seg-export triton did not write (no {RECORD}); --overwrite "
-                              "replaces only its own repositories: choose another --out")
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old)
 
 
 def _record(manifest: Manifest, repo: TritonRepository, options: TritonOptions) -> str:

@@ -35,7 +35,7 @@ def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
 @command()
 def triton_command(
     artifacts: Annotated[Path, typer.Argument(help="An artifacts folder written by seg-export.")],
-    out: Annotated[Path, typer.Option(help="Model repository folder to write (empty or absent).")],
+    out: Annotated[Path, typer.Option(help="Model repository folder to write (empty or absent; with --add, an existing one).")],
     precision: Annotated[str | None, typer.Option(
         help="Comma-separated fp32, fp16, int8; default: every precision that passed the accuracy gate.")] = None,
     kind: Annotated[TritonKind, typer.Option(help="Where model instances run (cpu writes no TensorRT models).")]
@@ -50,22 +50,28 @@ def triton_command(
     name: Annotated[str, typer.Option(help="Model name prefix: <name>-<precision>, <name>-<precision>-trt.")]
     = "brainseg",
     hardlink: Annotated[bool, typer.Option(help="Hard-link model files instead of copying them.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace a repository seg-export triton wrote (with --add: its models of these names).")] = False,
+    add: Annotated[bool, typer.Option(
+        help="Write the models into the existing repository --out, beside the models already there.")] = False,
 ) -> None:
     """Write an NVIDIA Triton model repository: ONNX Runtime models, and TensorRT plans for matching engines."""
     from brainseg.deploy.triton import TritonOptions, export_triton
+    from brainseg.deploy.triton_place import README, shared_names
 
     precisions = None if precision is None else tuple(p.strip() for p in precision.split(",") if p.strip())
     options = TritonOptions(precisions=precisions, kind=kind, instances=instances, max_batch=max_batch,
                             preferred_batch=_batch_sizes(preferred_batch), max_queue_delay_us=max_queue_delay_us,
-                            name=name, hardlink=hardlink, overwrite=overwrite)
+                            name=name, hardlink=hardlink, overwrite=overwrite, add=add)
     repo = export_triton(artifacts, out, options)
-    typer.echo(f"Wrote the Triton model repository {repo.path}:")
+    typer.echo(f"Wrote into the Triton model repository {repo.path}:" if add else
+               f"Wrote the Triton model repository {repo.path}:")
     for model in repo.models:
         typer.echo(f"  {model.name:<24} {model.runtime:<12} {model.source}  max_batch_size {model.max_batch}")
+    readme = shared_names(name)[0] if add else README
     for note in repo.notes:
         typer.echo(f"note: {note}")
-    typer.echo(f"Start it with: tritonserver --model-repository {repo.path.resolve()} (see {repo.path / 'README.md'})")
+    typer.echo(f"Start it with: tritonserver --model-repository {repo.path.resolve()} (see {repo.path / readme})")
 
 
 def triton_main(argv: Sequence[str]) -> int:
