@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from brainseg.errors import BrainsegError, ConfigError
@@ -23,6 +25,7 @@ from brainseg.fileio import write_atomic
 from brainseg.runtime.batch import ray_run
 from brainseg.runtime.batch.out_lock import OutputLock
 from brainseg.runtime.batch.pipeline import RunOptions, segment
+from brainseg.runtime.batch.plan import plan_run
 from brainseg.runtime.io.scans import Scan
 
 ray = pytest.importorskip("ray", reason="seg-run --ray needs ray[data]: pip install 'brainseg[distributed]'")
@@ -116,19 +119,29 @@ def test_ray_local_writes_what_seg_run_writes_and_stops_the_ray_it_started(
 
 
 # Loaded by every Python process started with this folder on PYTHONPATH: Ray's workers, in the test below.
-# A process that opens the poisoned file dies at once, as one whose decoder segfaults or is OOM-killed.
-_DIE_ON_OPEN = """import os, sys
-_target = os.environ.get("BRAINSEG_TEST_DIE_ON")
-if _target:
-    def _die_on_open(event, args):
-        if event == "open" and args and str(args[0]).endswith(_target):
-            os._exit(137)
-    sys.addaudithook(_die_on_open)
+# A process that opens the dying file dies at once, as one whose decoder segfaults or is OOM-killed; one
+# that opens the raising file gets an error, as from a reader library choking on it. Each opening is logged.
+_FAULTS_ON_OPEN = """import os, sys
+_die, _raise, _log = (os.environ.get(k) for k in ("BRAINSEG_TEST_DIE_ON", "BRAINSEG_TEST_RAISE_ON",
+                                                  "BRAINSEG_TEST_OPEN_LOG"))
+if _log:
+    def _fault_on_open(event, args):
+        if event != "open" or not args or not isinstance(args[0], str):
+            return
+        for target in (_die, _raise):
+            if args[0].endswith(target):
+                fd = os.open(_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                os.write(fd, (target + "\\n").encode())
+                os.close(fd)
+                if target == _die:
+                    os._exit(137)
+                raise RuntimeError("injected by the test")
+    sys.addaudithook(_fault_on_open)
 """
 
 
 @pytest.mark.slow
-def test_a_scan_whose_worker_dies_is_skipped_after_its_attempts_and_every_other_scan_is_written(
+def test_a_scan_whose_worker_dies_or_raises_is_skipped_and_every_other_scan_is_written(
         tiny_sample, tiny_artifacts, tmp_path, monkeypatch):
     if ray.is_initialized():
         pytest.skip("needs a Ray of its own, started with the hook in its workers' environment")
@@ -138,11 +151,14 @@ def test_a_scan_whose_worker_dies_is_skipped_after_its_attempts_and_every_other_
     for i in range(6):
         assert cv2.imwrite(str(inputs / f"s{i}.png"), cv2.imread(str(slices[i])))
     shutil.copyfile(inputs / "s0.png", inputs / "poison.png")
-    hook = tmp_path / "hook"
+    shutil.copyfile(inputs / "s1.png", inputs / "raising.png")
+    hook, opened = tmp_path / "hook", tmp_path / "opened.log"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_DIE_ON_OPEN)
+    (hook / "sitecustomize.py").write_text(_FAULTS_ON_OPEN)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("BRAINSEG_TEST_DIE_ON", "poison.png")
+    monkeypatch.setenv("BRAINSEG_TEST_RAISE_ON", "raising.png")
+    monkeypatch.setenv("BRAINSEG_TEST_OPEN_LOG", str(opened))
     monkeypatch.setattr(ray_run.os, "cpu_count", lambda: 2)
     started, ended = time.perf_counter(), []
     options = RunOptions(batch_size=8, ray="local", overlays=False)
@@ -154,10 +170,42 @@ def test_a_scan_whose_worker_dies_is_skipped_after_its_attempts_and_every_other_
     assert time.perf_counter() - started < 120
     (summary,) = ended
     assert (summary.done, summary.exit_code) == (6, 1)
-    (skipped,) = summary.skipped
-    assert Path(skipped["path"]).name == "poison.png" and "died 3 time(s)" in skipped["reason"]
+    reasons = {Path(item["path"]).name: item["reason"] for item in summary.skipped}
+    assert set(reasons) == {"poison.png", "raising.png"}
+    assert "died 3 time(s)" in reasons["poison.png"]
+    assert reasons["raising.png"] == "could not be read (RuntimeError: injected by the test)"
+    # the dying scan was tried --max-attempts times, the raising one once: an error is not retried
+    assert sorted(opened.read_text().split()) == ["poison.png"] * 3 + ["raising.png"]
     assert sorted(p.name for p in (tmp_path / "out" / "masks").rglob("*.png")) == [f"s{i}.png" for i in range(6)]
     assert len(_rows(tmp_path / "out")) == 6
+
+
+def test_an_error_in_inference_or_writing_skips_the_scan_with_the_error(scans, tiny_artifacts, tmp_path):
+    """In the actor's and the write task's own code (run here, in this process): a scan the model or a
+    writer chokes on is skipped with the error as its reason, and the other scans of the call go on."""
+    plan = plan_run([scans / "slices"], tiny_artifacts, RunOptions(batch_size=4))
+    (first, second) = [plan.read(scan) for scan in plan.scans]
+    row = {"key": np.array([s.scan.key for s, _ in (first, second)], dtype=object),
+           "data": np.array([pickle.dumps(s) for s, _ in (first, second)], dtype=object),
+           "skip_path": np.array(["", ""], dtype=object), "skip_reason": np.array(["", ""], dtype=object),
+           "read_s": np.zeros(2)}
+    actor = ray_run.ScanSegmenter(plan, RunOptions(batch_size=4))
+    wrong = {**row, "image": np.array([pickle.dumps(first[1]), pickle.dumps(second[1][..., :-3])], dtype=object)}
+    answered = actor(wrong)  # slices of two sizes cannot form one batch: the Segmenter's own error
+    assert [Path(p).name for p in answered["skip_path"]] == ["a.png", "b.png"]
+    assert all(r.startswith("inference failed on it (ValueError: ") for r in answered["skip_reason"])
+    fine = actor({**row, "image": np.array([pickle.dumps(image) for _, image in (first, second)], dtype=object)})
+    assert list(fine["skip_reason"]) == ["", ""]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    written = {name: fine[name][0] for name in ("key", "data", "skip_path", "skip_reason", "read_s", "infer_s")}
+    cut = {name: array[:0] for name, array in pickle.loads(fine["arrays"][0]).items()}  # outputs of no slice
+    result = ray_run._write({**written, "arrays": pickle.dumps(cut)}, plan=plan, out=str(out), since_ns=0)
+    assert Path(result["skip_path"]).name == "a.png"
+    assert result["skip_reason"].startswith("could not be written (ValueError: ") and not any(out.iterdir())
+    result = ray_run._write({**written, "arrays": fine["arrays"][0]}, plan=plan, out=str(out), since_ns=0)
+    assert result["skip_reason"] == "" and [p.name for p in (out / "masks").rglob("*.png")] == ["a.png"]
 
 
 @pytest.mark.slow

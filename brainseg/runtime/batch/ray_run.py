@@ -17,19 +17,21 @@ What runs where:
 - Ray tasks (`TASK_CPUS` each): each scan's outputs resized back, post-processed and written
   (`RunPlan.write`); the driver counts the scan (`on_scan`) as its write task ends.
 
-Retries and exactly once: Ray Data runs a read or write task again when its worker process dies,
-at most `max_attempts` times in all (Ray Data's own default retries without end, so one file
-whose decoder kills its process, a segfault or an OOM kill, hung the run forever). A scan whose
-task still fails is dropped from the stream (Ray Data's `max_errored_blocks`, one scan per block)
-and skipped with the reason, and the run goes on: the other scans, and the inference actor's last
-partial batch, are written. Ray restarts an actor that dies and runs the batch it was running
-again on it: its defaults for actor pools are `max_restarts=-1` and `max_task_retries=-1`, which
-this module leaves as they are (Ray 2.60 deprecates passing them to `map_batches`;
-tests/test_ray_run.py kills an actor to check the behaviour). Only the outputs of the attempt
-that finishes reach the write tasks. Every file is written atomically and the row record last
+Retries and exactly once: Ray runs a read or write task again when its worker process dies, and
+an inference call again on a restarted actor when the actor dies, at most `max_attempts` times in
+all (Ray Data's own defaults retry without end, so one file whose decoder kills its process, a
+segfault or an OOM kill, hung the run forever). A scan whose task still fails is dropped from the
+stream (Ray Data's `max_errored_blocks`, one scan per block) and skipped with the reason, and the
+run goes on: the other scans, and the inference actor's last partial batch, are written. An error
+raised on a scan (a reader, the model or a writer choking on it) is never retried: each stage
+catches it and skips the scan with the stage and the error as the reason, so one bad scan costs one
+attempt. Ray still restarts a dead actor without limit (`max_restarts=-1`): the pool stays whole
+while each call on it is tried at most `max_attempts` times. Only the outputs of the attempt that
+finishes reach the write tasks. Every file is written atomically and the row record last
 (`outputs.write_scan`); a retried write of a scan whose row record exists keeps it (with
 `overwrite`: one whose row record is newer than this run's lock), so each scan is written once
-and has one row in results.csv.
+and has one row in results.csv. The retry limits go to Ray Data as remote arguments of `map` and
+`map_batches`, which Ray 2.64 removes (hence the `<2.64` pin of the `distributed` extra).
 
 Between stages a scan travels as pickled bytes (its `ScanData`, its graph-size slices, its graph
 outputs), which Ray Data's Arrow blocks hold as they are. Every node needs brainseg installed and
@@ -162,9 +164,8 @@ def _run(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, options: R
             summary.count(row["key"], int(row["slices"]), on_scan)
     for scan in todo:  # dropped by Ray Data after its last attempt: never a row
         if scan.key not in answered:
-            reason = (f"a Ray task on it failed: its worker process died {options.max_attempts} time(s) "
-                      "(killed by the OS, crashed in a decoder, or lost with its node), or the task raised an "
-                      "error; Ray's worker logs say which")
+            reason = (f"its Ray worker process died {options.max_attempts} time(s) (killed by the OS, crashed "
+                      "in a decoder or the model, or lost with its node); Ray's worker logs say which")
             plan.skipped.append(SkippedInput(str(scan.paths[0]), reason))
             log.warning("skipped %s: %s", scan.paths[0], reason)
     # Ray Data leaves reference cycles that hold object refs and actor handles: free them while Ray
@@ -226,7 +227,8 @@ def _dataset(ray: ModuleType, todo: list[Scan], plan: RunPlan, out: Path, option
     return (dataset.map(_read, fn_kwargs={"plan": plan}, num_cpus=TASK_CPUS, **retries)
             .map_batches(ScanSegmenter, batch_size=_scans_per_call(todo, options.batch_size),
                          fn_constructor_kwargs={"plan": plan, "options": options},
-                         compute=ray.data.ActorPoolStrategy(size=options.ray_actors), **resources)
+                         compute=ray.data.ActorPoolStrategy(size=options.ray_actors),
+                         max_restarts=-1, max_task_retries=options.max_attempts - 1, **resources)
             .map(_write, fn_kwargs={"plan": plan, "out": str(out), "since_ns": since_ns}, num_cpus=TASK_CPUS,
                  **retries))
 
@@ -254,7 +256,8 @@ class ScanSegmenter:
 
     Each call gets a few scans (`_scans_per_call`), runs all their slices through the Segmenter in
     batches of `batch_size` (slices of consecutive scans share a batch, as in `segment`) and gives
-    each scan its graph outputs; skipped scans pass through.
+    each scan its graph outputs; skipped scans pass through. When the Segmenter raises, each scan of
+    the call is skipped with the error as the reason (a retry would raise again).
     """
 
     def __init__(self, plan: RunPlan, options: RunOptions) -> None:
@@ -264,7 +267,12 @@ class ScanSegmenter:
         images = {i: pickle.loads(payload) for i, payload in enumerate(batch["image"]) if payload}
         slices = sum(len(image) for image in images.values())
         started = time.perf_counter()
-        arrays = self.segmenter.infer_all(np.concatenate(list(images.values()))) if images else {}
+        kept = {name: batch[name] for name in ("key", "data", "skip_path", "skip_reason", "read_s")}
+        try:
+            arrays = self.segmenter.infer_all(np.concatenate(list(images.values()))) if images else {}
+        except Exception as err:  # noqa: BLE001 - reported as the scans' skip reason, on the driver
+            log.debug("inference failed", exc_info=True)
+            return _skip_all(kept, images, f"inference failed on it ({type(err).__name__}: {err})")
         seconds = time.perf_counter() - started
         per_scan, infer_s, offset = [], [], 0
         for i in range(len(batch["image"])):
@@ -273,8 +281,18 @@ class ScanSegmenter:
             per_scan.append(pickle.dumps(part, protocol=5) if count else b"")
             infer_s.append(seconds * count / slices if slices else 0.0)
             offset += count
-        kept = {name: batch[name] for name in ("key", "data", "skip_path", "skip_reason", "read_s")}
         return {**kept, "arrays": np.array(per_scan, dtype=object), "infer_s": np.array(infer_s)}
+
+
+def _skip_all(kept: dict[str, np.ndarray], images: dict[int, np.ndarray], reason: str) -> dict[str, np.ndarray]:
+    """The call's rows with every read scan (those in `images`) skipped for `reason`."""
+    paths, reasons = list(kept["skip_path"]), list(kept["skip_reason"])
+    for i in images:
+        paths[i] = str(pickle.loads(kept["data"][i]).scan.paths[0])
+        reasons[i] = reason
+    count = len(paths)
+    return {**kept, "skip_path": np.array(paths, dtype=object), "skip_reason": np.array(reasons, dtype=object),
+            "arrays": np.array([b""] * count, dtype=object), "infer_s": np.zeros(count)}
 
 
 def _write(row: dict, *, plan: RunPlan, out: str, since_ns: int) -> dict:
@@ -286,7 +304,11 @@ def _write(row: dict, *, plan: RunPlan, out: str, since_ns: int) -> dict:
     started = time.perf_counter()
     data = pickle.loads(row["data"])
     if not _written_this_run(Path(out), data.scan, plan.out_options.overwrite, since_ns):
-        failed = plan.write(Path(out), data, pickle.loads(row["arrays"]))
+        try:
+            failed = plan.write(Path(out), data, pickle.loads(row["arrays"]))
+        except Exception as err:  # noqa: BLE001 - a writer choking on this scan: skip it, never retry it
+            log.debug("writing %s failed", data.scan.key, exc_info=True)
+            failed = SkippedInput(str(data.scan.paths[0]), f"could not be written ({type(err).__name__}: {err})")
         if failed is not None:
             result.update(skip_path=failed.path, skip_reason=failed.reason)
     result.update(slices=data.num_slices, write_s=time.perf_counter() - started)
