@@ -35,7 +35,8 @@ def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
 @command()
 def triton_command(
     artifacts: Annotated[Path, typer.Argument(help="An artifacts folder written by seg-export.")],
-    out: Annotated[Path, typer.Option(help="Model repository folder to write (empty or absent; with --add, an existing one).")],
+    out: Annotated[Path, typer.Option(
+        help="Model repository folder to write (empty or absent; with --add, an existing one).")],
     precision: Annotated[str | None, typer.Option(
         help="Comma-separated fp32, fp16, int8; default: every precision that passed the accuracy gate.")] = None,
     kind: Annotated[TritonKind, typer.Option(help="Where model instances run (cpu writes no TensorRT models).")]
