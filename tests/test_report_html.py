@@ -185,6 +185,22 @@ def test_volumes_without_overlays_flags_odd_keys_and_the_thumbnail_limit(tmp_pat
     assert "No input was skipped." in words
 
 
+def test_a_dicom_scans_entry_links_its_seg_only_when_the_run_wrote_one(tmp_path):
+    written = ("ct/case 1", "x<b>#2")  # their SEG is there; "ct/no-seg" was run without a manifest sha256
+    for key in (*written, "ct/no-seg"):
+        (tmp_path / "volumes" / f"{key}.nii.gz").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "volumes" / f"{key}.nii.gz").write_bytes(b"stand-in")
+    for key in written:
+        (tmp_path / "volumes" / f"{key}_seg.dcm").write_bytes(b"stand-in")
+    (tmp_path.parent / f"{tmp_path.name}-outside_seg.dcm").write_bytes(b"stand-in")  # a tampered key's target
+    rows = [{"key": key, "kind": "dicom", "tumour_pixels": 1, "qc_flag": ""}
+            for key in (*written, "ct/no-seg", f"../{tmp_path.name}-outside")]
+    page = _Page(report_html.write_report_html(tmp_path, {"skipped": []}, rows).read_text())
+    assert [row[-1] for row in page.tables["scans"]] == ["volume DICOM SEG", "volume DICOM SEG", "volume", "none"]
+    segs = [attrs["href"] for attrs in page.attrs("a") if attrs["href"].endswith(".dcm")]
+    assert segs == ["volumes/ct/case%201_seg.dcm", "volumes/x%3Cb%3E%232_seg.dcm"]
+
+
 def test_report_module_imports_without_torch():
     done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
                            "import brainseg.runtime.outputs.report_html"], capture_output=True, text=True)

@@ -5,7 +5,8 @@ seg-run writes it under `--out` after `results.csv` and `summary.json`:
 - a header with the run summary (backend and provider, precision, the artifacts' manifest sha256,
   post-processing, scans done / resumed / skipped, slices, slices/s, wall seconds);
 - a table with one row per scan (its results.csv numbers, the QC flag highlighted) and relative
-  links to the scan's overlay and its mask or volume file under `--out`;
+  links to the scan's overlay, its mask or volume file and, for a DICOM series, its DICOM SEG,
+  each only when that file is under `--out`;
 - a thumbnail per scan (at most MAX_THUMBNAILS of them) of the overlay of the slice with the
   most tumour: volume scans and single slices have one overlay already; for a kaggle_3m scan the
   slice is picked by counting non-zero pixels in its mask PNGs (the middle slice when none has any);
@@ -58,6 +59,7 @@ class _ScanFiles:
     overlay: str | None
     output: str | None  # the mask PNG (of the picked slice for kaggle_3m) or the volume NIfTI
     slice_name: str | None = None  # kaggle_3m: the slice shown
+    dicom_seg: str | None = None  # a DICOM series' `volumes/<key>_seg.dcm`
 
 
 def write_report_html(out: Path, summary: dict, rows: list[dict]) -> Path:
@@ -149,6 +151,8 @@ def _links(where: _ScanFiles) -> str:
     if where.output:
         what = "volume" if where.output.endswith(".nii.gz") else "mask"
         links.append(f'<a href="{_href(where.output)}"{title}>{what}</a>')
+    if where.dicom_seg:
+        links.append(f'<a href="{_href(where.dicom_seg)}">DICOM SEG</a>')
     return " ".join(links) or '<span class="missing">none</span>'
 
 
@@ -204,7 +208,8 @@ def _locate(out: Path, row: dict) -> _ScanFiles:
         output = _existing(out, f"volumes/{key}.nii.gz") or _existing(out, f"volumes/{key}_seg.nii.gz")
     else:
         output = _existing(out, f"masks/{key}.png")
-    return _ScanFiles(_existing(out, f"overlays/{key}.png"), output)
+    seg = _existing(out, f"volumes/{key}_seg.dcm") if kind == "dicom" else None  # written only with a manifest sha256
+    return _ScanFiles(_existing(out, f"overlays/{key}.png"), output, dicom_seg=seg)
 
 
 def _most_tumour_slice(out: Path, key: str) -> str | None:
