@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -199,6 +200,37 @@ def test_a_dicom_scans_entry_links_its_seg_only_when_the_run_wrote_one(tmp_path)
     assert [row[-1] for row in page.tables["scans"]] == ["volume DICOM SEG", "volume DICOM SEG", "volume", "none"]
     segs = [attrs["href"] for attrs in page.attrs("a") if attrs["href"].endswith(".dcm")]
     assert segs == ["volumes/ct/case%201_seg.dcm", "volumes/x%3Cb%3E%232_seg.dcm"]
+
+
+CAPTION_KEYS = ("BraTS-GLI-00001-000", "patient_0001/series_12/BraTS-GLI-00001-000-followup", "a<b>&c_d")
+
+
+def _captioned_scans(out: Path) -> list[dict]:
+    """Rows with long separated keys, a kaggle_3m scan whose caption names its slice, and a 32-letter word."""
+    for key in (*CAPTION_KEYS, "0123456789abcdef0123456789abcdef"):
+        _overlay(out / "overlays" / f"{key}.png", 60, (32, 32))
+    _mask(out / "masks" / "TCGA_CS_4941" / "TCGA_CS_4941_7.png", 5)
+    _overlay(out / "overlays" / "TCGA_CS_4941" / "TCGA_CS_4941_7.png", 60, (32, 32))
+    rows = [{"key": key, "kind": "brats", "qc_flag": ""} for key in CAPTION_KEYS]
+    rows[1]["qc_flag"] = "disagree"
+    return [*rows, {"key": "TCGA_CS_4941", "kind": "kaggle_3m", "qc_flag": "disagree"},
+            {"key": "0123456789abcdef0123456789abcdef", "kind": "slice", "qc_flag": ""}]
+
+
+def test_captions_offer_line_breaks_only_after_separators_and_never_split_a_word(tmp_path):
+    text = report_html.write_report_html(tmp_path, {"skipped": []}, _captioned_scans(tmp_path)).read_text()
+    captions = re.findall(r"<figcaption[^>]*>(.*?)</figcaption>", text)
+    assert captions[0] == "BraTS-<wbr>GLI-<wbr>00001-<wbr>000"
+    assert captions[1].startswith("patient_<wbr>0001/<wbr>series_<wbr>12/<wbr>BraTS-<wbr>GLI-")
+    assert captions[2] == "a&lt;b&gt;&amp;c_<wbr>d"
+    assert captions[3].startswith("TCGA_<wbr>CS_<wbr>4941\N{NO-BREAK SPACE}·<wbr> slice\N{NO-BREAK SPACE}7 ")
+    for caption in captions:
+        assert all(before[-1] in "/-_·" for before in caption.split("<wbr>")[:-1]), caption
+    titles = [attrs["title"] for attrs in _Page(text).attrs("figcaption")]
+    assert titles[:3] == list(CAPTION_KEYS) and titles[3] == "TCGA_CS_4941\N{NO-BREAK SPACE}· slice\N{NO-BREAK SPACE}7"
+    style = re.search(r"figcaption \{([^}]*)\}", text).group(1)
+    assert not re.search(r"word-break|overflow-wrap|word-wrap|hyphens", style), style  # the defaults split no word
+    assert "text-overflow: ellipsis" in style and "overflow: hidden" in style  # a 32-letter word is cut, not spilled
 
 
 def test_report_module_imports_without_torch():
