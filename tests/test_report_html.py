@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
 import re
 import shutil
@@ -233,6 +234,63 @@ def test_captions_offer_line_breaks_only_after_separators_and_never_split_a_word
     assert "text-overflow: ellipsis" in style and "overflow: hidden" in style  # a 32-letter word is cut, not spilled
 
 
+def _chromium() -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed here (Debian package 'chromium'); the HTML structure tests still run")
+    return browser
+
+
+def _headless(browser: str, profile: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={profile}",
+                           *arguments], capture_output=True, text=True, timeout=120, check=False)
+
+
+# Test-only: the report has no script; this copy of it records, per caption, its text and where each line starts
+_CAPTION_LINES = """<script>
+const captions = [...document.querySelectorAll("figcaption")].map(caption => {
+  let text = "", top = null;
+  const starts = [], walker = document.createTreeWalker(caption, NodeFilter.SHOW_TEXT);
+  for (let node; (node = walker.nextNode());) {
+    for (let i = 0; i < node.length; i++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const rect = range.getClientRects()[0];
+      if (rect && rect.width > 0) {  // a space collapsed or hung at a line's end has no box of its own
+        if (top !== null && rect.top > top + 1) starts.push(text.length);
+        top = rect.top;
+      }
+      text += node.data[i];
+    }
+  }
+  return {text, starts, clipped: caption.scrollWidth > caption.clientWidth};
+});
+const out = document.createElement("pre");
+out.id = "caption-lines";
+out.textContent = JSON.stringify(captions);
+document.body.append(out);
+</script>"""
+
+
+def test_chromium_ends_no_caption_line_inside_a_word(tmp_path):
+    browser = _chromium()
+    report = report_html.write_report_html(tmp_path, {"skipped": []}, _captioned_scans(tmp_path))
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", _CAPTION_LINES + "</body>"), encoding="utf-8")
+    done = _headless(browser, tmp_path / "profile", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="caption-lines">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"Chromium ran no probe: {done.stderr[-2000:]}"
+    captions = json.loads(html.unescape(found.group(1)))
+    assert [c["text"].split(" ")[0] for c in captions[:3]] == list(CAPTION_KEYS)
+    assert len(captions[1]["starts"]) >= 2  # the long key does wrap in a 170 px card
+    for caption in captions:
+        text = caption["text"]
+        for start in caption["starts"]:
+            assert text[start - 1] in " /-_·" or text[start] == " ", f"{text[:start]!r} | {text[start:]!r}"
+    assert captions[-1]["clipped"] and not any(caption["clipped"] for caption in captions[:-1])
+
+
 def test_report_module_imports_without_torch():
     done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
                            "import brainseg.runtime.outputs.report_html"], capture_output=True, text=True)
@@ -240,14 +298,11 @@ def test_report_module_imports_without_torch():
 
 
 def test_chromium_renders_the_report_as_a_non_blank_page(run, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Chromium is not installed here (Debian package 'chromium'); the HTML structure test still runs")
+    browser = _chromium()
     out, _, _ = run
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'profile'}",
-                    f"--screenshot={shot}", "--window-size=1200,900", (out / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=False)
+    _headless(browser, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,900",
+              (out / "report.html").as_uri())
     image = cv2.imread(str(shot), cv2.IMREAD_COLOR)
     assert image is not None, f"Chromium wrote no screenshot at {shot}"
     assert image.shape[:2] == (900, 1200)
