@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -185,6 +187,110 @@ def test_volumes_without_overlays_flags_odd_keys_and_the_thumbnail_limit(tmp_pat
     assert "No input was skipped." in words
 
 
+def test_a_dicom_scans_entry_links_its_seg_only_when_the_run_wrote_one(tmp_path):
+    written = ("ct/case 1", "x<b>#2")  # their SEG is there; "ct/no-seg" was run without a manifest sha256
+    for key in (*written, "ct/no-seg"):
+        (tmp_path / "volumes" / f"{key}.nii.gz").parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "volumes" / f"{key}.nii.gz").write_bytes(b"stand-in")
+    for key in written:
+        (tmp_path / "volumes" / f"{key}_seg.dcm").write_bytes(b"stand-in")
+    (tmp_path.parent / f"{tmp_path.name}-outside_seg.dcm").write_bytes(b"stand-in")  # a tampered key's target
+    rows = [{"key": key, "kind": "dicom", "tumour_pixels": 1, "qc_flag": ""}
+            for key in (*written, "ct/no-seg", f"../{tmp_path.name}-outside")]
+    page = _Page(report_html.write_report_html(tmp_path, {"skipped": []}, rows).read_text())
+    assert [row[-1] for row in page.tables["scans"]] == ["volume DICOM SEG", "volume DICOM SEG", "volume", "none"]
+    segs = [attrs["href"] for attrs in page.attrs("a") if attrs["href"].endswith(".dcm")]
+    assert segs == ["volumes/ct/case%201_seg.dcm", "volumes/x%3Cb%3E%232_seg.dcm"]
+
+
+CAPTION_KEYS = ("BraTS-GLI-00001-000", "patient_0001/series_12/BraTS-GLI-00001-000-followup", "a<b>&c_d")
+
+
+def _captioned_scans(out: Path) -> list[dict]:
+    """Rows with long separated keys, a kaggle_3m scan whose caption names its slice, and a 32-letter word."""
+    for key in (*CAPTION_KEYS, "0123456789abcdef0123456789abcdef"):
+        _overlay(out / "overlays" / f"{key}.png", 60, (32, 32))
+    _mask(out / "masks" / "TCGA_CS_4941" / "TCGA_CS_4941_7.png", 5)
+    _overlay(out / "overlays" / "TCGA_CS_4941" / "TCGA_CS_4941_7.png", 60, (32, 32))
+    rows = [{"key": key, "kind": "brats", "qc_flag": ""} for key in CAPTION_KEYS]
+    rows[1]["qc_flag"] = "disagree"
+    return [*rows, {"key": "TCGA_CS_4941", "kind": "kaggle_3m", "qc_flag": "disagree"},
+            {"key": "0123456789abcdef0123456789abcdef", "kind": "slice", "qc_flag": ""}]
+
+
+def test_captions_offer_line_breaks_only_after_separators_and_never_split_a_word(tmp_path):
+    text = report_html.write_report_html(tmp_path, {"skipped": []}, _captioned_scans(tmp_path)).read_text()
+    captions = re.findall(r"<figcaption[^>]*>(.*?)</figcaption>", text)
+    assert captions[0] == "BraTS-<wbr>GLI-<wbr>00001-<wbr>000"
+    assert captions[1].startswith("patient_<wbr>0001/<wbr>series_<wbr>12/<wbr>BraTS-<wbr>GLI-")
+    assert captions[2] == "a&lt;b&gt;&amp;c_<wbr>d"
+    assert captions[3].startswith("TCGA_<wbr>CS_<wbr>4941\N{NO-BREAK SPACE}·<wbr> slice\N{NO-BREAK SPACE}7 ")
+    for caption in captions:
+        assert all(before[-1] in "/-_·" for before in caption.split("<wbr>")[:-1]), caption
+    titles = [attrs["title"] for attrs in _Page(text).attrs("figcaption")]
+    assert titles[:3] == list(CAPTION_KEYS) and titles[3] == "TCGA_CS_4941\N{NO-BREAK SPACE}· slice\N{NO-BREAK SPACE}7"
+    style = re.search(r"figcaption \{([^}]*)\}", text).group(1)
+    assert not re.search(r"word-break|overflow-wrap|word-wrap|hyphens", style), style  # the defaults split no word
+    assert "text-overflow: ellipsis" in style and "overflow: hidden" in style  # a 32-letter word is cut, not spilled
+
+
+def _chromium() -> str:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed here (Debian package 'chromium'); the HTML structure tests still run")
+    return browser
+
+
+def _headless(browser: str, profile: Path, *arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={profile}",
+                           *arguments], capture_output=True, text=True, timeout=120, check=False)
+
+
+# Test-only: the report has no script; this copy of it records, per caption, its text and where each line starts
+_CAPTION_LINES = """<script>
+const captions = [...document.querySelectorAll("figcaption")].map(caption => {
+  let text = "", top = null;
+  const starts = [], walker = document.createTreeWalker(caption, NodeFilter.SHOW_TEXT);
+  for (let node; (node = walker.nextNode());) {
+    for (let i = 0; i < node.length; i++) {
+      const range = document.createRange();
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const rect = range.getClientRects()[0];
+      if (rect && rect.width > 0) {  // a space collapsed or hung at a line's end has no box of its own
+        if (top !== null && rect.top > top + 1) starts.push(text.length);
+        top = rect.top;
+      }
+      text += node.data[i];
+    }
+  }
+  return {text, starts, clipped: caption.scrollWidth > caption.clientWidth};
+});
+const out = document.createElement("pre");
+out.id = "caption-lines";
+out.textContent = JSON.stringify(captions);
+document.body.append(out);
+</script>"""
+
+
+def test_chromium_ends_no_caption_line_inside_a_word(tmp_path):
+    browser = _chromium()
+    report = report_html.write_report_html(tmp_path, {"skipped": []}, _captioned_scans(tmp_path))
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace("</body>", _CAPTION_LINES + "</body>"), encoding="utf-8")
+    done = _headless(browser, tmp_path / "profile", "--dump-dom", probe.as_uri())
+    found = re.search(r'<pre id="caption-lines">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"Chromium ran no probe: {done.stderr[-2000:]}"
+    captions = json.loads(html.unescape(found.group(1)))
+    assert [c["text"].split(" ")[0] for c in captions[:3]] == list(CAPTION_KEYS)
+    assert len(captions[1]["starts"]) >= 2  # the long key does wrap in a 170 px card
+    for caption in captions:
+        text = caption["text"]
+        for start in caption["starts"]:
+            assert text[start - 1] in " /-_·" or text[start] == " ", f"{text[:start]!r} | {text[start:]!r}"
+    assert captions[-1]["clipped"] and not any(caption["clipped"] for caption in captions[:-1])
+
+
 def test_report_module_imports_without_torch():
     done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None\n"
                            "import brainseg.runtime.outputs.report_html"], capture_output=True, text=True)
@@ -192,14 +298,11 @@ def test_report_module_imports_without_torch():
 
 
 def test_chromium_renders_the_report_as_a_non_blank_page(run, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("Chromium is not installed here (Debian package 'chromium'); the HTML structure test still runs")
+    browser = _chromium()
     out, _, _ = run
     shot = tmp_path / "report.png"
-    subprocess.run([browser, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'profile'}",
-                    f"--screenshot={shot}", "--window-size=1200,900", (out / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=False)
+    _headless(browser, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,900",
+              (out / "report.html").as_uri())
     image = cv2.imread(str(shot), cv2.IMREAD_COLOR)
     assert image is not None, f"Chromium wrote no screenshot at {shot}"
     assert image.shape[:2] == (900, 1200)

@@ -5,10 +5,12 @@ seg-run writes it under `--out` after `results.csv` and `summary.json`:
 - a header with the run summary (backend and provider, precision, the artifacts' manifest sha256,
   post-processing, scans done / resumed / skipped, slices, slices/s, wall seconds);
 - a table with one row per scan (its results.csv numbers, the QC flag highlighted) and relative
-  links to the scan's overlay and its mask or volume file under `--out`;
+  links to the scan's overlay, its mask or volume file and, for a DICOM series, its DICOM SEG,
+  each only when that file is under `--out`;
 - a thumbnail per scan (at most MAX_THUMBNAILS of them) of the overlay of the slice with the
   most tumour: volume scans and single slices have one overlay already; for a kaggle_3m scan the
   slice is picked by counting non-zero pixels in its mask PNGs (the middle slice when none has any);
+  its caption wraps only after a space or a separator ('/', '-', '_', '·'), never inside a word;
 - every skipped input with its reason.
 
 The page stands alone: thumbnails are embedded as base64 PNG, the style is inline, and there is
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -35,6 +38,8 @@ REPORT_NAME = "report.html"
 MAX_THUMBNAILS = 200  # beyond this the page gets slow to load; the table still lists every scan
 THUMBNAIL_PX = 160  # long side of an embedded overlay thumbnail, in pixels
 SHORT_SHA = 12
+# a caption may wrap after these (and at spaces); a word between them is never split
+_CAPTION_BREAK = re.compile(r"(?<=[/\-_·])(?!\Z)")
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fff; }
@@ -46,8 +51,8 @@ th { background: #f0f0f0; text-align: left; } td.num { text-align: right; font-v
 tr.flagged td { background: #fde8e6; } .flag { color: #fff; background: #c0392b; border-radius: 3px; padding: 0 .4em; }
 .gallery { display: flex; flex-wrap: wrap; gap: .8em; }
 figure { margin: 0; width: 170px; } figure img { display: block; max-width: 160px; border: 1px solid #ccc; }
-figcaption { font-size: .85em; word-break: break-all; } .missing { color: #777; font-style: italic; }
-.bad { color: #a00; }
+figcaption { font-size: .85em; overflow: hidden; text-overflow: ellipsis; }
+.missing { color: #777; font-style: italic; } .bad { color: #a00; }
 """
 
 
@@ -58,6 +63,7 @@ class _ScanFiles:
     overlay: str | None
     output: str | None  # the mask PNG (of the picked slice for kaggle_3m) or the volume NIfTI
     slice_name: str | None = None  # kaggle_3m: the slice shown
+    dicom_seg: str | None = None  # a DICOM series' `volumes/<key>_seg.dcm`
 
 
 def write_report_html(out: Path, summary: dict, rows: list[dict]) -> Path:
@@ -149,6 +155,8 @@ def _links(where: _ScanFiles) -> str:
     if where.output:
         what = "volume" if where.output.endswith(".nii.gz") else "mask"
         links.append(f'<a href="{_href(where.output)}"{title}>{what}</a>')
+    if where.dicom_seg:
+        links.append(f'<a href="{_href(where.dicom_seg)}">DICOM SEG</a>')
     return " ".join(links) or '<span class="missing">none</span>'
 
 
@@ -164,17 +172,27 @@ def _gallery(out: Path, rows: list[dict], files: list[_ScanFiles]) -> str:
 
 
 def _figure(out: Path, row: dict, where: _ScanFiles) -> str:
-    key = _text(row.get("key", ""))
+    key = str(row.get("key", ""))
     if where.overlay is None:
         body = '<span class="missing">no overlay written (seg-run --no-overlays)</span>'
     else:
         uri = _thumbnail_uri(out / where.overlay)
-        body = (f'<img src="{uri}" alt="overlay of {_attr(row.get("key", ""))}">' if uri
+        body = (f'<img src="{uri}" alt="overlay of {_attr(key)}">' if uri
                 else '<span class="bad">overlay could not be read</span>')
-    caption = key + (f" · slice {_text(_slice_label(row, where.slice_name))}" if where.slice_name else "")
+    parts = [key]
+    if where.slice_name:  # no-break spaces: a line never ends before '·' or between "slice" and its name
+        parts += ["\N{NO-BREAK SPACE}· slice\N{NO-BREAK SPACE}", _slice_label(row, where.slice_name)]
+    caption = "".join(_wrappable(part) for part in parts)
     if row.get("qc_flag"):
         caption += " " + _flag(row["qc_flag"])
-    return f"<figure>{body}<figcaption>{caption}</figcaption></figure>\n"
+    return f'<figure>{body}<figcaption title="{_attr("".join(parts))}">{caption}</figcaption></figure>\n'
+
+
+def _wrappable(value: str) -> str:
+    """`value` escaped, with a `<wbr>` after each separator: the caption's CSS splits no word, so a
+    long key such as "BraTS-GLI-00001-000" wraps only at a space or there; a word wider than the
+    card ends in an ellipsis (the whole caption is in the figcaption's title)."""
+    return "<wbr>".join(_text(part) for part in _CAPTION_BREAK.split(value))
 
 
 def _slice_label(row: dict, slice_name: str) -> str:
@@ -204,7 +222,8 @@ def _locate(out: Path, row: dict) -> _ScanFiles:
         output = _existing(out, f"volumes/{key}.nii.gz") or _existing(out, f"volumes/{key}_seg.nii.gz")
     else:
         output = _existing(out, f"masks/{key}.png")
-    return _ScanFiles(_existing(out, f"overlays/{key}.png"), output)
+    seg = _existing(out, f"volumes/{key}_seg.dcm") if kind == "dicom" else None  # written only with a manifest sha256
+    return _ScanFiles(_existing(out, f"overlays/{key}.png"), output, dicom_seg=seg)
 
 
 def _most_tumour_slice(out: Path, key: str) -> str | None:
