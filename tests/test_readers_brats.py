@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from data_files import BRATS_SHAPE, HOT, ZOOMS, brats_arrays, make_brats, nib, skip_for, truncate, write_brats_case
 
+from brainseg.data.names import BRATS_2023_MODALITIES, BRATS_MODALITIES
 from brainseg.data.readers import read_dataset
 from brainseg.data.volume import Dataset
-from brainseg.errors import BrainsegError, DataError
+from brainseg.errors import BrainsegError, ConfigError, DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore::brainseg.data.readers.SkippedInputWarning")
 
@@ -67,6 +68,38 @@ def test_brats_2023_names_and_plain_nii(tmp_path):
     assert dataset.volumes[0].image.shape == (4, BRATS_SHAPE[1], BRATS_SHAPE[0], 4)
 
 
+def test_either_year_s_modality_names_read_the_other_year_s_files(tmp_path):
+    arrays = brats_arrays()
+    write_brats_case(tmp_path / "2021", "case", arrays)
+    renamed = dict(zip((*BRATS_2023_MODALITIES, "seg"), arrays.values(), strict=True))
+    write_brats_case(tmp_path / "2023", "BraTS-GLI-00001-000", renamed, sep="-")
+    old_names, new_names = ("flair", "t1", "t1ce", "t2"), ("t2f", "t1n", "t1c", "t2w")  # not the files' order
+    reference = read_dataset(tmp_path / "2021", modalities=old_names, target="brats-regions").volumes[0]
+    for year in ("2021", "2023"):
+        for names in (old_names, new_names):
+            dataset = read_dataset(tmp_path / year, modalities=names, target="brats-regions")
+            assert dataset.skipped == [], (year, names)
+            np.testing.assert_array_equal(dataset.volumes[0].image, reference.image, err_msg=f"{year} {names}")
+            np.testing.assert_array_equal(dataset.volumes[0].mask, reference.mask, err_msg=f"{year} {names}")
+    assert BRATS_MODALITIES == ("t1", "t1ce", "t2", "flair")  # the default channels keep 2021's names
+
+
+def test_a_case_with_both_years_files_of_one_sequence_is_skipped_naming_both(tmp_path):
+    def with_t1n(folder):
+        nib.save(nib.Nifti1Image(brats_arrays()["t1"], np.diag([*ZOOMS, 1.0])), folder / "bad-t1n.nii.gz")
+
+    dataset = brats_case_with(tmp_path, with_t1n)
+    assert skip_for(dataset, "bad").reason == (
+        "several t1 files (t1 = t1n, its BraTS 2021 and 2023 names): bad-t1n.nii.gz, bad_t1.nii.gz; keep one"
+    )
+
+
+def test_modalities_naming_one_sequence_twice_are_refused(tmp_path):
+    make_brats(tmp_path, cases=1)
+    with pytest.raises(ConfigError, match=r"name one sequence twice: t1 = t1n"):
+        read_dataset(tmp_path, modalities=("t1", "t1n", "t2"))
+
+
 def brats_case_with(tmp_path: Path, damage) -> Dataset:
     """Two good cases and one damaged by `damage(folder)`; returns what was read."""
     make_brats(tmp_path, cases=2)
@@ -80,7 +113,7 @@ def brats_case_with(tmp_path: Path, damage) -> Dataset:
 
 def test_brats_missing_modality_or_seg_is_skipped(tmp_path):
     dataset = brats_case_with(tmp_path / "a", lambda f: (f / "bad_t1ce.nii.gz").unlink())
-    assert skip_for(dataset, "bad").reason == "missing bad_t1ce.nii.gz (or .nii)"
+    assert skip_for(dataset, "bad").reason == "missing bad_t1ce.nii.gz or bad_t1c.nii.gz (or .nii)"
     dataset = brats_case_with(tmp_path / "b", lambda f: (f / "bad_seg.nii.gz").unlink())
     assert skip_for(dataset, "bad").reason == "missing bad_seg.nii.gz (or .nii)"
 

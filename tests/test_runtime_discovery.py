@@ -60,6 +60,17 @@ def test_brats_case_missing_a_modality_is_skipped_naming_the_file(tmp_path):
     assert "missing BraTS-1-flair.nii.gz" in skipped[0].reason
 
 
+def test_brats_2023_case_serves_2021_modalities_and_a_case_with_both_names_is_skipped(tmp_path):
+    write_case(tmp_path / "new", "BraTS-GLI-00001-000", modalities=["t2w", "t2f", "t1n", "t1c"], sep="-")
+    write_case(tmp_path / "both", "x", modalities=["t2", "flair", "t1", "t1ce"])
+    write_nifti(tmp_path / "both" / "x-t1n.nii.gz", brain(9))
+    scans, skipped = discover([tmp_path], F32.modalities)  # 2021 names: t2, flair, t1, t1ce
+    assert [s.key for s in scans] == ["new"]
+    assert [p.name for p in scans[0].paths] == [f"BraTS-GLI-00001-000-{m}.nii.gz" for m in ("t2w", "t2f", "t1n", "t1c")]
+    reason = "BraTS case x has several files for one modality (t1 = t1n: x-t1n.nii.gz, x_t1.nii.gz)"
+    assert [(s.path, s.reason) for s in skipped] == [(str(tmp_path / "both"), reason)]
+
+
 def test_missing_path_is_an_error_and_nothing_found_is_not(tmp_path):
     with pytest.raises(DataError, match="nowhere"):
         discover([tmp_path / "nowhere"], None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,17 @@ from scipy import ndimage as ndi
 from typer.testing import CliRunner
 
 from brainseg.cli import app
+from brainseg.data.names import BRATS_2023_MODALITIES
 from brainseg.data.readers import detect_layout, read_dataset
 from brainseg.data.synthetic import sample_brats
 from brainseg.data.synthetic.sample import INFO_FILE
-from brainseg.data.synthetic.sample_brats import BratsSampleSpec, cached_brats_sample, generate_case, write_brats_sample
+from brainseg.data.synthetic.sample_brats import (
+    BratsSampleSpec,
+    cached_brats_sample,
+    generate_case,
+    write_brats_sample,
+    write_sample,
+)
 from brainseg.errors import ConfigError
 from brainseg.train.config import TrainConfig
 from brainseg.train.dataset import resolve_data
@@ -26,7 +34,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 TINY = BratsSampleSpec(cases=3, slices=8, size=48, seed=1)
+TINY_2023 = replace(TINY, year=2023)
 FILES = ("t1", "t1ce", "t2", "flair", "seg")
+FILES_2023 = dict(zip(FILES, (*BRATS_2023_MODALITIES, "seg"), strict=True))  # 2021 name -> 2023 name
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +44,20 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_brats_sample(tmp_path_factory.mktemp("brats") / "data", TINY)
 
 
+@pytest.fixture(scope="module")
+def tiny_2023_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_brats_sample(tmp_path_factory.mktemp("brats2023") / "data", TINY_2023)
+
+
 def case_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
-def load(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+def load(folder: Path, name: str, separator: str = "_") -> tuple[np.ndarray, np.ndarray, np.dtype]:
     """A file's RAS-reoriented array, its affine as stored, and its on-disk dtype."""
     import nibabel
 
-    image = nibabel.load(folder / f"{folder.name}_{name}.nii.gz")
+    image = nibabel.load(folder / f"{folder.name}{separator}{name}.nii.gz")
     canonical = nibabel.as_closest_canonical(image)
     return np.asarray(canonical.dataobj), image.affine, image.get_data_dtype()
 
@@ -129,6 +144,66 @@ def test_intensities_are_scanner_units_with_each_sequence_s_contrast(tiny_root: 
     assert np.mean(ratios["t2"]) > 1.1, ratios  # oedema bright on T2
 
 
+def test_the_2023_sample_has_2023_names_labels_and_info(tiny_2023_root: Path) -> None:
+    folders = case_folders(tiny_2023_root)
+    assert [p.name for p in folders] == ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000", "BraTS-GLI-00003-000"]
+    for folder in folders:
+        expected = sorted(f"{folder.name}-{n}.nii.gz" for n in FILES_2023.values())
+        assert sorted(p.name for p in folder.iterdir()) == expected
+        seg, _, dtype = load(folder, "seg", "-")
+        assert dtype == np.uint8 and set(np.unique(seg).tolist()) == {0, 1, 2, 3}, folder.name
+    assert detect_layout(tiny_2023_root) == "brats"
+    info = json.loads((tiny_2023_root / INFO_FILE).read_text())
+    assert info["spec"] == {"cases": 3, "slices": 8, "size": 48, "seed": 1, "year": 2023}
+    assert info["modalities"] == ["t1n", "t1c", "t2w", "t2f"]
+    assert info["labels"] == {"1": "necrotic / non-enhancing core", "2": "oedema", "3": "enhancing tumour"}
+    assert [case["folder"] for case in info["cases"]] == [p.name for p in folders]
+
+
+def test_the_2023_sample_is_the_2021_sample_with_enhancing_tumour_relabelled(
+    tiny_root: Path, tiny_2023_root: Path
+) -> None:
+    for old, new in zip(case_folders(tiny_root), case_folders(tiny_2023_root), strict=True):
+        for name, name_2023 in FILES_2023.items():
+            first, first_affine, first_dtype = load(old, name)
+            second, second_affine, second_dtype = load(new, name_2023, "-")
+            expected = np.where(first == 4, 3, first) if name == "seg" else first
+            np.testing.assert_array_equal(second, expected, err_msg=f"{new.name} {name_2023}")
+            np.testing.assert_array_equal(second_affine, first_affine)
+            assert second_dtype == first_dtype
+        assert (load(old, "seg")[0] == 4).any()
+
+
+def test_the_2023_sample_reads_as_the_2021_sample_under_either_year_s_names(
+    tiny_root: Path, tiny_2023_root: Path
+) -> None:
+    reference = read_dataset(tiny_root, target="brats-regions")  # the default, 2021, modality names
+    for root, modalities in ((tiny_2023_root, None), (tiny_2023_root, BRATS_2023_MODALITIES),
+                             (tiny_root, BRATS_2023_MODALITIES)):
+        names = {"modalities": modalities} if modalities else {}
+        dataset = read_dataset(root, target="brats-regions", **names)
+        assert dataset.skipped == [] and len(dataset.volumes) == len(reference.volumes), (root, modalities)
+        for volume, expected in zip(dataset.volumes, reference.volumes, strict=True):
+            np.testing.assert_array_equal(volume.image, expected.image, err_msg=f"{volume.patient_id} {modalities}")
+            np.testing.assert_array_equal(volume.mask, expected.mask, err_msg=f"{volume.patient_id} {modalities}")
+            assert (volume.spacing, volume.slice_step) == (expected.spacing, expected.slice_step)
+
+
+def test_write_sample_passes_the_brats_year_and_years_never_share_a_cache(
+    tmp_path: Path, tiny_2023_root: Path
+) -> None:
+    out = write_sample(tmp_path / "one", "brats", patients=1, slices=8, size=48, seed=1, brats_year=2023)
+    [folder] = case_folders(out)
+    assert folder.name == "BraTS-GLI-00001-000"
+    for path in sorted(folder.iterdir()):  # case 1 of 1 is case 1 of 3, file for file
+        assert path.read_bytes() == (tiny_2023_root / folder.name / path.name).read_bytes(), path.name
+    with pytest.raises(ConfigError, match="brats layout only"):
+        write_sample(tmp_path / "kaggle", "kaggle_3m", brats_year=2023)
+    assert not (tmp_path / "kaggle").exists()
+    assert TINY.cache_name == f"sample-brats-v{sample_brats.VERSION}-3x8-48-seed1"  # as before years
+    assert TINY_2023.cache_name == f"sample-brats-2023-v{sample_brats.VERSION}-3x8-48-seed1"
+
+
 def test_same_spec_same_arrays_other_seed_other_data(tmp_path: Path, tiny_root: Path) -> None:
     again = write_brats_sample(tmp_path / "again", TINY)
     other = write_brats_sample(tmp_path / "other", BratsSampleSpec(cases=1, slices=8, size=48, seed=2))
@@ -159,6 +234,9 @@ def test_spec_is_validated() -> None:
         BratsSampleSpec(cases=0)
     with pytest.raises(ConfigError, match="seed"):
         BratsSampleSpec(seed=-1)
+    for year in (2022, 2024, "2023", True):
+        with pytest.raises(ConfigError, match=rf"BraTS sample year must be one of 2021, 2023, got {year!r}"):
+            BratsSampleSpec(year=year)
 
 
 def test_seg_sample_writes_the_brats_layout_and_rejects_an_unknown_one(tmp_path: Path) -> None:

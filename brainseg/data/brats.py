@@ -4,7 +4,9 @@ Each case becomes one `Volume` of axial slices: every modality is reoriented to 
 canonical (RAS+) orientation, z-scored over its own non-zero (brain) voxels with background left
 at 0, and stacked as channels in the order asked for. Only slices where some modality is non-zero
 are kept. The file suffix may follow `_` (BraTS 2018-2021) or `-` (BraTS 2023, whose modalities
-are `t1n`, `t1c`, `t2w`, `t2f`), and `.nii` works as well as `.nii.gz`.
+are `t1n`, `t1c`, `t2w`, `t2f`), and `.nii` works as well as `.nii.gz`. A modality asked for by
+one year's name reads the file named with the other's (`t1` reads `<case>-t1n.nii.gz`), so a model
+trained on either year's names reads both; a case with both files of one sequence is skipped.
 
 Slices are laid out as (H, W) = (posterior <- anterior rows, left -> right columns): row 0 is the
 most anterior row and the patient's left is on the left of the image (neurological convention).
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.data.names import BRATS_LABEL, NIFTI_SUFFIXES, names_modality
+from brainseg.data.names import BRATS_LABEL, NIFTI_SUFFIXES, names_modality, sequence_names
 from brainseg.data.volume import Volume
 from brainseg.errors import ConfigError, InputSkipped, require
 
@@ -84,6 +86,12 @@ def _check_modalities(modalities: Sequence[str]) -> tuple[str, ...]:
             "modalities must be distinct names other than 'seg', e.g. t1,t1ce,t2,flair; "
             f"got {modalities}"
         )
+    sequences = [sequence_names(m) for m in modalities]
+    if len(set(sequences)) != len(sequences):
+        raise ConfigError(
+            f"modalities {modalities} name one sequence twice: t1 = t1n, t1ce = t1c, t2 = t2w, flair = t2f "
+            "(BraTS 2021 and 2023 names); keep one name of each"
+        )
     return modalities
 
 
@@ -128,14 +136,16 @@ def _case_files(folder: Path, modalities: tuple[str, ...]) -> dict[str, Path]:
     files, missing = {}, []
     for modality in (*modalities, BRATS_LABEL):
         hits = [p for p in names if names_modality(p.name, modality)]
+        aliases = sequence_names(modality)
         if len(hits) > 1:
+            known_as = f" ({' = '.join(aliases)}, its BraTS 2021 and 2023 names)" if len(aliases) > 1 else ""
             raise InputSkipped(
-                folder, f"several {modality} files: {', '.join(sorted(p.name for p in hits))}"
+                folder, f"several {modality} files{known_as}: {', '.join(sorted(p.name for p in hits))}; keep one"
             )
         if hits:
             files[modality] = hits[0]
         else:
-            missing.append(f"{folder.name}_{modality}.nii.gz")
+            missing.append(" or ".join(f"{folder.name}_{alias}.nii.gz" for alias in aliases))
     if missing:
         raise InputSkipped(folder, f"missing {', '.join(missing)} (or .nii)")
     return files

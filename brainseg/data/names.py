@@ -7,6 +7,8 @@ are defined once here.
   seg-run applies the same `<prefix>_<N>` pattern to any image suffix.
 - BraTS: `<case>_<modality>.nii.gz` (2018-2021: t1, t1ce, t2, flair) or `<case>-<modality>.nii.gz`
   (2023: t1n, t1c, t2w, t2f), and the label volume `<case>_seg` / `<case>-seg`; `.nii` works too.
+  The two years' names are one sequence each (t1 = t1n, t1ce = t1c, t2 = t2w, flair = t2f): a
+  modality asked for by either name finds the file named with the other, whatever the separator.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ MASK_SUFFIX = "_mask"
 NUMBERED_SLICE = re.compile(r"^(?P<prefix>.+)_(?P<n>\d+)(?P<mask>_mask)?$", re.IGNORECASE)
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")  # the default channels, in this order
-BRATS_MODALITY_NAMES = ("t1", "t1ce", "t2", "flair", "t1n", "t1c", "t2w", "t2f")  # every year's names
+BRATS_2023_MODALITIES = ("t1n", "t1c", "t2w", "t2f")  # the same sequences, as BraTS 2023 names them
+BRATS_MODALITY_NAMES = (*BRATS_MODALITIES, *BRATS_2023_MODALITIES)  # every year's names
+_SEQUENCES = {name: pair for pair in zip(BRATS_MODALITIES, BRATS_2023_MODALITIES, strict=True) for name in pair}
 BRATS_LABEL = "seg"
 BRATS_SEPARATORS = ("_", "-")
 _MODALITY_FILE = re.compile(r"^(?P<case>.+)[_-](?P<modality>[A-Za-z0-9]+)$")
@@ -67,11 +71,20 @@ def is_label(name: str) -> bool:
     return found is not None and found[1] == BRATS_LABEL
 
 
+def sequence_names(modality: str) -> tuple[str, ...]:
+    """Every BraTS year's name of `modality`'s sequence, 2021's first: ("t1", "t1n") for "t1" or
+    "t1n"; `(modality,)` for a name with no other (the label "seg", a sequence of your own)."""
+    modality = modality.lower()
+    return _SEQUENCES.get(modality, (modality,))
+
+
 def names_modality(name: str, modality: str) -> bool:
-    """Whether `name` is the NIfTI file of `modality` (or of the label, "seg") of some case."""
+    """Whether `name` is the NIfTI file of `modality` (or of the label, "seg") of some case, under
+    any year's name of that sequence: "x-t1n.nii.gz" names "t1" as well as "t1n"."""
     name = name.lower()
     return not name.startswith(".") and any(
-        name.endswith(f"{separator}{modality}{suffix}")
+        name.endswith(f"{separator}{alias}{suffix}")
+        for alias in sequence_names(modality)
         for separator in BRATS_SEPARATORS
         for suffix in NIFTI_SUFFIXES
     )

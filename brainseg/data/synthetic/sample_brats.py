@@ -1,16 +1,22 @@
 """The built-in sample in the BraTS layout: NIfTI volumes with necrosis, oedema and enhancing tumour.
 
-`write_brats_sample` writes, offline and deterministically from a seed,
+`write_brats_sample` writes, offline and deterministically from a seed, in the BraTS 2021 convention
 
     ROOT/SAMPLE_BRATS_001/SAMPLE_BRATS_001_{t1,t1ce,t2,flair}.nii.gz   float32, scanner units
     ROOT/SAMPLE_BRATS_001/SAMPLE_BRATS_001_seg.nii.gz                  uint8 labels 0, 1, 2, 4
     ROOT/sample_info.json                                              spec, version, per-case facts
 
-which `read_dataset(ROOT)` detects as the `brats` layout. The cases come from
-`brainseg.data.synthetic.brats_phantom`. Their affines are those of a scanner, not the identity: voxels of
-`size` x `size` over a 200 mm field of view, slices spread over 80-110 mm (at most 6 mm apart), an
-origin away from the grid's centre, and the voxel axes stored as LPS, RAS or LAS in turn (case 1,
-2, 3, ...), so that the reader's reorientation is exercised.
+or, with `BratsSampleSpec(year=2023)`, in the BraTS 2023 one (the same voxels, enhancing tumour 3)
+
+    ROOT/BraTS-GLI-00001-000/BraTS-GLI-00001-000-{t1n,t1c,t2w,t2f}.nii.gz
+    ROOT/BraTS-GLI-00001-000/BraTS-GLI-00001-000-seg.nii.gz            uint8 labels 0, 1, 2, 3
+
+which `read_dataset(ROOT)` detects as the `brats` layout, and reads with either year's modality
+names. The cases come from `brainseg.data.synthetic.brats_phantom`. Their affines are those of a
+scanner, not the identity: voxels of `size` x `size` over a 200 mm field of view, slices spread
+over 80-110 mm (at most 6 mm apart), an origin away from the grid's centre, and the voxel axes
+stored as LPS, RAS or LAS in turn (case 1, 2, 3, ...), so that the reader's reorientation is
+exercised.
 
 `cached_brats_sample` keeps one copy per spec in the same cache as `cached_sample_dataset`.
 `write_sample` is `seg-sample`: either layout, with that layout's defaults.
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.data.names import BRATS_LABEL, sequence_names
 from brainseg.data.synthetic.brats_phantom import ENHANCING, MODALITIES, NECROSIS, OEDEMA, BratsCase, synthesize_case
 from brainseg.data.synthetic.phantom import ANATOMY_SOURCE, Template, load_template
 from brainseg.data.synthetic.sample import (
@@ -49,8 +56,33 @@ _RNG_STREAM = 2  # cases draw from their own stream, not the kaggle_3m patients'
 
 
 @dataclass(frozen=True)
+class BratsConvention:
+    """How one BraTS release names a case's folder and files, and which label enhancing tumour has."""
+
+    case_format: str  # the folder of case `index`, formatted with `index + 1`
+    separator: str  # between the case and the modality in a file name
+    modalities: dict[str, str]  # the phantom's sequence (`MODALITIES`) -> its name this year
+    enhancing: int
+
+    def case_name(self, index: int) -> str:
+        return self.case_format.format(index + 1)
+
+    def file_name(self, case: str, modality: str) -> str:
+        """`<case>_t1ce.nii.gz` (2021) or `<case>-t1c.nii.gz` (2023) for "t1ce"; "seg" keeps its name."""
+        return f"{case}{self.separator}{self.modalities.get(modality, modality)}.nii.gz"
+
+
+DEFAULT_YEAR = 2021
+CONVENTIONS = {  # 2023 takes sequence_names(m)[1]: t1 -> t1n, t1ce -> t1c, t2 -> t2w, flair -> t2f
+    2021: BratsConvention("SAMPLE_BRATS_{:03d}", "_", {m: m for m in MODALITIES}, ENHANCING),
+    2023: BratsConvention("BraTS-GLI-{:05d}-000", "-", {m: sequence_names(m)[1] for m in MODALITIES}, 3),
+}
+
+
+@dataclass(frozen=True)
 class BratsSampleSpec:
-    """What to generate: `cases` volumes of `slices` axial slices of `size` x `size` voxels.
+    """What to generate: `cases` volumes of `slices` axial slices of `size` x `size` voxels, named
+    and labelled as BraTS `year` (2021 or 2023, `CONVENTIONS`) does; the year changes no voxel.
 
     The defaults (24 cases of 24 x 128 x 128) give 576 slices, about the 512 of the kaggle_3m
     sample, at the quick preset's 128 x 128 training size: a quick run costs about the same, and
@@ -61,18 +93,28 @@ class BratsSampleSpec:
     slices: int = 24
     size: int = 128
     seed: int = 0
+    year: int = DEFAULT_YEAR
 
     def __post_init__(self) -> None:
         check_spec(self, "BraTS sample", {"cases": (1, 10_000), "slices": (2, 500), "size": (32, 2048)})
+        if isinstance(self.year, bool) or not isinstance(self.year, int) or self.year not in CONVENTIONS:
+            raise ConfigError(
+                f"BraTS sample year must be one of {', '.join(map(str, CONVENTIONS))}, got {self.year!r}"
+            )
+
+    @property
+    def convention(self) -> BratsConvention:
+        return CONVENTIONS[self.year]
 
     @property
     def cache_name(self) -> str:
-        return f"sample-brats-v{VERSION}-{self.cases}x{self.slices}-{self.size}-seed{self.seed}"
+        year = "" if self.year == DEFAULT_YEAR else f"-{self.year}"  # 2021 keeps the name it had before years
+        return f"sample-brats{year}-v{VERSION}-{self.cases}x{self.slices}-{self.size}-seed{self.seed}"
 
 
-def case_name(index: int) -> str:
-    """`SAMPLE_BRATS_001` for case 0."""
-    return f"SAMPLE_BRATS_{index + 1:03d}"
+def case_name(index: int, year: int = DEFAULT_YEAR) -> str:
+    """`SAMPLE_BRATS_001` (2021) or `BraTS-GLI-00001-000` (2023) for case 0."""
+    return CONVENTIONS[year].case_name(index)
 
 
 def generate_case(spec: BratsSampleSpec, index: int, template: Template | None = None) -> BratsCase:
@@ -103,18 +145,23 @@ def cached_brats_sample(spec: BratsSampleSpec = BratsSampleSpec(), *, cache_dir:
 
 def write_sample(
     out: str | Path, layout: str = "kaggle_3m", *, patients: int | None = None, slices: int | None = None,
-    size: int | None = None, seed: int = 0, progress: bool = False,
+    size: int | None = None, seed: int = 0, brats_year: int | None = None, progress: bool = False,
 ) -> Path:
     """`seg-sample`: the built-in sample in `layout` ("kaggle_3m" or "brats"); None takes the
-    layout's default (`SampleSpec`, `BratsSampleSpec`)."""
+    layout's default (`SampleSpec`, `BratsSampleSpec`). `brats_year` (2021 or 2023) names and
+    labels the brats layout's files as that BraTS release does; it has no meaning for kaggle_3m."""
     if layout not in SAMPLE_LAYOUTS:
         raise ConfigError(f"unknown sample layout {layout!r}; valid layouts: {', '.join(SAMPLE_LAYOUTS)}")
+    if brats_year is not None and layout != "brats":
+        raise ConfigError(f"a BraTS year ({brats_year}) applies to the brats layout only, not {layout}; "
+                          "ask for the brats layout or leave the year out")
     sizes = {key: value for key, value in (("slices", slices), ("size", size)) if value is not None}
     count = "cases" if layout == "brats" else "patients"
     if patients is not None:
         sizes[count] = patients
     if layout == "brats":
-        return write_brats_sample(out, BratsSampleSpec(seed=seed, **sizes), progress=progress)
+        year = {"year": brats_year} if brats_year is not None else {}
+        return write_brats_sample(out, BratsSampleSpec(seed=seed, **sizes, **year), progress=progress)
     return write_sample_dataset(out, SampleSpec(seed=seed, **sizes), progress=progress)
 
 
@@ -127,14 +174,17 @@ def _write_cases(root: Path, spec: BratsSampleSpec, nib, *, progress: bool) -> N
         cases = list(_maybe_track(results, spec.cases, enabled=progress))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+    recorded = asdict(spec)
+    if spec.year == DEFAULT_YEAR:
+        del recorded["year"]  # the 2021 info file stays byte for byte what it was before years, when all were 2021
     info = {
         "generator": "brainseg.data.synthetic.sample_brats",
         "version": VERSION,
-        "spec": asdict(spec),
+        "spec": recorded,
         "layout": "brats",
-        "modalities": list(MODALITIES),
+        "modalities": [spec.convention.modalities[m] for m in MODALITIES],
         "labels": {str(NECROSIS): "necrotic / non-enhancing core", str(OEDEMA): "oedema",
-                   str(ENHANCING): "enhancing tumour"},
+                   str(spec.convention.enhancing): "enhancing tumour"},
         "units": "float32 scanner units, gain per case and sequence; 0 outside the brain",
         "anatomy": ANATOMY_SOURCE,
         "anatomy_package": f"nilearn {_installed_version('nilearn')}",
@@ -146,20 +196,22 @@ def _write_cases(root: Path, spec: BratsSampleSpec, nib, *, progress: bool) -> N
 def _write_case(root: Path, spec: BratsSampleSpec, template: Template, nib, index: int) -> dict:
     """Synthesise and write case `index`; return its entry for the info file."""
     case = generate_case(spec, index, template)
-    name = case_name(index)
+    name = spec.convention.case_name(index)
     folder = root / name
     folder.mkdir()
     orientation = ORIENTATIONS[index % len(ORIENTATIONS)]
     rng = np.random.default_rng([spec.seed, index, _RNG_STREAM, 1])
     centre = np.array([rng.normal(0, 5), rng.normal(15, 10), rng.normal(20, 15)])  # table position, mm
-    volumes = {**case.images, "seg": case.seg}
+    seg = case.seg.copy()
+    seg[case.seg == ENHANCING] = spec.convention.enhancing
+    volumes = {**case.images, BRATS_LABEL: seg}
     for modality, volume in volumes.items():
         data, affine = to_nifti(volume, case.pose.pixel_mm, case.pose.spacing_mm, centre, orientation)
         image = nib.Nifti1Image(data, affine)
         image.set_qform(affine, code=1)  # scanner coordinates
         image.set_sform(affine, code=1)
         image.header.set_xyzt_units("mm")
-        path = folder / f"{name}_{modality}.nii.gz"
+        path = folder / spec.convention.file_name(name, modality)
         try:
             nib.save(image, path)
         except OSError as exc:

@@ -13,6 +13,8 @@ with '.') ignored:
   the modality is a BraTS name (t1 t1ce t2 flair t1n t1c t2w t2f), one the manifest names, or seg,
   at least two with the same `<case>`, form ONE `brats` scan whose paths are the manifest's
   modalities in its order; a case without one of them is skipped with a reason naming the file.
+  A modality's BraTS 2021 and 2023 names are one sequence (t1 = t1n, t1ce = t1c, t2 = t2w,
+  flair = t2f): either file serves, and a case with both is skipped with a reason naming them.
   `*_seg` / `*-seg` label files are ignored.
 - DICOM files (.dcm) of one folder form one `dicom` scan per SeriesInstanceUID (needs pydicom;
   without it the folder is skipped with a reason).
@@ -48,6 +50,7 @@ from brainseg.data.names import (
     is_nifti,
     natural_key,
     numbered_slice,
+    sequence_names,
 )
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import BrainsegError, DataError
@@ -156,21 +159,24 @@ class _Finder:
 
     def _case_paths(self, folder: Path, case: str, members: list[tuple[str, Path]]) -> list[Path] | None:
         """The case's files in the manifest's modality order, or None after recording why not."""
-        by_modality: dict[str, list[Path]] = {}
+        by_sequence: dict[tuple[str, ...], list[Path]] = {}
         for modality, path in members:
-            by_modality.setdefault(modality, []).append(path)
-        twice = [f"{m}: {', '.join(p.name for p in ps)}" for m, ps in by_modality.items() if len(ps) > 1]
+            by_sequence.setdefault(sequence_names(modality), []).append(path)
+        twice = [f"{' = '.join(s)}: {', '.join(p.name for p in ps)}" for s, ps in by_sequence.items() if len(ps) > 1]
         if twice:
             self._skip(folder, f"BraTS case {case} has several files for one modality ({'; '.join(twice)})")
             return None
         example = members[0][1].name
         separator, suffix = example[len(case)], file_suffix(example)
-        missing = [f"{case}{separator}{m}{suffix}" for m in self.modalities if m not in by_modality]
+        missing = [
+            " or ".join(f"{case}{separator}{name}{suffix}" for name in sequence_names(m))
+            for m in self.modalities if sequence_names(m) not in by_sequence
+        ]
         if missing:
             needed = ", ".join(self.modalities)
             self._skip(folder, f"BraTS case {case}: missing {', '.join(missing)} (the artifacts need {needed})")
             return None
-        return [by_modality[m][0] for m in self.modalities]
+        return [by_sequence[sequence_names(m)][0] for m in self.modalities]
 
     def _add_dicom(self, root: Path, files: list[Path], parts: list[str]) -> None:
         try:
