@@ -50,3 +50,9 @@ class TritonKind(StrChoice):
     """Where a Triton model's instances run."""
 
     GPU, CPU = "gpu", "cpu"
+
+
+class BratsLabels(StrChoice):
+    """The BraTS label convention of a label map: enhancing tumour 4 (up to 2021) or 3 (from 2023)."""
+
+    Y2021, Y2023 = "2021", "2023"

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
+from brainseg.choices import BackendName, BratsLabels, ComponentRule, PrecisionName, TtaMode
 from brainseg.errors import BrainsegError
 
 # the options of every command that runs an artifacts folder (seg-run, seg-eval, seg-serve), worded once;
@@ -28,6 +28,9 @@ Precision = Annotated[PrecisionName | None, typer.Option(
     help="Precision to run; default: fp16 on a GPU, int8 on a CPU (each only if it passed the gate).")]
 Tta = Annotated[TtaMode, typer.Option(help="Flip test-time augmentation; auto: the artifacts' choice.")]
 Components = Annotated[ComponentRule, typer.Option(help="3-D component rule; auto: the artifacts' choice.")]
+Labels = Annotated[BratsLabels | None, typer.Option(
+    "--brats-labels", help="BraTS label maps' convention: 2021 (enhancing tumour 4) or 2023 (3); default: the "
+                           "training labels'.")]
 
 
 def command(*, error_code: int = 1) -> Callable[[Callable], Callable]:

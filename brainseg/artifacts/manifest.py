@@ -117,6 +117,11 @@ class Manifest:
         """How the source run read its data (None for folders exported before it was recorded)."""
         return self.data.source_run.reader
 
+    @property
+    def brats_labels(self) -> str | None:
+        """The BraTS label convention ("2021" or "2023") of the training labels, None where not recorded."""
+        return self.reader.brats_labels if self.reader is not None else None
+
     def split_ids(self, split: str) -> list[str]:
         """The source run's "val" or "test" patient ids, as the export recorded them."""
         if split not in ("val", "test"):

@@ -130,6 +130,9 @@ class ReaderSettings(Section):
     sample_patients: int | None = None
     sample_slices: int | None = None
     seed: int | None = None
+    # the BraTS label convention of the training labels ("2021": enhancing tumour 4, "2023": 3); the
+    # one seg-run writes label maps in by default. None: not BraTS, not shown, or an older export
+    brats_labels: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,23 @@ from brainseg.errors import ConfigError, InputSkipped, require
 TARGETS = ("wt", "brats-regions")
 # enhancing tumour is 4 up to BraTS 2021 and 3 from BraTS 2023; one file uses one convention
 BRATS_LABEL_SETS = ((0, 1, 2, 4), (0, 1, 2, 3))
+# the label conventions by the year that introduced them: the label of each region's own tissue,
+# (whole tumour's outer tissue = oedema/SNFH, tumour core's = necrosis/NETC, enhancing tumour)
+LABEL_CONVENTIONS = {"2021": (2, 1, 4), "2023": (2, 1, 3)}
+DEFAULT_CONVENTION = "2021"  # what brainseg wrote before it recorded a convention
+
+
+def check_convention(convention: str) -> str:
+    """`convention` ("2021" or "2023"), or a ConfigError naming the valid ones."""
+    if convention not in LABEL_CONVENTIONS:
+        raise ConfigError(f"BraTS label convention {convention!r} is not one of {', '.join(LABEL_CONVENTIONS)} "
+                          "(2021: enhancing tumour 4; 2023: enhancing tumour 3)")
+    return convention
+
+
+def labels_convention(labels: Collection[int]) -> str | None:
+    """The convention a label map's values show: "2023" with a 3, "2021" with a 4, None with neither."""
+    return "2023" if 3 in labels else "2021" if 4 in labels else None
 
 SkipFn = Callable[[Path, str], None]
 
@@ -110,6 +127,7 @@ def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> V
                 folder, f"{files[modality].name} and {files[BRATS_LABEL].name} have different affines (not one grid)"
             )
     labels = _check_labels(files[BRATS_LABEL], seg)
+    convention = labels_convention(set(np.unique(labels).tolist()))
     stack = np.stack(images, axis=-1)  # (X, Y, Z, C)
     keep = np.flatnonzero(np.any(stack != 0, axis=(0, 1, 3)))
     if keep.size == 0:
@@ -125,6 +143,7 @@ def _read_case(folder: Path, modalities: tuple[str, ...], target: str, nib) -> V
         spacing=(float(zooms[0][1]), float(zooms[0][0])),
         source="brats",
         slice_step=float(zooms[0][2]),
+        label_convention=convention,
     )
 
 

@@ -26,6 +26,8 @@ class Volume:
         spacing: in-plane pixel size (row, column) in mm when the source says so, else None.
         slice_step: distance between consecutive slices in mm when known, else None.
         source: the layout it came from: "kaggle_3m", "brats", "folders" or "sample".
+        label_convention: for BraTS, the year of the label convention its label file used ("2021":
+            enhancing tumour 4, "2023": 3), None where it shows neither (no enhancing tumour).
     """
 
     patient_id: str
@@ -35,6 +37,7 @@ class Volume:
     spacing: tuple[float, float] | None = None
     source: str = ""
     slice_step: float | None = None
+    label_convention: str | None = None
 
     def __post_init__(self) -> None:
         if self.image.ndim != 4 or self.mask.ndim != 4:

@@ -27,6 +27,7 @@ from brainseg.data.readers import read_dataset
 from brainseg.data.synthetic.builtin import BUILTIN_SAMPLES, builtin_sample
 from brainseg.data.volume import Dataset, SkippedInput, Volume
 from brainseg.errors import ConfigError, DataError
+from brainseg.evaluation import brats_metrics
 from brainseg.evaluation import report as report_files
 from brainseg.evaluation.report import OverlaySlice
 from brainseg.metrics import REGION_NAMES, PatientScore, score_patient, summarize
@@ -92,6 +93,7 @@ class _Scored:
     backend: dict
     choice: Choice
     post: PostProcessing
+    brats: list[dict] | None = None  # a BraTS-regions model: the challenge's figures per patient (brats_metrics)
 
 
 def evaluate(data: str | Path, artifacts: str | Path, out: str | Path, options: EvalOptions = EvalOptions(),
@@ -259,18 +261,25 @@ def score_ensemble(volumes: list[Volume], manifest: Manifest, options: EvalOptio
     """Predict each volume with the Segmenter seg-run would open (backend, TTA, component rule), and score it."""
     regions: dict[str, list[PatientScore]] = {name: [] for name in region_names(manifest.classes)}
     overlays = []
+    # a BraTS-regions model is also scored as the challenge scores it (needs panoptica: checked before inference)
+    challenge = brats_metrics.evaluator() if manifest.classes == len(brats_metrics.REGION_LABELS) else None
+    brats = [] if challenge is not None else None
     with Segmenter(manifest, options) as segmenter:
         for done, volume in enumerate(volumes, start=1):
             prediction = segmenter.predict(volume.image)
             for k, scores in enumerate(regions.values()):
                 scores.append(score_patient(volume.patient_id, prediction.mask[..., k] > 0, volume.mask[..., k] > 0,
                                             spacing=volume.spacing, slice_step=volume.slice_step))
+            if challenge is not None:
+                in_mm = volume.spacing is not None and volume.slice_step is not None
+                spacing = (volume.slice_step, *volume.spacing) if in_mm else None
+                brats.append(brats_metrics.score_case(prediction.mask, volume.mask, spacing, challenge))
             worst = worst_slice(volume, prediction)
             if worst is not None:
                 overlays.append(worst)
             if on_patient is not None:
                 on_patient(volume.patient_id, done, len(volumes))
-        return _Scored(regions, overlays, segmenter.describe(), segmenter.choice, segmenter.post)
+        return _Scored(regions, overlays, segmenter.describe(), segmenter.choice, segmenter.post, brats)
 
 
 def worst_slice(volume: Volume, prediction: Prediction) -> OverlaySlice | None:
@@ -308,6 +317,12 @@ def build_report(data: str | Path, dataset: Dataset, settings: DataSettings, spl
     unlabelled = unlabelled_patients(dataset.skipped)
     unlabelled_inputs = {(entry["path"], entry["reason"]) for entry in unlabelled}
     in_mm = all(v.spacing is not None and v.slice_step is not None for v in volumes)
+    challenge = {}
+    if scored.brats is not None:  # each patient's entry gets its figures, the report their means
+        for entry, figures in zip(headline["per_patient"], scored.brats, strict=True):
+            entry["brats"] = figures
+        challenge = {"brats": {"means": brats_metrics.means(scored.brats), "hd95_unit": "mm" if in_mm else "voxels",
+                               "conventions": brats_metrics.CONVENTIONS}}
     return json_safe({
         "format": FORMAT,
         "data": str(Path(data).resolve()),
@@ -330,6 +345,7 @@ def build_report(data: str | Path, dataset: Dataset, settings: DataSettings, spl
         "dice_mean": headline["dice"]["mean"],
         **headline,
         "regions": summaries,
+        **challenge,
     })
 
 

@@ -146,6 +146,8 @@ def markdown(report: dict) -> str:
     lines += _provenance(report) + [""] + _headline(report) + [""]
     if len(report["regions"]) > 1:
         lines += _regions(report) + [""]
+    if "brats" in report:
+        lines += _challenge(report["brats"]) + [""]
     lines += _per_patient(report) + [""] + _pictures(report) + [""] + _left_out(report)
     return "\n".join(lines) + "\n"
 
@@ -199,6 +201,19 @@ def _regions(report: dict) -> list[str]:
         lines.append(f"| {name} | {_number(dice['mean'])} | {_number(dice['median'])} | {_number(dice['min'])} "
                      f"| {_number(summary['hd95']['mean'])} | {summary['hd95_undefined']} |")
     return lines
+
+
+def _challenge(brats: dict) -> list[str]:
+    lines = ["## As the BraTS challenge scores it (lesion-wise, panoptica)", "",
+             f"| region | lesion-wise Dice | lesion-wise HD95 ({brats['hd95_unit']}) | lesion-wise NSD | global Dice "
+             f"| global HD95 ({brats['hd95_unit']}) | global NSD | TP | FP | FN | F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for region, row in brats["means"].items():
+        lines.append(f"| {region.upper()} | {_number(row['lesion_wise_dice'])} | {_number(row['lesion_wise_hd95'], 2)} "
+                     f"| {_number(row['lesion_wise_nsd'])} | {_number(row['global_dice'])} "
+                     f"| {_number(row['global_hd95'], 2)} | {_number(row['global_nsd'])} | {int(row['tp'])} "
+                     f"| {int(row['fp'])} | {int(row['fn'])} | {_number(row['f1'])} |")
+    return [*lines, "", f"Conventions: {brats['conventions']}."]
 
 
 def _per_patient(report: dict) -> list[str]:

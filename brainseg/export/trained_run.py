@@ -45,6 +45,7 @@ class TrainedRun:
     config: TrainConfig
     data: str
     student: TrainedMember | None = None  # seg-train --distill's network, where the run has one
+    brats_labels: str | None = None  # the BraTS label convention of the run's label files (run.json)
 
     @property
     def networks(self) -> dict[str, nn.Module]:
@@ -94,12 +95,13 @@ def load_run(run_dir: str | Path, models: list[str] | None = None) -> TrainedRun
                     "members of one ensemble must be trained on the same data and size"
                 )
     student = loaded.pop()[0] if with_student else None
+    info = json.loads((run_dir / "run.json").read_text())
     return TrainedRun(
         run_dir=run_dir, members=[m for m, _ in loaded], student=student,
         norm=Normalisation.from_dict(first["normalisation"]),
         img_size=first["img_size"], in_channels=first["in_channels"], classes=first["classes"],
         threshold=first["threshold"], split=load_split(run_dir / "split.json"), config=config,
-        data=json.loads((run_dir / "run.json").read_text())["data"],
+        data=info["data"], brats_labels=info.get("brats_labels"),
     )
 
 

@@ -29,6 +29,7 @@ from brainseg.artifacts.layout import DISAGREEMENT, MASK, PROBABILITY
 from brainseg.artifacts.manifest import InputSpec, Manifest
 from brainseg.artifacts.sessions import DEFAULT_SPINNING
 from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
+from brainseg.data.brats import DEFAULT_CONVENTION, LABEL_CONVENTIONS
 from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.errors import ConfigError
 from brainseg.postprocess import PostProcessing
@@ -58,6 +59,8 @@ class SegmenterOptions:
         cuda_graph: TensorRT: capture a CUDA graph for batches of `batch_size`.
         max_voxels: a volume whose header declares more voxels (channels included) is refused
             before anything is allocated for it (`brainseg.runtime.io.declared`).
+        brats_labels: the BraTS label convention label maps are written in, "2021" (enhancing
+            tumour 4) or "2023" (3); None for the training labels' (`labels_for`).
     """
 
     backend: str = BackendName.AUTO.value
@@ -70,6 +73,11 @@ class SegmenterOptions:
     batch_size: int = 8
     cuda_graph: bool = False
     max_voxels: int = MAX_VOXELS
+    brats_labels: str | None = None
+
+    def labels_for(self, manifest: Manifest) -> str:
+        """The label convention to write: `brats_labels`, else the training labels', else 2021's."""
+        return str(self.brats_labels or manifest.brats_labels or DEFAULT_CONVENTION)
 
     def segmenter_options(self) -> SegmenterOptions:
         """These settings alone, from a command's options that extend them (RunOptions, EvalOptions...)."""
@@ -88,6 +96,9 @@ class SegmenterOptions:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.max_voxels < 1:
             raise ConfigError(f"--max-voxels must be at least 1, got {self.max_voxels}")
+        if self.brats_labels is not None and str(self.brats_labels) not in LABEL_CONVENTIONS:
+            raise ConfigError(f"--brats-labels must be one of {', '.join(LABEL_CONVENTIONS)}, "
+                              f"got {self.brats_labels!r}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from brainseg.choices import BackendName, ComponentRule, TtaMode
-from brainseg.cli_support import Backend, Components, Precision, Tta, command
+from brainseg.cli_support import Backend, Components, Labels, Precision, Tta, command
 
 MAX_PIXELS = 16384 * 16384  # ServeOptions' defaults, restated so that --help needs no runtime import
 MAX_VOXELS = 512 * 512 * 320
@@ -40,6 +40,7 @@ def serve_command(
     = None,
     tta: Tta = TtaMode.AUTO,
     components: Components = ComponentRule.AUTO,
+    brats_labels: Labels = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB, as sent; bigger ones get 413.")]
     = 64.0,
     max_pixels: Annotated[int, typer.Option(
@@ -67,7 +68,7 @@ def serve_command(
                            batch_wait_ms=batch_wait_ms, precision=precision, backend=backend, device=device,
                            threads=threads, tta=tta, components=components, max_body_mb=max_body_mb,
                            max_pixels=max_pixels, max_voxels=max_voxels, body_timeout_s=body_timeout_s,
-                           max_uploads=max_uploads, max_buffered_mb=max_buffered_mb)
+                           max_uploads=max_uploads, max_buffered_mb=max_buffered_mb, brats_labels=brats_labels)
 
     def ready(url: str) -> None:
         typer.echo(f"seg-serve is ready at {url} (POST {url}/v1/segment; Ctrl-C to stop)")

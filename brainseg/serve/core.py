@@ -54,6 +54,7 @@ Submit = Callable[[np.ndarray], Awaitable[list]]
 class _Model:
     segmenter: Segmenter
     sha256: str  # of the manifest as loaded: names the model in every answer
+    brats_labels: str  # the convention label maps are answered in
 
 
 class Stats:
@@ -148,7 +149,7 @@ class SegmentationService:
         log.info("serving artifacts with manifest sha256 %s (ships %s): %s %s (%s); %s", segmenter.manifest.sha256[:12],
                  segmenter.deployed, segmenter.choice.backend, segmenter.precision, segmenter.choice.reason,
                  segmenter.post.describe())
-        return _Model(segmenter, segmenter.manifest.sha256)
+        return _Model(segmenter, segmenter.manifest.sha256, self.options.labels_for(segmenter.manifest))
 
     def wait_loaded(self, timeout: float | None = None) -> None:
         """Block until the model has loaded; raise what loading raised."""
@@ -303,7 +304,8 @@ class SegmentationService:
 
 def _answer(model: _Model, data: ScanData, arrays: dict[str, np.ndarray], as_json: bool) -> payloads.Answer:
     prediction = model.segmenter.steps.finish_scan(data, arrays)
-    return payloads.answer(data, prediction, as_json=as_json, manifest_sha256=model.sha256)
+    return payloads.answer(data, prediction, as_json=as_json, manifest_sha256=model.sha256,
+                           brats_labels=model.brats_labels)
 
 
 def _server_timing(marks: list[float], backend_seconds: float) -> str:

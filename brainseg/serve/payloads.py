@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.data.brats import DEFAULT_CONVENTION
 from brainseg.errors import BrainsegError, InputSkipped
 from brainseg.runtime import outputs
 from brainseg.runtime.io.nifti import one_line
@@ -111,13 +112,16 @@ def read_body(body: bytes, media: str, steps: ScanSteps, limits: Limits) -> tupl
     return data, image
 
 
-def answer(data: ScanData, prediction: Prediction, *, as_json: bool, manifest_sha256: str) -> Answer:
-    """The mask `seg-run` would write for this scan (PNG for a slice, NIfTI for a volume) and its numbers.
+def answer(data: ScanData, prediction: Prediction, *, as_json: bool, manifest_sha256: str,
+           brats_labels: str = DEFAULT_CONVENTION) -> Answer:
+    """The mask `seg-run` would write for this scan (PNG for a slice, NIfTI for a volume, a BraTS
+    label map in `brats_labels` for a BraTS-regions model) and its numbers.
 
-    Headers always carry the results.csv numbers; with `as_json` the body is JSON with the mask
-    base64-encoded under "mask" (see docs/serve.md for the shape).
+    Headers always carry the results.csv numbers (and, with a label map, X-BraTS-Labels: its
+    convention); with `as_json` the body is JSON with the mask base64-encoded under "mask" (see
+    docs/serve.md for the shape).
     """
-    mask, media_type = _mask_file(data, prediction)
+    mask, media_type = _mask_file(data, prediction, brats_labels)
     row = outputs.scan_row(data, prediction)
     headers = {
         "X-Tumour-Pixels": str(row["tumour_pixels"]),
@@ -128,21 +132,25 @@ def answer(data: ScanData, prediction: Prediction, *, as_json: bool, manifest_sh
     }
     if row["qc_flag"]:
         headers["X-QC-Flag"] = row["qc_flag"]
+    labelled = data.scan.kind != "slice" and prediction.mask.shape[-1] == outputs.BRATS_REGIONS
+    if labelled:
+        headers["X-BraTS-Labels"] = brats_labels
     if not as_json:
         return Answer(mask, media_type, headers)
     fields = ("slices", "height", "width", "tumour_pixels", "tumour_area_mm2", "tumour_volume_ml",
               "largest_component_pixels", "max_probability", "mean_disagreement", "qc_flag", "notes")
     record = {"mask": base64.b64encode(mask).decode("ascii"), "mask_media_type": media_type,
-              **{name: row[name] for name in fields}, "manifest_sha256": manifest_sha256}
+              **{name: row[name] for name in fields}, "manifest_sha256": manifest_sha256,
+              **({"brats_labels": brats_labels} if labelled else {})}
     return Answer(json.dumps(record).encode(), JSON, headers)
 
 
-def _mask_file(data: ScanData, prediction: Prediction) -> tuple[bytes, str]:
+def _mask_file(data: ScanData, prediction: Prediction, brats_labels: str) -> tuple[bytes, str]:
     """The bytes of the mask file seg-run writes for this scan, and their media type."""
     if data.scan.kind == "slice":
         return outputs.encode_png(outputs.mask_png_values(prediction.mask[0])), PNG
-    if prediction.mask.shape[-1] == len(outputs.BRATS_REGION_LABELS):
-        axial = outputs.brats_label_map(prediction.mask)  # (S, H, W) BraTS labels
+    if prediction.mask.shape[-1] == outputs.BRATS_REGIONS:
+        axial = outputs.brats_label_map(prediction.mask, brats_labels)  # (S, H, W) BraTS labels
     else:
         axial = (prediction.mask[..., 0] > 0).astype(np.uint8)  # (S, H, W) 0/1
     return outputs.nifti_like(axial, data), NIFTI_GZ

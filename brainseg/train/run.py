@@ -55,26 +55,39 @@ def _prepare_run_dir(out: Path, resume: bool, cfg: TrainConfig, data: str) -> tu
     return cfg, data
 
 
-def _cache_slices(data: str, cfg: TrainConfig, out: Path, ctx: DistContext) -> tuple[SliceCache, str, list]:
+def _cache_slices(data: str, cfg: TrainConfig, out: Path,
+                  ctx: DistContext) -> tuple[SliceCache, str, list, str | None]:
     """Read the data one volume at a time into the slice cache (rank 0; the others open it).
 
-    Returns the cache, the layout, and what was skipped; a folder with nothing usable raises the
-    same DataError on every rank.
+    Returns the cache, the layout, what was skipped, and the BraTS label convention the label files
+    used (`brats_convention`); a folder with nothing usable raises the same DataError on every rank.
     """
     folder = out / SLICE_CACHE
     answer: tuple = ()
     if ctx.is_main:
         try:
-            stream = stream_run_dataset(data, cfg)
-            cache = SliceCache.build(stream, folder, cfg.img_size)
+            stream, found = stream_run_dataset(data, cfg), set()
+            seen = (volume for volume in stream if not found.add(volume.label_convention))
+            cache = SliceCache.build(seen, folder, cfg.img_size)
             stream.check_read(len(cache.patients))
-            answer = ("ok", stream.layout, [asdict(s) for s in stream.skipped])
+            answer = ("ok", stream.layout, [asdict(s) for s in stream.skipped], brats_convention(found))
         except BrainsegError as exc:
             answer = ("error", type(exc), str(exc))
     answer = broadcast(answer, ctx)
     if answer[0] == "error":
         raise answer[1](answer[2])
-    return (cache if ctx.is_main else SliceCache.open(folder)), answer[1], answer[2]
+    return (cache if ctx.is_main else SliceCache.open(folder)), answer[1], answer[2], answer[3]
+
+
+def brats_convention(found: set[str | None]) -> str | None:
+    """The one label convention the volumes' label files showed ("2021" or "2023"), None when they
+    showed none (not BraTS, or no enhancing tumour anywhere) or both (a warning: seg-run then writes
+    the 2021 labels unless told otherwise with --brats-labels)."""
+    years = sorted(year for year in found if year)
+    if len(years) > 1:
+        log.warning("the label files use both BraTS conventions (enhancing tumour 4 and 3); the run records "
+                    "none, so seg-run writes enhancing tumour as 4 unless given --brats-labels")
+    return years[0] if len(years) == 1 else None
 
 
 def _split_for(ids: list[str], out: Path, cfg: TrainConfig, resume: bool, ctx: DistContext) -> Split:
@@ -172,10 +185,10 @@ def train_run(
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             write_atomic(out / "config.json", cfg.to_json())
-        cache, layout, skipped = _cache_slices(data, cfg, out, ctx)
+        cache, layout, skipped, convention = _cache_slices(data, cfg, out, ctx)
         split = _split_for(cache.ids, out, cfg, resume, ctx)
         if ctx.is_main:
-            _write_run_info(out, data, cache, layout, skipped, split, ctx)
+            _write_run_info(out, data, cache, layout, skipped, split, ctx, convention)
             cache.write_table(split.train)
         barrier(ctx)
         table = cache.table()
@@ -224,8 +237,9 @@ def _read(data: str, cfg: TrainConfig, ids: list[str]) -> list[Volume]:
 
 
 def _write_run_info(out: Path, data: str, cache: SliceCache, layout: str, skipped: list[dict], split: Split,
-                    ctx: DistContext) -> None:
-    """run.json: where the data came from, what was skipped and why, and the split's sizes."""
+                    ctx: DistContext, convention: str | None) -> None:
+    """run.json: where the data came from, its BraTS label convention, what was skipped and why, and the
+    split's sizes."""
     def count(ids: list[str]) -> dict:
         chosen = [p for p in cache.patients if p.patient_id in set(ids)]
         return {"patients": len(chosen), "slices": sum(p.slices for p in chosen),
@@ -235,7 +249,7 @@ def _write_run_info(out: Path, data: str, cache: SliceCache, layout: str, skippe
         log.warning("skipped %s: %s", entry["path"], entry["reason"])
     first = cache.patients[0]
     reports.write_json(out / "run.json", {
-        "data": data, "layout": layout, "in_channels": first.channels,
+        "data": data, "layout": layout, "brats_labels": convention, "in_channels": first.channels,
         "classes": first.classes, "world_size": ctx.world_size, "device": str(ctx.device),
         "torch": torch.__version__,
         "sets": {name: count(getattr(split, name)) for name in ("train", "val", "test")},

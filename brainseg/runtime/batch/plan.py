@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.artifacts.manifest import Manifest
+from brainseg.data.brats import DEFAULT_CONVENTION
 from brainseg.data.volume import SkippedInput
 from brainseg.errors import ConfigError, DataError
 from brainseg.runtime import outputs
 from brainseg.runtime.io import discovery
 from brainseg.runtime.io.scans import Scan, ScanData
-from brainseg.runtime.outputs import report_html
+from brainseg.runtime.outputs import report_html, submission
 from brainseg.runtime.segmenter import ScanSteps, Segmenter, SegmenterOptions
 
 log = logging.getLogger("brainseg.runtime")
@@ -42,6 +43,7 @@ class RunOptions(SegmenterOptions):
     ray: str | None = None  # "local" or a Ray cluster's address: run on Ray Data (brainseg.runtime.batch.ray_run)
     ray_actors: int = 1  # Ray: inference actors, one Segmenter (and one GPU where the cluster has GPUs) each
     max_attempts: int = 3  # Ray: a scan's task tried at most this often (its worker may die), then the scan is skipped
+    submission: Path | None = None  # BraTS: also write <case>.nii.gz label maps here (outputs.submission)
 
 
 @dataclass
@@ -96,17 +98,22 @@ class RunPlan:
         return [scan for scan in self.scans if scan not in done]
 
     def made_by(self, precision: str) -> dict:
-        """What each row of this run records about the model that made it (outputs.MADE_BY)."""
+        """What each row of this run records about the model that made it (outputs.MADE_BY); the
+        label convention only for a BraTS-regions model (the others write no label map)."""
+        regions = self.manifest.classes == outputs.BRATS_REGIONS
         return {"manifest_sha256": self.manifest.sha256, "precision": precision,
-                "postprocessing": self.steps.post.describe()}
+                "postprocessing": self.steps.post.describe(),
+                "brats_labels": self.out_options.brats_labels if regions else ""}
 
     def check_made_by(self, out: Path, done: list[Scan], precision: str | None) -> None:
         """ConfigError naming both models when a done scan's row was made by another (see `todo`)."""
         wanted = self.made_by(precision or "")
         names = {"manifest_sha256": "artifacts (manifest sha256)", "precision": "precision",
-                 "postprocessing": "post-processing"}
+                 "postprocessing": "post-processing", "brats_labels": "BraTS labels (--brats-labels)"}
         for scan in done:
             row = outputs.load_row(out, scan)
+            if "brats_labels" not in row and row.get("manifest_sha256"):  # brainseg before it was recorded
+                row["brats_labels"] = DEFAULT_CONVENTION if wanted["brats_labels"] else ""
             for field_name in outputs.MADE_BY:
                 if field_name == "precision" and precision is None:
                     continue
@@ -147,6 +154,8 @@ class RunPlan:
         summary.skipped = [{"path": s.path, "reason": s.reason} for s in self.skipped]
         summary.timings_s = {**{k: round(v, 3) for k, v in seconds.items()}, "wall": round(wall, 3)}
         summary.slices_per_s = round(summary.slices / wall, 2) if wall > 0 and summary.slices else 0.0
+        if self.out_options.submission is not None:  # scans an earlier run did get their file from its label map
+            submission.complete(self.out_options.submission, out, self.scans, outputs.label_map_file)
         outputs.write_results_csv(out, rows := outputs.collect_rows(out, self.scans))
         outputs.write_summary(out, record := {**asdict(summary), "exit_code": summary.exit_code})
         report_html.write_report_html(out, record, rows)
@@ -159,6 +168,10 @@ def plan_run(paths: Sequence[str | Path], artifacts: str | Path, options: RunOpt
     scans, skipped = discovery.discover([Path(p) for p in paths], manifest.input.modalities)
     if not scans and not skipped:
         raise DataError(f"no scans found under {', '.join(map(str, paths))}")
+    if options.submission is not None:
+        submission.check_cases(Path(options.submission), scans)
     return RunPlan(manifest, scans, skipped, ScanSteps.of(manifest, options), outputs.OutputOptions(
         overwrite=options.overwrite, save_probability=options.save_probability, overlays=options.overlays,
-        qc_threshold=options.qc_threshold, manifest_sha256=manifest.sha256))  # the sha256 names the model in DICOM SEGs
+        qc_threshold=options.qc_threshold, manifest_sha256=manifest.sha256,  # the sha256 names the model in DICOM SEGs
+        brats_labels=options.labels_for(manifest),
+        submission=Path(options.submission) if options.submission is not None else None))

@@ -18,8 +18,10 @@ Layout, with `<key>` the scan's '/'-separated key:
 Mask values: PNG masks are 0/255 for one class; for K nested classes the PNG value is the number
 of regions the pixel is in times 255 // K (K=3: 0, 85, 170, 255). NIfTI masks are 0/1 for one
 class; for the three BraTS regions (whole tumour, tumour core, enhancing tumour) they are the
-BraTS labels every BraTS tool reads: 2 (oedema) where the whole tumour is, overwritten by 1
-(necrotic core) where the tumour core is, overwritten by 4 (enhancing tumour) where that is. Every file is written with
+BraTS labels every BraTS tool reads: 2 (oedema / SNFH) where the whole tumour is, overwritten by 1
+(necrotic core / NETC) where the tumour core is, overwritten by the enhancing tumour's label where
+that is: 4 in the BraTS 2021 convention, 3 from BraTS 2023 (`OutputOptions.brats_labels`). Every
+file is written with
 `write_atomic`, and an existing file is kept unless `overwrite` is set. Never imports torch.
 """
 
@@ -37,24 +39,30 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from brainseg.data.brats import DEFAULT_CONVENTION, LABEL_CONVENTIONS, check_convention
 from brainseg.errors import DataError
 from brainseg.fileio import write_atomic
 from brainseg.runtime.io.scans import Prediction, Scan, ScanData
+from brainseg.runtime.outputs import submission
 from brainseg.runtime.outputs.dicom_seg import segmentation_bytes
+from brainseg.runtime.outputs.images import DISAGREEMENT_RGB as DISAGREEMENT_RGB
+from brainseg.runtime.outputs.images import HIGH_DISAGREEMENT as HIGH_DISAGREEMENT
+from brainseg.runtime.outputs.images import TUMOUR_RGB as TUMOUR_RGB
+from brainseg.runtime.outputs.images import draw_overlay, mask_png_values
+from brainseg.runtime.outputs.images import outline as outline
+from brainseg.runtime.outputs.images import overlay_base as overlay_base
 
 ROW_COLUMNS = (
     "key", "kind", "source", "slices", "height", "width", "tumour_pixels", "tumour_area_mm2",
     "tumour_volume_ml", "wt_volume_ml", "tc_volume_ml", "et_volume_ml", "largest_component_pixels",
     "max_probability", "mean_disagreement", "qc_flag", "notes", "manifest_sha256", "precision", "postprocessing",
+    "brats_labels",
 )  # fmt: skip
-MADE_BY = ("manifest_sha256", "precision", "postprocessing")  # which model made a row: a resume must match them
+# which model made a row, and how its labels were written: a resume must match them
+MADE_BY = ("manifest_sha256", "precision", "postprocessing", "brats_labels")
 VOLUME_KINDS = ("nifti", "brats", "dicom")
 PROBABILITY_FLOOR = 0.1  # ensemble probability above which some member may have seen tumour
-HIGH_DISAGREEMENT = 0.5  # overlays outline pixels whose member probabilities differ by more
-TUMOUR_RGB, DISAGREEMENT_RGB = (255, 0, 0), (255, 255, 0)
-INNER_REGION_RGB = ((0, 255, 0), (0, 128, 255))  # tumour core, enhancing tumour (K=3)
-# the three BraTS regions (WT, TC, ET) as labels, painted in this order: ET inside TC inside WT
-BRATS_REGION_LABELS = (2, 1, 4)
+BRATS_REGIONS = 3  # a model with three outputs segments the BraTS regions WT, TC, ET
 REGION_VOLUME_COLUMNS = ("wt_volume_ml", "tc_volume_ml", "et_volume_ml")
 
 VolumeWriter = Callable[[np.ndarray, ScanData], bytes]  # axial (S, H, W[, K]) -> the file's bytes
@@ -75,8 +83,12 @@ class OutputOptions:
         qc_threshold: a scan is flagged "disagree" when its mean disagreement is above this.
         manifest_sha256: the artifacts' manifest sha256; when set, a DICOM series also gets a DICOM
             SEG that names it in its algorithm identification (None: no DICOM SEG is written).
-        made_by: MADE_BY's values (manifest sha256, precision, post-processing description), written
-            into every row, so that a later run into the same folder can tell which model made it.
+        made_by: MADE_BY's values (manifest sha256, precision, post-processing description, label
+            convention), written into every row, so that a later run into the same folder can tell
+            which model made it.
+        brats_labels: the BraTS label convention of label maps, "2021" (enhancing tumour 4) or "2023" (3).
+        submission: a folder that also gets each BraTS case's label map as `<case>.nii.gz`, int8
+            (`brainseg.runtime.outputs.submission`); None: none is written.
     """
 
     overwrite: bool = False
@@ -85,6 +97,8 @@ class OutputOptions:
     qc_threshold: float = 0.25
     manifest_sha256: str | None = None
     made_by: dict | None = None
+    brats_labels: str = DEFAULT_CONVENTION
+    submission: Path | None = None
 
 
 def check_relative_name(name: str, what: str = "output name") -> None:
@@ -235,46 +249,6 @@ def _largest_component(mask: np.ndarray, *, across_slices: bool) -> int:
     return int(np.bincount(labels.ravel())[1:].max()) if count else 0
 
 
-def mask_png_values(mask: np.ndarray) -> np.ndarray:
-    """(H, W, K) {0, 1} mask -> (H, W) uint8: regions the pixel is in x 255 // K (0/255 for K=1)."""
-    classes = mask.shape[-1]
-    return ((mask > 0).sum(axis=-1) * (255 // classes)).astype(np.uint8)
-
-
-def overlay_base(image: np.ndarray) -> np.ndarray:
-    """(H, W, C) slice -> (H, W, 3) uint8 RGB to draw on.
-
-    uint8 with 3 channels: the image itself; other uint8: channel 0 as gray; float sources:
-    channel 0 min-max stretched to 0..255 over this slice (all zero when the slice is flat).
-    """
-    if image.dtype == np.uint8:
-        return image.copy() if image.shape[-1] == 3 else np.repeat(image[..., :1], 3, axis=-1)
-    gray = np.nan_to_num(image[..., 0].astype(np.float64))
-    low, high = gray.min(), gray.max()
-    scaled = (gray - low) * (255.0 / (high - low)) if high > low else np.zeros_like(gray)
-    return np.repeat(np.round(scaled).astype(np.uint8)[..., None], 3, axis=-1)
-
-
-def draw_overlay(image: np.ndarray, mask: np.ndarray, disagreement: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB: `overlay_base(image)` with 1-px outlines.
-
-    Red: class 0 (tumour / whole tumour); green and orange-blue: tumour core and enhancing tumour
-    when K = 3; yellow, drawn underneath: pixels of class-0 disagreement above HIGH_DISAGREEMENT.
-    """
-    canvas = overlay_base(image)
-    outline(canvas, disagreement[..., 0] > HIGH_DISAGREEMENT, DISAGREEMENT_RGB)
-    outline(canvas, mask[..., 0] > 0, TUMOUR_RGB)
-    for region, colour in zip(range(1, mask.shape[-1]), INNER_REGION_RGB, strict=False):
-        outline(canvas, mask[..., region] > 0, colour)
-    return canvas
-
-
-def outline(canvas: np.ndarray, region: np.ndarray, colour: tuple[int, int, int]) -> None:
-    """Draw the 1-pixel contour of the boolean `region` onto the (H, W, 3) RGB `canvas`, in place."""
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(canvas, contours, -1, colour, thickness=1)
-
-
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a (H, W) gray or (H, W, 3) RGB uint8 array (converted to BGR for OpenCV)."""
     if array.ndim == 3:
@@ -303,8 +277,9 @@ def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputO
     if kind in VOLUME_KINDS:
         if data.nifti is None:
             raise ValueError(f"volume scan {key!r} was read without its geometry (ScanData.nifti)")
-        if pred.mask.shape[-1] == len(BRATS_REGION_LABELS):
-            plan.append((f"volumes/{key}_seg.nii.gz", partial(writer, brats_label_map(pred.mask), data)))
+        if pred.mask.shape[-1] == BRATS_REGIONS:
+            labels = brats_label_map(pred.mask, options.brats_labels)
+            plan.append((f"volumes/{key}_seg.nii.gz", partial(writer, labels, data)))
         else:
             plan.append((f"volumes/{key}.nii.gz", partial(writer, (pred.mask[..., 0] > 0).astype(np.uint8), data)))
         if options.save_probability:
@@ -320,7 +295,8 @@ def _planned_files(out: Path, data: ScanData, pred: Prediction, options: OutputO
     if options.overlays:
         plan.extend(_planned_overlays(data, pred))
     if kind == "dicom" and options.manifest_sha256:  # last: if it fails, the NIfTI and overlay are kept
-        seg = partial(segmentation_bytes, data, pred, manifest_sha256=options.manifest_sha256)
+        seg = partial(segmentation_bytes, data, pred, manifest_sha256=options.manifest_sha256,
+                      brats_labels=options.brats_labels)
         plan.append((f"volumes/{key}_seg.dcm", seg))
     return [(safe_output_path(out, relative), produce) for relative, produce in plan]
 
@@ -334,10 +310,11 @@ def _planned_overlays(data: ScanData, pred: Prediction) -> list:
     return [(f"overlays/{key}.png", partial(_overlay_bytes, data, pred, index))]
 
 
-def brats_label_map(mask: np.ndarray) -> np.ndarray:
-    """(S, H, W, 3) WT/TC/ET masks -> (S, H, W) uint8 BraTS labels {0, 1, 2, 4} (see the module docstring)."""
+def brats_label_map(mask: np.ndarray, convention: str = DEFAULT_CONVENTION) -> np.ndarray:
+    """(S, H, W, 3) WT/TC/ET masks -> (S, H, W) uint8 BraTS labels in `convention`: {0, 1, 2, 4} for
+    "2021", {0, 1, 2, 3} for "2023", painted ET inside TC inside WT (see the module docstring)."""
     labels = np.zeros(mask.shape[:-1], np.uint8)
-    for region, label in enumerate(BRATS_REGION_LABELS):
+    for region, label in enumerate(LABEL_CONVENTIONS[check_convention(convention)]):
         labels[mask[..., region] > 0] = label
     return labels
 
@@ -378,8 +355,17 @@ def write_scan(
     if row_path.is_file() and not options.overwrite:
         return load_row(out, data.scan)
     row = {**scan_row(data, pred, options.qc_threshold), **(options.made_by or {})}
-    for path, produce in _planned_files(out, data, pred, options, volume_writer or nifti_like):
+    writer = volume_writer or nifti_like
+    for path, produce in _planned_files(out, data, pred, options, writer):
         if options.overwrite or not path.exists():
             write_atomic(path, produce())
+    if options.submission is not None and data.scan.kind == "brats" and pred.mask.shape[-1] == BRATS_REGIONS:
+        labels = submission.as_submission(brats_label_map(pred.mask, options.brats_labels))
+        write_atomic(submission.case_file(options.submission, data.scan), writer(labels, data))
     write_atomic(row_path, json.dumps(row, indent=2) + "\n")
     return row
+
+
+def label_map_file(out: Path, scan: Scan) -> Path | None:
+    """`volumes/<key>_seg.nii.gz`, where a BraTS-regions model's label map of `scan` is written."""
+    return safe_output_path(out, f"volumes/{scan.key}_seg.nii.gz") if scan.kind in VOLUME_KINDS else None

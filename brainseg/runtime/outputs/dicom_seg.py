@@ -28,6 +28,7 @@ import io
 
 import numpy as np
 
+from brainseg.data.brats import LABEL_CONVENTIONS
 from brainseg.errors import BrainsegError, DataError, require
 from brainseg.machine import package_version
 from brainseg.runtime.io.dicom import slice_order
@@ -35,6 +36,8 @@ from brainseg.runtime.io.nifti import one_line, to_original
 from brainseg.runtime.io.scans import Prediction, ScanData
 
 SEGMENT_LABELS = {1: ("tumour",), 3: ("whole tumour", "tumour core", "enhancing tumour")}
+# the tissues (indices into a convention's labels: oedema, necrotic core, enhancing) each BraTS region holds
+REGION_TISSUES = ((0, 1, 2), (1, 2), (2,))
 SEG_SERIES_NUMBER = 1000  # the SEG's own series (it gets a new SeriesInstanceUID); any fixed number would do
 _REQUIRED = ("StudyInstanceUID", "FrameOfReferenceUID", "Modality")
 _TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
@@ -46,7 +49,8 @@ class DicomSegError(DataError):
 
 
 def segmentation_bytes(
-    data: ScanData, pred: Prediction, *, manifest_sha256: str | None, algorithm_version: str | None = None
+    data: ScanData, pred: Prediction, *, manifest_sha256: str | None, algorithm_version: str | None = None,
+    brats_labels: str | None = None,
 ) -> bytes:
     """The bytes of a DICOM SEG of `pred.mask` on the DICOM series `data` was read from.
 
@@ -55,6 +59,9 @@ def segmentation_bytes(
         pred: its prediction; K = 1 or 3 regions (SEGMENT_LABELS).
         manifest_sha256: the artifacts' manifest sha256, recorded in the algorithm identification.
         algorithm_version: defaults to the installed brainseg version.
+        brats_labels: for the three BraTS regions, the label convention ("2021", "2023") whose labels
+            each segment's label names, e.g. "enhancing tumour (BraTS 2023 label 3)", as in the
+            label map written beside it.
 
     Raises:
         DicomSegError: highdicom is missing, a source file cannot be read again, the series lacks
@@ -65,6 +72,9 @@ def segmentation_bytes(
     if labels is None:
         raise DicomSegError(f"no DICOM SEG segment labels for a {pred.mask.shape[-1]}-region model; "
                             f"expected {' or '.join(map(str, SEGMENT_LABELS))} regions")
+    if len(labels) == len(REGION_TISSUES) and brats_labels is not None:
+        labels = tuple(f"{name} ({_label_names(brats_labels, tissues)})"
+                       for name, tissues in zip(labels, REGION_TISSUES, strict=True))
     sources = source_datasets(data)
     frames = source_frames(pred.mask, data)  # (S, rows, columns, K)
     if len(sources) != frames.shape[0]:
@@ -138,6 +148,12 @@ def _segment_descriptions(hd, labels: tuple[str, ...], version: str, manifest_sh
         )
         for number, label in enumerate(labels, start=1)
     ]
+
+
+def _label_names(convention: str, tissues: tuple[int, ...]) -> str:
+    """"BraTS 2023 labels 1, 2, 3" for the whole tumour's tissues in that convention."""
+    labels = sorted(LABEL_CONVENTIONS[convention][tissue] for tissue in tissues)
+    return f"BraTS {convention} label{'s' if len(labels) > 1 else ''} {', '.join(map(str, labels))}"
 
 
 def _installed_version() -> str:
