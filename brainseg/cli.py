@@ -87,17 +87,21 @@ def train_command(
 @_command()
 def sample_data_command(
     out: Annotated[Path, typer.Argument(help="Folder to write (must be empty or absent).")],
-    layout: Annotated[str, typer.Option(help="kaggle_3m (RGB TIFF slices) or brats (NIfTI, labels 1/2/4).")]
+    layout: Annotated[str, typer.Option(help="kaggle_3m (RGB TIFF slices) or brats (NIfTI, labels 1/2/4 or 1/2/3).")]
     = "kaggle_3m",
     patients: Annotated[int | None, typer.Option(help="Number of patients (default 32; brats 24).")] = None,
     slices: Annotated[int | None, typer.Option(help="Axial slices per patient (default 16; brats 24).")] = None,
     size: Annotated[int | None, typer.Option(help="Slice size in pixels (default 256; brats 128).")] = None,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
+    brats_year: Annotated[int | None, typer.Option(
+        help="brats: 2021 (<case>_t1.nii.gz, enhancing tumour 4; the default) or 2023 (BraTS-GLI-xxxxx-000-t1n.nii.gz, "
+             "enhancing tumour 3).")] = None,
 ) -> None:
     """Write the built-in synthetic brain-MRI sample in the kaggle_3m or the BraTS layout."""
     from brainseg.data.synthetic.sample_brats import write_sample
 
-    root = write_sample(out, layout, patients=patients, slices=slices, size=size, seed=seed, progress=True)
+    root = write_sample(out, layout, patients=patients, slices=slices, size=size, seed=seed, brats_year=brats_year,
+                        progress=True)
     typer.echo(f"Wrote the {layout} sample to {root}")
 
 

@@ -85,16 +85,19 @@ def test_a_4d_nifti_of_the_sequences_gives_the_case_folders_label_map(brats_chai
 
 @pytest.fixture(scope="module")
 def chain_2023(tmp_path_factory):
-    """The same tiny chain on cases labelled in the BraTS 2023 convention (enhancing tumour 3, `-` names)."""
-    from data_files import brats_arrays, write_brats_case
+    """The demo's path on the built-in sample in the BraTS 2023 convention (`BraTS-GLI-00001-000-t1n.nii.gz`,
+    enhancing tumour 3): seg-sample, then the same tiny training and export, with the default modality names."""
+    from typer.testing import CliRunner
 
+    from brainseg.cli import app
     from brainseg.export.pipeline import ExportOptions, export_run
     from brainseg.train.config import make_config
     from brainseg.train.run import train_run
 
     root = tmp_path_factory.mktemp("brats2023")
-    for i in range(6):
-        write_brats_case(root / "data", f"BraTS-GLI-{i:05d}-000", brats_arrays(seed=i, et_label=3), sep="-")
+    written = CliRunner().invoke(app, ["sample-data", str(root / "data"), "--layout", "brats", "--brats-year", "2023",
+                                       "--patients", "6", "--slices", "8", "--size", "32"])
+    assert written.exit_code == 0, written.output
     cfg = make_config("quick", models=("unet",), epochs=2, patience=2, img_size=32, batch_size=4,
                       unet_base_channels=8, layout="brats", target="brats-regions")
     train_run(data=str(root / "data"), out=root / "run", cfg=cfg, progress=False)
@@ -202,7 +205,7 @@ def test_seg_serve_answers_a_volume_with_a_label_map_in_the_training_convention_
     from brainseg.serve.service import running_service
 
     case = sorted(p for p in (chain_2023 / "data").iterdir() if p.is_dir())[0]
-    sequences = [nib.load(str(case / f"{case.name}-{m}.nii.gz")) for m in ("t1", "t1ce", "t2", "flair")]
+    sequences = [nib.load(str(case / f"{case.name}-{m}.nii.gz")) for m in ("t1n", "t1c", "t2w", "t2f")]
     stacked = np.stack([np.asarray(s.dataobj, np.float32) for s in sequences], axis=-1)
     nib.save(nib.Nifti1Image(stacked, sequences[0].affine), str(tmp_path / "case.nii.gz"))
     body = (tmp_path / "case.nii.gz").read_bytes()

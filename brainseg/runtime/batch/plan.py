@@ -55,6 +55,7 @@ class RunSummary:
     precision: str
     manifest_sha256: str
     postprocessing: dict = field(default_factory=dict)
+    brats_labels: str | None = None  # a BraTS-regions model's label-map convention ("2021", "2023")
     scans: int = 0
     done: int = 0
     resumed: int = 0
@@ -125,7 +126,8 @@ class RunPlan:
 
     def summary(self, out: Path, backend: dict, precision: str) -> RunSummary:
         post = {**self.steps.post.to_dict(), "description": self.steps.post.describe()}
-        return RunSummary(str(out), backend, precision, self.manifest.sha256, post, scans=len(self.scans))
+        return RunSummary(str(out), backend, precision, self.manifest.sha256, post,
+                          self.made_by(precision)["brats_labels"] or None, scans=len(self.scans))
 
     def open_segmenter(self, options: RunOptions) -> Segmenter:
         return Segmenter(self.manifest, options)

@@ -87,6 +87,10 @@ def write_report_html(out: Path, summary: dict, rows: list[dict]) -> Path:
     return path
 
 
+BRATS_LABEL_TEXT = {"2021": "BraTS 2021 convention: necrotic core 1, oedema 2, enhancing tumour 4",
+                    "2023": "BraTS 2023 convention: NETC 1, SNFH 2, enhancing tumour 3"}
+
+
 def _summary_section(out: Path, summary: dict, rows: int) -> str:
     backend = summary.get("backend") or {}
     where = backend.get("provider") or backend.get("device")
@@ -99,6 +103,8 @@ def _summary_section(out: Path, summary: dict, rows: int) -> str:
         ("Precision", _text(summary.get("precision", "?"))),
         ("Artifacts", f'manifest sha256 <code title="{_attr(sha)}">{_text(sha[:SHORT_SHA])}</code>'),
         ("Post-processing", _text(post) if post else '<span class="missing">not recorded</span>'),
+        *([("BraTS labels", _text(BRATS_LABEL_TEXT.get(str(labels), labels)))]
+          if (labels := summary.get("brats_labels")) else []),
         ("Scans", f"{_text(summary.get('scans', rows))} found: {_text(summary.get('done', 0))} done, "
                   f"{_text(summary.get('resumed', 0))} resumed from an earlier run, {skipped} input(s) skipped"),
         ("Slices", _text(summary.get("slices", 0))),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from brainseg.data.names import case_and_modality
 from brainseg.errors import ConfigError, require
 from brainseg.fileio import write_atomic
 from brainseg.runtime.io.scans import Scan
@@ -25,8 +26,11 @@ SUFFIX = ".nii.gz"
 
 
 def case_file(folder: Path, scan: Scan) -> Path:
-    """DIR/<case>.nii.gz for a BraTS scan: the case folder's name (the key's last part)."""
-    return folder / f"{scan.key.rsplit('/', 1)[-1]}{SUFFIX}"
+    """DIR/<case>.nii.gz for a BraTS scan: the case its files name (`<case>_t1.nii.gz`, `<case>-t1n.nii.gz`),
+    which is the case folder's name in the challenge's layout (the scan's key may carry a suffix that
+    tells two cases of one name apart)."""
+    named = case_and_modality(Path(scan.paths[0]).name)
+    return folder / f"{named[0] if named else scan.key.rsplit('/', 1)[-1]}{SUFFIX}"
 
 
 def check_cases(folder: Path, scans: list[Scan]) -> None:
