@@ -61,14 +61,14 @@ def _planes(levels=(300,)):
     return planes
 
 
-def _segment(tmp_path, planes, orientation, regions, sha=SHA):
+def _segment(tmp_path, planes, orientation, regions, sha=SHA, brats_labels="2021"):
     """Write the series, read it with the runtime, predict `regions(image)` and write the scan's outputs."""
     positions = [[-3.0 * i, -10.0, 20.0] if orientation == SAGITTAL else [0.0, 0.0, 2.5 * i] for i in range(4)]
     series, uids = _write_series(tmp_path / "dcm", planes, positions, orientation)
     data = load(one([tmp_path / "dcm"], U8_GRAY), U8_GRAY)
     mask = regions(data.image[..., 0]).astype(np.uint8)  # (S, H, W, K) in the runtime's axial slices
     pred = Prediction(probability=mask.astype(np.float32), mask=mask, disagreement=np.zeros(mask.shape, np.float32))
-    write_scan(tmp_path / "out", data, pred, OutputOptions(manifest_sha256=sha))
+    write_scan(tmp_path / "out", data, pred, OutputOptions(manifest_sha256=sha, brats_labels=brats_labels))
     return data, series, uids
 
 
@@ -101,7 +101,14 @@ def test_a_one_class_seg_has_the_source_geometry_and_names_brainseg(tmp_path):
     assert (tmp_path / "out" / "volumes" / f"{data.scan.key}.nii.gz").is_file()
 
 
-def test_a_three_region_seg_has_one_segment_per_brats_region(tmp_path):
+@pytest.mark.parametrize(("convention", "expected_labels"), [
+    ("2021", ["whole tumour (BraTS 2021 labels 1, 2, 4)", "tumour core (BraTS 2021 labels 1, 4)",
+              "enhancing tumour (BraTS 2021 label 4)"]),
+    ("2023", ["whole tumour (BraTS 2023 labels 1, 2, 3)", "tumour core (BraTS 2023 labels 1, 3)",
+              "enhancing tumour (BraTS 2023 label 3)"]),
+])
+def test_a_three_region_seg_has_one_segment_per_brats_region_named_in_the_label_convention(
+        tmp_path, convention, expected_labels):
     planes = _planes(levels=(100, 200, 300))
 
     def regions(image):  # the three uint8 levels the runtime made of 100, 200, 300: WT, TC, ET
@@ -109,10 +116,10 @@ def test_a_three_region_seg_has_one_segment_per_brats_region(tmp_path):
         assert len(levels) == 3, levels
         return np.stack([image >= level for level in levels], axis=-1)
 
-    data, _, uids = _segment(tmp_path, planes, AXIAL, regions)
+    data, _, uids = _segment(tmp_path, planes, AXIAL, regions, brats_labels=convention)
     seg = _read_seg(tmp_path, data)
     labels = [seg.get_segment_description(n).segment_label for n in (1, 2, 3)]
-    assert seg.number_of_segments == 3 and labels == ["whole tumour", "tumour core", "enhancing tumour"]
+    assert seg.number_of_segments == 3 and labels == expected_labels
     frames = _frames(seg, uids, [1, 2, 3])
     expected = np.stack([planes >= level for level in (100, 200, 300)], axis=-1)
     assert np.array_equal(frames, expected)

@@ -22,8 +22,12 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def artifacts(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("artifacts") / "tiny"
-    # --deploy ensemble: every member, as before the front (tiny_artifacts ships what the front picks)
-    result = export_run(tiny_run, out, ExportOptions(fp16=True, int8=True, calib_slices=16, deploy="ensemble"))
+    # --deploy ensemble: every member, as before the front (tiny_artifacts ships what the front picks).
+    # Gated at 0.01 as tiny_artifacts is (conftest.py says why): with numpy 2.2, which panoptica's pin
+    # brings, the tiny run's int8 files move its one validation patient by 0.0065; the default gate's
+    # failing path is test_the_gate_fails_a_precision_beyond_the_budget's
+    result = export_run(tiny_run, out, ExportOptions(fp16=True, int8=True, calib_slices=16, deploy="ensemble",
+                                                     max_dice_drop=0.01))
     return out, result
 
 
@@ -171,7 +175,9 @@ def test_a_precision_that_loses_dice_fails_the_gate_and_is_refused_downstream(br
     table = manifest.accuracy_table
     assert table["pytorch-fp32"]["dice_mean"] > 0.1, "the tiny model must find tumours for this test to mean much"
     assert table["fp16"]["dice_mean"] < 0.01 and not table["fp16"]["passed"]
-    assert result.exit_code == 1 and "fp16 lost more than 0.005 Dice" in result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    # fp16 is named among what failed (int8 for the CPU may join it: the tiny run is a borderline int8 case)
+    assert result.exit_code == 1 and "lost more than 0.005 Dice" in error and "fp16" in error.split(" lost")[0]
     assert not manifest.passed("fp16") and "fp16" not in manifest.usable_precisions()
     assert manifest.passed("fp32")
     patient = next(p for p in sorted(tiny_sample.iterdir()) if p.is_dir())

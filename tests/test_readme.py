@@ -37,6 +37,9 @@ KEYS: dict[str, list[tuple]] = {
         ("mean_dice", "none"), ("mean_dice", "gamma 1.5"), ("targets_met",))],
     "*Sample v1*: intensity shifts before": [("mean_dice", shift) for shift in ("original", "x0.3", "x0.5",
                                                                                  "gamma 0.67")],
+    "**BraTS sample, 2023 convention**": [("brats", "means", region, metric) for metric in (
+        "lesion_wise_dice", "lesion_wise_hd95") for region in ("wt", "tc", "et")]
+    + [("per_patient_dice", region) for region in REGIONS],
     "*Sample v1*: **BraTS sample**": [("test_region_dice", "int8-cpu", region) for region in REGIONS]
     + [("test_region_dice", "fp32", region) for region in REGIONS]
     + [("threshold_baseline_test_dice", region) for region in REGIONS],
