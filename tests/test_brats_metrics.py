@@ -89,15 +89,11 @@ decision_threshold: null
 edge_case_handler: !EdgeCaseHandler
   empty_list_std: !EdgeCaseResult NAN
   listmetric_zeroTP_handling:
-    !Metric DSC: !MetricZeroTPEdgeCaseHandling {empty_prediction_result: !EdgeCaseResult ZERO,
+    !Metric DSC: &zero !MetricZeroTPEdgeCaseHandling {empty_prediction_result: !EdgeCaseResult ZERO,
       empty_reference_result: !EdgeCaseResult ZERO, no_instances_result: !EdgeCaseResult NAN,
       normal: !EdgeCaseResult ZERO}
-    !Metric IOU: !MetricZeroTPEdgeCaseHandling {empty_prediction_result: !EdgeCaseResult ZERO,
-      empty_reference_result: !EdgeCaseResult ZERO, no_instances_result: !EdgeCaseResult NAN,
-      normal: !EdgeCaseResult ZERO}
-    !Metric NSD: !MetricZeroTPEdgeCaseHandling {empty_prediction_result: !EdgeCaseResult ZERO,
-      empty_reference_result: !EdgeCaseResult ZERO, no_instances_result: !EdgeCaseResult NAN,
-      normal: !EdgeCaseResult ZERO}
+    !Metric IOU: *zero
+    !Metric NSD: *zero
     !Metric HD95: !MetricZeroTPEdgeCaseHandling {empty_prediction_result: !EdgeCaseResult INF,
       empty_reference_result: !EdgeCaseResult INF, no_instances_result: !EdgeCaseResult NAN,
       normal: !EdgeCaseResult INF}
