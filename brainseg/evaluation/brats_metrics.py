@@ -35,10 +35,10 @@ import warnings
 import numpy as np
 
 from brainseg.errors import require
+from brainseg.runtime.outputs import brats_label_map
 
 HD95_INFINITE = 373.0  # the organisers' HD95 for a missed or false lesion, and for an infinite one
 REGION_LABELS = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}  # BraTS 2023 labels of each region
-LABEL_ORDER = (2, 1, 3)  # the 2023 labels of WT's, TC's and ET's own tissue, painted in this order
 METRICS = ("lesion_wise_dice", "lesion_wise_hd95", "lesion_wise_nsd", "global_dice", "global_hd95", "global_nsd",
            "tp", "fp", "fn", "f1")
 EXTRA = "eval"
@@ -49,11 +49,9 @@ CONVENTIONS = ("panoptica's BraTS configuration (connected components, one-to-on
 
 
 def label_map(regions: np.ndarray) -> np.ndarray:
-    """(..., 3) WT/TC/ET masks -> (...) BraTS 2023 labels (SNFH 2, NETC 1, ET 3), ET inside TC inside WT."""
-    labels = np.zeros(regions.shape[:-1], np.uint8)
-    for region, label in enumerate(LABEL_ORDER):
-        labels[regions[..., region] > 0] = label
-    return labels
+    """(..., 3) WT/TC/ET masks -> (...) BraTS 2023 labels (SNFH 2, NETC 1, ET 3), ET inside TC inside WT:
+    the label map seg-run writes in that convention."""
+    return brats_label_map(regions, "2023")
 
 
 def evaluator():
