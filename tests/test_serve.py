@@ -44,7 +44,7 @@ nib = pytest.importorskip("nibabel")
 pytest.importorskip("fastapi", reason="seg-serve needs FastAPI and uvicorn (pip install 'brainseg[serve]')")
 REPO = Path(__file__).parents[1]
 MAX_BODY_MB = 1.0
-BODY_TIMEOUT_S = 4.0
+BODY_TIMEOUT_S = 6.0
 MAX_UPLOADS = 80
 slow = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def _options(**changes) -> ServeOptions:
 
 @pytest.fixture(scope="module", params=["embedded", "ray"])
 def service(request, tiny_artifacts):
-    """seg-serve on the tiny artifacts: batches of up to 8, 100 ms batch wait, 1 MiB bodies, 4 s body timeout.
+    """seg-serve on the tiny artifacts: batches of up to 8, 100 ms batch wait, 1 MiB bodies, 6 s body timeout.
 
     In Ray mode a neighbour application is deployed on the same Serve first; stopping seg-serve must
     leave it running (seg-serve deletes its own application only).
@@ -407,6 +407,21 @@ def _stalled_uploads(service, count: int, declared: int = 500_000) -> list[socke
     return sockets
 
 
+def _uploads_reach(service, count: int, timeout_s: float) -> int:
+    """Poll /v1/stats until `count` uploads are in progress; the last count seen.
+
+    In Ray mode Serve's proxy hands connections to the replica at its own pace, and cancels
+    those whose client left only after a while, so the tests wait for the gauge, not a clock.
+    """
+    deadline, seen = time.monotonic() + timeout_s, -1
+    while time.monotonic() < deadline:
+        seen = json.loads(_request(service, "GET", "/v1/stats")[2])["uploads_in_progress"]
+        if seen == count:
+            break
+        time.sleep(0.05)
+    return seen
+
+
 def _answer_on(stalled: socket.socket) -> int:
     """The status of the answer that arrives on a stalled connection."""
     reply = b""
@@ -422,7 +437,7 @@ def _answer_on(stalled: socket.socket) -> int:
 def test_64_stalled_uploads_do_not_starve_health_or_a_real_slice(service, tiny_sample):
     stalled = _stalled_uploads(service, 64)
     try:
-        time.sleep(0.5)  # let the server take them all in
+        assert _uploads_reach(service, 64, BODY_TIMEOUT_S - 1) == 64  # the server holds them all
         started = time.perf_counter()
         assert _healthy(service)
         assert time.perf_counter() - started < 1.0
@@ -434,18 +449,16 @@ def test_64_stalled_uploads_do_not_starve_health_or_a_real_slice(service, tiny_s
         for connection in stalled:
             connection.close()
     assert _healthy(service)
+    assert _uploads_reach(service, 0, BODY_TIMEOUT_S + 5) == 0  # the closed ones are let go, at the latest on timeout
 
 
 @slow
 def test_uploads_past_the_limit_get_503_and_a_stalled_body_gets_408(service, tiny_sample):
+    assert _uploads_reach(service, 0, BODY_TIMEOUT_S + 5) == 0
     stalled = _stalled_uploads(service, MAX_UPLOADS)
     try:
-        deadline, status, headers, body = time.monotonic() + 5, 0, {}, b""
-        while time.monotonic() < deadline:  # until the server has taken in all of them
-            status, headers, body = _segment(service, _tumour_slices(tiny_sample, 1)[0].read_bytes(), "image/tiff")
-            if status == 503:
-                break
-            time.sleep(0.1)
+        assert _uploads_reach(service, MAX_UPLOADS, BODY_TIMEOUT_S - 1) == MAX_UPLOADS
+        status, headers, body = _segment(service, _tumour_slices(tiny_sample, 1)[0].read_bytes(), "image/tiff")
         assert status == 503, body
         assert headers["retry-after"] == "1" and "--max-uploads" in _is_error(status, headers, body)["error"]
         assert _healthy(service)

@@ -8,7 +8,8 @@ identical. Routes (docs/serve.md):
   it out (or JSON with `?format=json` / `Accept: application/json`).
 - `GET /healthz`: 200 once the model is loaded, 503 while it loads or after it failed to.
 - `GET /v1/model`: what is served, named by its manifest's sha256; the limits in force.
-- `GET /v1/stats`: request counts by status and the batch sizes actually run (per replica).
+- `GET /v1/stats`: request counts by status, the batch sizes actually run, and the uploads and body
+  bytes held now (per replica).
 - `GET /docs`, `GET /openapi.json`: FastAPI's OpenAPI page and schema.
 
 The outermost layer (`_Edge`, plain ASGI) gives every request an id (a client's well-formed
@@ -84,9 +85,12 @@ def build_app(service: SegmentationService, mode: str):
     async def describe() -> Response:
         return answer(200, service.describe(mode))
 
-    @app.get("/v1/stats", summary="Requests by status and the batch sizes run, for this process or replica")
+    @app.get("/v1/stats", summary="Requests by status, the batch sizes run and the uploads in progress, "
+                                   "for this process or replica")
     async def stats() -> Response:
-        return answer(200, service.stats.report(service.replica))
+        admission = service.admission
+        return answer(200, {**service.stats.report(service.replica), "uploads_in_progress": admission.uploads,
+                            "buffered_bytes": admission.buffered})
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, err: RequestError) -> Response:
