@@ -109,7 +109,8 @@ def test_every_graph_is_buildable_by_tensorrt(artifacts):
 
 
 def test_the_gate_fails_a_precision_beyond_the_budget(tiny_run, tmp_path):
-    result = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(tmp_path / "a"), "--max-dice-drop", "-1"])
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(tmp_path / "a"), "--max-dice-drop", "-1",
+                                      "--deploy", "ensemble"])
     assert result.exit_code == 1
     assert "lost more than -1.0 Dice" in result.output
     manifest = Manifest.load(tmp_path / "a")
@@ -165,7 +166,8 @@ def broken_fp16(tiny_run, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(pipeline.precision, "export_fp16", export_silenced_fp16)
         result = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(out), "--fp16", "--int8",
-                                          "--int8-activations", "uint8", "--calib-slices", "16"])
+                                          "--int8-activations", "uint8", "--calib-slices", "16",
+                                          "--deploy", "ensemble"])  # no front to time: not what it tests
     return out, result
 
 
