@@ -408,7 +408,7 @@ def _stalled_uploads(service, count: int, declared: int = 500_000) -> list[socke
 
 
 def _uploads_reach(service, count: int, timeout_s: float) -> int:
-    """Poll /v1/stats until `count` uploads are in progress; the last count seen.
+    """Poll /v1/stats until `count` uploads (at least; none for 0) are in progress; the last count seen.
 
     In Ray mode Serve's proxy hands connections to the replica at its own pace, and cancels
     those whose client left only after a while, so the tests wait for the gauge, not a clock.
@@ -416,7 +416,7 @@ def _uploads_reach(service, count: int, timeout_s: float) -> int:
     deadline, seen = time.monotonic() + timeout_s, -1
     while time.monotonic() < deadline:
         seen = json.loads(_request(service, "GET", "/v1/stats")[2])["uploads_in_progress"]
-        if seen == count:
+        if seen == count or (count and seen > count):
             break
         time.sleep(0.05)
     return seen
@@ -435,9 +435,10 @@ def _answer_on(stalled: socket.socket) -> int:
 
 @slow
 def test_64_stalled_uploads_do_not_starve_health_or_a_real_slice(service, tiny_sample):
+    assert _uploads_reach(service, 0, BODY_TIMEOUT_S + 5) == 0
     stalled = _stalled_uploads(service, 64)
     try:
-        assert _uploads_reach(service, 64, BODY_TIMEOUT_S - 1) == 64  # the server holds them all
+        assert _uploads_reach(service, 64, BODY_TIMEOUT_S - 1) >= 64  # the server holds them all
         started = time.perf_counter()
         assert _healthy(service)
         assert time.perf_counter() - started < 1.0
