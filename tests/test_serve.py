@@ -234,7 +234,8 @@ def test_health_model_and_stats_name_no_path_of_the_server(service, tiny_artifac
     assert "artifacts" not in model and str(tiny_artifacts) not in body.decode()
     assert not re.search(r'"/[^"]*/', body.decode()), "an absolute path in /v1/model"
     status, _, body = _request(service, "GET", "/v1/stats")
-    assert status == 200 and {"batch_sizes", "largest_batch", "requests", "replica"} <= json.loads(body).keys()
+    assert status == 200 and {"batch_sizes", "largest_batch", "requests", "replica", "uploads_in_progress",
+                              "buffered_bytes"} <= json.loads(body).keys()
     status, _, body = _request(service, "GET", "/openapi.json")
     assert status == 200 and "/v1/segment" in json.loads(body)["paths"]
 
@@ -459,6 +460,8 @@ def test_uploads_past_the_limit_get_503_and_a_stalled_body_gets_408(service, tin
     stalled = _stalled_uploads(service, MAX_UPLOADS)
     try:
         assert _uploads_reach(service, MAX_UPLOADS, BODY_TIMEOUT_S - 1) == MAX_UPLOADS
+        held = json.loads(_request(service, "GET", "/v1/stats")[2])["buffered_bytes"]
+        assert held >= MAX_UPLOADS * 500_000  # each declared 500 kB, reserved up front
         status, headers, body = _segment(service, _tumour_slices(tiny_sample, 1)[0].read_bytes(), "image/tiff")
         assert status == 503, body
         assert headers["retry-after"] == "1" and "--max-uploads" in _is_error(status, headers, body)["error"]
