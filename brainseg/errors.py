@@ -48,6 +48,33 @@ class InputSkipped(DataError):
         self.reason = reason
 
 
+class InputTooLarge(InputSkipped):
+    """An input whose header declares more than a size limit allows (--max-pixels, --max-voxels);
+    seg-serve answers it with 413 where other skipped inputs get 422."""
+
+
+class FormatError(DataError):
+    """Bytes from outside that are not what their format requires, or declare something impossible.
+
+    Raised by the parsers of `brainseg.formats`, which see bytes, not files: `reason` says what
+    is wrong without a path, and `at(path)` makes the `InputSkipped` a reader raises for the file.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def at(self, path: Path | str) -> InputSkipped:
+        return InputSkipped(path, self.reason)
+
+
+class LimitExceeded(FormatError):
+    """Bytes whose header declares more than a size limit allows (pixels, voxels)."""
+
+    def at(self, path: Path | str) -> InputSkipped:
+        return InputTooLarge(path, self.reason)
+
+
 def require(module: str, extra: str, *, package: str | None = None, hint: str = "") -> ModuleType:
     """Import `module`, or raise a BrainsegError naming the extra that installs it.
 

@@ -12,8 +12,8 @@ import pytest
 from lying_headers import nifti_claiming
 from scan_files import F32, MODALITIES, U8, U8_GRAY, brain, one, write_case, write_dicom, write_nifti
 
-from brainseg.errors import InputSkipped
-from brainseg.runtime.io.declared import MAX_VOXELS
+from brainseg.errors import InputTooLarge
+from brainseg.formats.limits import MAX_VOXELS, SizeLimits
 from brainseg.runtime.io.discovery import discover
 from brainseg.runtime.io.loading import load
 
@@ -27,13 +27,13 @@ def _declaring(path: Path, dims: tuple[int, ...]) -> Path:
     return path
 
 
-def _refused_cheaply(scan, spec, max_voxels: int = MAX_VOXELS) -> InputSkipped:
+def _refused_cheaply(scan, spec, max_voxels: int = MAX_VOXELS) -> InputTooLarge:
     """The InputSkipped of loading `scan`, checked to come at once and without a large allocation."""
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        with pytest.raises(InputSkipped) as refused:
-            load(scan, spec, max_voxels=max_voxels)
+        with pytest.raises(InputTooLarge) as refused:
+            load(scan, spec, limits=SizeLimits(max_voxels=max_voxels))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -77,7 +77,7 @@ def test_a_dicom_series_declaring_a_huge_volume_is_skipped_before_its_pixels_are
 def test_a_volume_at_the_limit_is_read_and_one_voxel_over_it_is_not(tmp_path):
     data = brain(0)  # (8, 9, 6)
     scan = one([write_nifti(tmp_path / "v.nii.gz", data)], U8)
-    assert load(scan, U8, max_voxels=data.size).image.shape[0] == data.shape[2]
+    assert load(scan, U8, limits=SizeLimits(max_voxels=data.size)).image.shape[0] == data.shape[2]
     assert "(--max-voxels)" in _refused_cheaply(scan, U8, max_voxels=data.size - 1).reason
 
 
@@ -97,11 +97,16 @@ def test_seg_run_skips_the_huge_volume_and_segments_the_rest(tiny_artifacts, tmp
     assert (tmp_path / "out" / "volumes" / "good.nii.gz").is_file()
 
 
-def test_seg_run_default_limit_is_the_runtime_default():
+@pytest.mark.parametrize("limit", ["max_pixels", "max_voxels"])
+def test_seg_run_and_seg_serve_default_limits_are_the_runtime_defaults(limit):
     import inspect
 
     from brainseg.cli import run_command
+    from brainseg.formats.limits import SizeLimits
     from brainseg.runtime.segmenter import SegmenterOptions
+    from brainseg.serve.cli import serve_command
+    from brainseg.serve.options import ServeOptions
 
-    default = inspect.signature(run_command).parameters["max_voxels"].default
-    assert default == MAX_VOXELS == SegmenterOptions().max_voxels
+    defaults = {inspect.signature(command).parameters[limit].default for command in (run_command, serve_command)}
+    assert defaults == {getattr(SizeLimits(), limit)} == {getattr(SegmenterOptions(), limit)}
+    assert getattr(ServeOptions(), limit) == getattr(SizeLimits(), limit)

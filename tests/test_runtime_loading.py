@@ -143,7 +143,7 @@ def test_damaged_volumes_are_skipped(tmp_path, suffix):
     (tmp_path / f"empty{suffix}").write_bytes(b"")
     cut = write_nifti(tmp_path / f"cut{suffix}", brain(1))
     cut.write_bytes(cut.read_bytes()[:-200])
-    for name, words in (("nan", "1 NaN or infinite voxels"), ("empty", "empty"), ("cut", "cannot read NIfTI")):
+    for name, words in (("nan", "1 NaN or infinite voxels"), ("empty", "empty"), ("cut", "the NIfTI is truncated")):
         error = skip_reason(one([tmp_path / f"{name}{suffix}"]), U8)
         assert error.path == str(tmp_path / f"{name}{suffix}") and words in error.reason
     flat = one([write_nifti(tmp_path / f"zero{suffix}", np.zeros((4, 4, 4), np.float32))], F32)

@@ -9,14 +9,21 @@ from __future__ import annotations
 import gzip
 import struct
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from lying_headers import nifti_claiming, png_claiming
 
-from brainseg.data.imageio import declared_size, read_image
-from brainseg.runtime.io.nifti import read_nifti
+from brainseg.artifacts.sections import InputSpec
+from brainseg.data.imageio import read_image
+from brainseg.formats import nifti
+from brainseg.formats.images import inspect_image
+from brainseg.formats.limits import SizeLimits
+from brainseg.postprocess import PostProcessing
+from brainseg.runtime.io.nifti import nifti_content, read_nifti
+from brainseg.runtime.segmenter import ScanSteps
 from brainseg.serve import formats
 from brainseg.serve.errors import RequestError
 
@@ -32,14 +39,13 @@ def _encoded(suffix: str, image: np.ndarray) -> bytes:
 @pytest.mark.parametrize(("suffix", "shape", "dtype"), [(".png", (37, 53), np.uint8), (".png", (20, 31, 3), np.uint16),
                                                         (".tif", (41, 29, 3), np.uint8), (".tif", (12, 70), np.uint16),
                                                         (".jpg", (33, 47, 3), np.uint8), (".jpg", (64, 16), np.uint8)])
-def test_declared_size_is_what_decoding_gives(suffix, shape, dtype):
+def test_the_inspected_header_is_what_decoding_gives(suffix, shape, dtype):
     image = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
-    data = _encoded(suffix, image)
-    height, width, channels, sample_bytes = declared_size(data)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert (height, width) == decoded.shape[:2] == shape[:2]
-    assert channels == (shape[2] if len(shape) == 3 else 1)
-    assert sample_bytes == decoded.itemsize
+    header = inspect_image(_encoded(suffix, image))
+    decoded = cv2.imdecode(np.frombuffer(header.payload, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert (header.height, header.width) == decoded.shape[:2] == shape[:2]
+    assert header.channels >= (decoded.shape[2] if decoded.ndim == 3 else 1)
+    assert header.sample_bytes == decoded.itemsize
 
 
 def _tiff_claiming(width: int, height: int) -> bytes:
@@ -56,15 +62,21 @@ def _jpeg_claiming(width: int, height: int) -> bytes:
     return b"\xff\xd8" + app0 + b"\xff\xc0" + struct.pack(">H", 2 + len(frame)) + frame
 
 
-@pytest.mark.parametrize("claim", [png_claiming, _tiff_claiming, _jpeg_claiming])
-def test_an_image_declaring_too_many_pixels_is_413_before_decoding(claim):
-    body = claim(60000, 60000)
-    assert declared_size(body)[:2] == (60000, 60000)
+def _steps(max_pixels: int = 16384 * 16384, max_voxels: int = 512 * 512 * 320) -> ScanSteps:
+    spec = InputSpec(name="image", dtype="uint8", layout="NHWC", channels=3, height=64, width=64, normalisation={})
+    return ScanSteps(spec, 0.5, PostProcessing(), SizeLimits(max_pixels, max_voxels))
+
+
+@pytest.mark.parametrize(("claim", "media"), [(png_claiming, "image/png"), (_tiff_claiming, "image/tiff"),
+                                              (_jpeg_claiming, "image/jpeg")])
+def test_an_image_declaring_too_many_pixels_is_413_before_decoding(claim, media):
     with pytest.raises(RequestError) as refused:
-        formats.check_image_size(body, max_pixels=16384 * 16384)
+        formats.inspect(claim(60000, 60000), media, _steps())
     assert refused.value.status == 413
     assert "60000x60000" in refused.value.message and "--max-pixels" in refused.value.message
-    formats.check_image_size(claim(100, 50), max_pixels=5000)  # at the limit: accepted
+    with pytest.raises(RequestError) as refused:  # at the limit: past the size check, refused for holding no pixels
+        formats.inspect(claim(100, 50), media, _steps(max_pixels=5000))
+    assert refused.value.status == 422
 
 
 @pytest.mark.parametrize(("media", "body", "found"), [
@@ -99,11 +111,12 @@ def _nifti(shape, dtype=np.uint8, version=1) -> bytes:
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_nifti_header_is_read_as_nibabel_reads_it(version):
     raw = _nifti((9, 7, 5), np.int16, version)
-    header = formats.parse_nifti_header(raw[:540])
-    assert header.dims == (9, 7, 5) and header.bytes_per_voxel == 2
+    header = nifti.parse_header(raw[:nifti.HEAD_BYTES])
+    assert header.dims == (9, 7, 5) and header.itemsize == 2 and header.datatype == "int16"
     assert header.file_bytes == len(raw)
-    assert formats.nifti_content(gzip.compress(raw), "application/gzip", max_voxels=315) == raw
-    assert formats.nifti_content(raw, "application/x-nifti", max_voxels=315) == raw
+    assert header.vox_offset == len(raw) - 9 * 7 * 5 * 2
+    for body, media in ((gzip.compress(raw), "application/gzip"), (raw, "application/x-nifti")):
+        assert formats.inspect(body, media, _steps(max_voxels=315)).kind == "nifti"
 
 
 def test_a_63_byte_volume_declaring_1024_cubed_voxels_is_413_at_once():
@@ -111,28 +124,36 @@ def test_a_63_byte_volume_declaring_1024_cubed_voxels_is_413_at_once():
     assert len(body) < 100
     started = time.perf_counter()
     with pytest.raises(RequestError) as refused:
-        formats.nifti_content(body, "application/gzip", max_voxels=512 * 512 * 320)
+        formats.inspect(body, "application/gzip", _steps())
     assert time.perf_counter() - started < 0.1
     assert refused.value.status == 413 and "1024x1024x1024" in refused.value.message
 
 
+def _read_body(body: bytes, media: str, max_voxels: int = 512 * 512 * 320):
+    from brainseg.serve import payloads
+
+    return payloads.read_body(body, media, _steps(max_voxels=max_voxels))
+
+
 def test_a_volume_under_the_limit_that_holds_fewer_bytes_than_declared_is_422_not_an_allocation():
     with pytest.raises(RequestError) as refused:
-        formats.nifti_content(nifti_claiming(256, 256, 256), "application/gzip", max_voxels=512 * 512 * 320)
+        _read_body(nifti_claiming(256, 256, 256), "application/gzip")
     assert refused.value.status == 422 and "truncated" in refused.value.message
 
 
 def test_inflation_stops_at_the_declared_size():
-    header = _nifti((4, 4, 4))  # 64 voxels declared...
-    body = gzip.compress(header + b"\0" * (64 * 2**20))  # ...followed by 64 MiB more of zeros
-    content = formats.nifti_content(body, "application/gzip", max_voxels=64)
-    assert content == header
+    volume = _nifti((4, 4, 4))  # 64 voxels declared...
+    body = gzip.compress(volume + b"\0" * (64 * 2**20))  # ...followed by 64 MiB more of zeros
+    header, content = nifti_content(Path("request.nii"), body, max_voxels=64)
+    assert bytes(content) == volume and header.file_bytes == len(volume)
+    data, _ = _read_body(body, "application/gzip", max_voxels=64)
+    assert data.image.shape[:3] == (4, 4, 4)
 
 
 @pytest.mark.parametrize("broken", [b"\x1f\x8b" + b"\0" * 40, gzip.compress(b"not a nifti header" * 40)])
 def test_a_broken_gzip_or_a_non_nifti_inside_is_422(broken):
     with pytest.raises(RequestError) as refused:
-        formats.nifti_content(broken, "application/gzip", max_voxels=10**6)
+        formats.inspect(broken, "application/gzip", _steps())
     assert refused.value.status == 422
 
 
@@ -148,12 +169,14 @@ def test_the_readers_read_bytes_as_they_read_the_file(tmp_path):
     np.testing.assert_array_equal(read_image(image), read_image("unnamed", image.read_bytes()))
 
 
-def test_the_decoded_estimate_grows_with_what_the_header_declares():
-    small, large = png_claiming(100, 100), png_claiming(1000, 1000)
-    assert formats.decoded_estimate(large, "image/png") == 100 * formats.decoded_estimate(small, "image/png")
-    assert formats.decoded_estimate(small, "image/png") >= 100 * 100 * 3  # at least the decoded samples
+def test_the_estimate_grows_with_what_the_header_declares():
+    def estimate(body: bytes, media: str) -> int:
+        return formats.inspect(body, media, _steps()).estimate
+
+    small, large = (_encoded(".png", np.zeros(shape, np.uint8)) for shape in ((100, 100, 3), (1000, 1000, 3)))
+    assert estimate(small, "image/png") >= 100 * 100 * 3  # at least the decoded samples
+    per_pixel = (estimate(large, "image/png") - estimate(small, "image/png")) / (1000 * 1000 - 100 * 100)
+    assert 3 * 2 <= per_pixel <= 64  # the decoded image and its copies, the answer at full size
     volume = _nifti((20, 20, 10), np.int16)
-    estimate = formats.decoded_estimate(gzip.compress(volume), "application/gzip")
-    assert estimate >= len(volume) + 20 * 20 * 10 * 4  # the inflated file and a float32 copy at least
-    assert estimate == formats.decoded_estimate(volume, "application/x-nifti")
-    assert formats.decoded_estimate(b"not an image", "image/png") == 0
+    assert estimate(gzip.compress(volume), "application/gzip") == estimate(volume, "application/x-nifti")
+    assert estimate(volume, "application/x-nifti") >= len(volume) + 20 * 20 * 10 * 4  # the file and a float32 copy

@@ -32,11 +32,11 @@ from brainseg.choices import BackendName, ComponentRule, PrecisionName, TtaMode
 from brainseg.data.brats import DEFAULT_CONVENTION, LABEL_CONVENTIONS
 from brainseg.data.preprocess import resize_back, resize_slices
 from brainseg.errors import ConfigError
+from brainseg.formats.limits import MAX_PIXELS, MAX_VOXELS, SizeLimits
 from brainseg.postprocess import PostProcessing
 from brainseg.runtime.backends import Backend, BackendSettings, Choice, open_backend, open_file
 from brainseg.runtime.backends.tta import FlipTTA
 from brainseg.runtime.io import loading
-from brainseg.runtime.io.declared import MAX_VOXELS
 from brainseg.runtime.io.scans import Prediction, Scan, ScanData
 
 log = logging.getLogger("brainseg.runtime")
@@ -57,8 +57,9 @@ class SegmenterOptions:
             none/largest/min_volume override it.
         batch_size: the most slices one graph call takes (`predict` splits a scan into such batches).
         cuda_graph: TensorRT: capture a CUDA graph for batches of `batch_size`.
-        max_voxels: a volume whose header declares more voxels (channels included) is refused
-            before anything is allocated for it (`brainseg.runtime.io.declared`).
+        max_pixels, max_voxels: an image whose header declares more pixels, or a volume whose
+            header declares more voxels (channels included), is refused before anything is
+            allocated for it (`brainseg.formats`).
         brats_labels: the BraTS label convention label maps are written in, "2021" (enhancing
             tumour 4) or "2023" (3); None for the training labels' (`labels_for`).
     """
@@ -72,6 +73,7 @@ class SegmenterOptions:
     components: str = ComponentRule.AUTO.value
     batch_size: int = 8
     cuda_graph: bool = False
+    max_pixels: int = MAX_PIXELS
     max_voxels: int = MAX_VOXELS
     brats_labels: str | None = None
 
@@ -94,8 +96,9 @@ class SegmenterOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
-        if self.max_voxels < 1:
-            raise ConfigError(f"--max-voxels must be at least 1, got {self.max_voxels}")
+        for flag, value in (("--max-pixels", self.max_pixels), ("--max-voxels", self.max_voxels)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
         if self.brats_labels is not None and str(self.brats_labels) not in LABEL_CONVENTIONS:
             raise ConfigError(f"--brats-labels must be one of {', '.join(LABEL_CONVENTIONS)}, "
                               f"got {self.brats_labels!r}")
@@ -109,18 +112,24 @@ class ScanSteps:
     spec: InputSpec
     threshold: float
     post: PostProcessing
-    max_voxels: int = MAX_VOXELS
+    limits: SizeLimits = SizeLimits()
 
     @classmethod
     def of(cls, manifest: Manifest, options: SegmenterOptions) -> ScanSteps:
         post = manifest.postprocessing.with_overrides(tta=options.tta, components=options.components)
-        return cls(manifest.input, manifest.threshold, post, options.max_voxels)
+        return cls(manifest.input, manifest.threshold, post, SizeLimits(options.max_pixels, options.max_voxels))
 
     def read(self, scan: Scan) -> tuple[ScanData, np.ndarray]:
-        """Read `scan` (`loading.load`, volumes up to `max_voxels`) and bring its slices to the graph's
-        input size: (data, (S, h, w, C))."""
-        data = loading.load(scan, self.spec, max_voxels=self.max_voxels)
+        """Read `scan` (`loading.load`, within `limits`) and bring its slices to the graph's input
+        size: (data, (S, h, w, C))."""
+        data = loading.load(scan, self.spec, limits=self.limits)
         return data, self.to_graph_size(data.image)
+
+    def graph_bytes(self, slices: int) -> int:
+        """Bytes of `slices` slices at the graph's input size, twice over (resized one by one, then
+        stacked): what `read` holds beyond reading a scan of that many slices."""
+        height, width = self.spec.size
+        return 2 * slices * height * width * self.spec.channels * np.dtype(self.spec.dtype).itemsize
 
     def to_graph_size(self, image: np.ndarray) -> np.ndarray:
         """(S, H, W, C) slices -> (S, h, w, C) at the graph's input size (contiguous)."""

@@ -1,8 +1,9 @@
 """The `seg-serve` command: parse the options, call `serve_forever` once, print the URL when healthy.
 
-Only typer, the standard library and brainseg.cli_support are imported at module level; uvicorn,
-FastAPI, Ray and the runtime are imported when the command runs. Library errors are printed as one line and exit
-with code 1 (`brainseg.cli_support.command`), Typer's usage errors with 2.
+Only typer, the standard library, brainseg.cli_support and the size limits' defaults
+(`brainseg.formats.limits`) are imported at module level; uvicorn, FastAPI, Ray and the runtime are
+imported when the command runs. Library errors are printed as one line and exit with code 1
+(`brainseg.cli_support.command`), Typer's usage errors with 2.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import typer
 
 from brainseg.choices import BackendName, ComponentRule, TtaMode
 from brainseg.cli_support import Backend, Components, Labels, Precision, Tta, command
-
-MAX_PIXELS = 16384 * 16384  # ServeOptions' defaults, restated so that --help needs no runtime import
-MAX_VOXELS = 512 * 512 * 320
+from brainseg.formats.limits import MAX_PIXELS, MAX_VOXELS
 
 
 @command()
@@ -50,6 +49,8 @@ def serve_command(
     = MAX_VOXELS,
     body_timeout_s: Annotated[float, typer.Option(help="Seconds a client has to send a whole body (408 after).")]
     = 30.0,
+    decode_timeout_s: Annotated[float, typer.Option(
+        help="Seconds a body may take to decode (422 after; the decoder thread finishes on its own).")] = 20.0,
     max_uploads: Annotated[int, typer.Option(help="Bodies received at once; more get 503 with Retry-After.")] = 128,
     max_buffered_mb: Annotated[float, typer.Option(
         help="MiB held for requests at once: bodies and their decoded scans (estimated from their headers); "
@@ -68,6 +69,7 @@ def serve_command(
                            batch_wait_ms=batch_wait_ms, precision=precision, backend=backend, device=device,
                            threads=threads, tta=tta, components=components, max_body_mb=max_body_mb,
                            max_pixels=max_pixels, max_voxels=max_voxels, body_timeout_s=body_timeout_s,
+                           decode_timeout_s=decode_timeout_s,
                            max_uploads=max_uploads, max_buffered_mb=max_buffered_mb, brats_labels=brats_labels)
 
     def ready(url: str) -> None:

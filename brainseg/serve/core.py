@@ -14,15 +14,20 @@ What a `POST /v1/segment` goes through, in order, each step able to refuse it wi
    is reserved up front) and, from step 4 on, what decoding them will hold (503 with Retry-After
    beyond either: a client that can wait retries, a flood is refused at once);
 3. the body, read within `--body-timeout-s` (408) and counted as it arrives (413);
-4. its first bytes: magic bytes against the Content-Type (415), declared pixels or voxels
-   against `--max-pixels` / `--max-voxels` (413); then the memory its header says decoding will
-   take, reserved (`formats.decoded_estimate`; 413 if more than the whole budget, 503 while
-   others hold it); then decoding from memory, at most `DECODERS` bodies at a time, by the
-   runtime's readers (422); everything held is released when the request is answered;
-5. the batcher and the backend; 6. the answer, built off the event loop.
+4. its header, read on a worker thread within `HEADER_DEADLINE_S` (`formats.inspect`): magic
+   bytes against the Content-Type (415), declared pixels or voxels against `--max-pixels` /
+   `--max-voxels` (413), a structure the readers would refuse (422); then the memory its header
+   says decoding and answering will take, reserved (413 if more than the whole budget, 503 while
+   others hold it); then decoding from memory on a worker thread, at most `DECODERS` bodies at a
+   time, by the runtime's readers (422), answered 422 when it takes longer than
+   `--decode-timeout-s` (the thread runs on, holding its decoder slot and its memory reservation
+   until it ends);
+5. the batcher and the backend; 6. the answer, built off the event loop. Everything held is
+   released when the request is answered.
 
 `/healthz`, `/v1/model` and `/v1/stats` never wait on any of it: they read state the event loop
-owns. numpy and the runtime only at module level; Starlette types are used, not imported.
+owns, and nothing that reads a body's bytes runs on the event loop. numpy and the runtime only at
+module level; Starlette types are used, not imported.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from brainseg.serve.options import ServeOptions
 
 log = logging.getLogger("brainseg.serve")
 DECODERS = 2  # bodies decoded at once: bounds the CPU that decoding takes from inference
+HEADER_DEADLINE_S = 2.0  # to read a body's header and walk its structure (linear in its bytes)
 RETRY_AFTER_S = "1"
 Submit = Callable[[np.ndarray], Awaitable[list]]
 
@@ -122,7 +128,6 @@ class SegmentationService:
         self.options = options
         self.replica = replica  # tells Ray replicas apart in /v1/stats
         self.stats = Stats()
-        self.limits = payloads.Limits(options.max_body_bytes, options.max_pixels, options.max_voxels)
         self.admission = Admission(options.max_uploads, options.max_buffered_bytes)
         self.max_batch = options.batch_size
         self.slice_seconds = 0.0  # the backend's time per slice: a running average (Ray mode's batch waits)
@@ -205,7 +210,8 @@ class SegmentationService:
             "mode": mode,
             "batching": {"max_batch": self.max_batch, "batch_wait_ms": o.batch_wait_ms, "replicas": o.replicas},
             "limits": {"max_body_bytes": o.max_body_bytes, "max_pixels": o.max_pixels, "max_voxels": o.max_voxels,
-                       "body_timeout_s": o.body_timeout_s, "max_uploads": o.max_uploads,
+                       "body_timeout_s": o.body_timeout_s, "decode_timeout_s": o.decode_timeout_s,
+                       "max_uploads": o.max_uploads,
                        "max_buffered_bytes": o.max_buffered_bytes},
             "media_types": list(formats.MEDIA_TYPES),
         }
@@ -216,15 +222,16 @@ class SegmentationService:
         media = formats.media_type(request.headers.get("content-type"))
         as_json = payloads.wants_json(request.query_params.get("format"), request.headers.get("accept"))
         marks = [time.perf_counter()]
-        held = 0
+        held = _Held(self.admission)
         try:
-            body, held = await self._receive(request)
+            body, held.body = await self._receive(request)
             marks.append(time.perf_counter())
-            payloads.check_header(body, media, self.limits)  # magic bytes, declared size: nothing decoded
-            held += self._hold_decoded(body, media)
+            inspected = await self._off_loop(formats.inspect, body, media, model.segmenter.steps,
+                                             deadline=HEADER_DEADLINE_S, what="reading its header")
+            held.decoded = self._hold_decoded(inspected.estimate)
             self.decoding += 1
             try:
-                data, image = await self._decode(body, media, model)
+                data, image = await self._decode(body, media, model, held)
             finally:
                 self.decoding -= 1
             del body
@@ -234,13 +241,13 @@ class SegmentationService:
             result = await asyncio.to_thread(_answer, model, data, arrays, as_json)
             marks.append(time.perf_counter())
         finally:
-            self.admission.release(held)
+            held.release()
         result.headers["Server-Timing"] = _server_timing(marks, backend_seconds)
         return result
 
     async def _receive(self, request) -> tuple[bytes, int]:
         """(the body, the bytes of it counted as held); see steps 2 and 3 of the module docstring."""
-        limit, admission = self.limits.max_body_bytes, self.admission
+        limit, admission = self.options.max_body_bytes, self.admission
         declared = request.headers.get("content-length")
         payloads.check_declared_size(declared, limit)
         admission.enter()
@@ -277,10 +284,9 @@ class SegmentationService:
             admission.leave()
         return b"".join(chunks), held
 
-    def _hold_decoded(self, body: bytes, media: str) -> int:
-        """Count the memory decoding and answering `body` will hold (its header's estimate) against
+    def _hold_decoded(self, estimate: int) -> int:
+        """Count the memory decoding and answering a body will hold (its header's estimate) against
         the buffer budget: 413 when it could never fit, 503 while other requests hold too much."""
-        estimate = formats.decoded_estimate(body, media)
         budget = self.admission.max_buffered_bytes
         if estimate > budget:
             raise RequestError(413, f"decoding this body would hold about {estimate // 2**20} MiB, more than the "
@@ -288,11 +294,42 @@ class SegmentationService:
         self.admission.hold(estimate)
         return estimate
 
-    async def _decode(self, body: bytes, media: str, model: _Model) -> tuple[ScanData, np.ndarray]:
+    async def _off_loop(self, function, *args, deadline: float, what: str):
+        """`function(*args)` on a worker thread; 422 when it has not returned within `deadline` s (the
+        thread cannot be stopped: it runs on, its outcome dropped)."""
+        work = asyncio.get_running_loop().run_in_executor(None, function, *args)
+        try:
+            return await asyncio.wait_for(asyncio.shield(work), deadline)
+        except TimeoutError:
+            work.add_done_callback(_retrieve)
+            raise RequestError(422, f"{what} took longer than {deadline:g} s") from None
+
+    async def _decode(self, body: bytes, media: str, model: _Model, held: _Held) -> tuple[ScanData, np.ndarray]:
+        """Decode on a worker thread within --decode-timeout-s, at most DECODERS at a time. A decode
+        that is late, or whose client went away, keeps its slot and its memory reservation until
+        its thread ends."""
         if self._decoders is None:
             self._decoders = asyncio.Semaphore(DECODERS)
-        async with self._decoders:
-            return await asyncio.to_thread(payloads.read_body, body, media, model.segmenter.steps, self.limits)
+        await self._decoders.acquire()
+        work = asyncio.get_running_loop().run_in_executor(None, payloads.read_body, body, media,
+                                                          model.segmenter.steps)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(work), self.options.decode_timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as err:
+            estimate, held.decoded = held.decoded, 0
+
+            def settle(done: asyncio.Future) -> None:
+                _retrieve(done)
+                self._decoders.release()
+                self.admission.release(estimate)
+
+            work.add_done_callback(settle)
+            if isinstance(err, TimeoutError):
+                raise RequestError(422, f"decoding it took longer than {self.options.decode_timeout_s:g} s "
+                                        "(seg-serve --decode-timeout-s)") from None
+            raise
+        self._decoders.release()
+        return result
 
     async def _infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
         """(S, h, w, C) slices at the graph's size -> (outputs by name, each (S, K, h, w), seconds the
@@ -300,6 +337,25 @@ class SegmentationService:
         per_slice = await self.submit(image)
         arrays = {name: np.stack([outputs[name] for outputs, _ in per_slice]) for name in per_slice[0][0]}
         return arrays, sum(dict(batch for _, batch in per_slice).values())
+
+
+class _Held:
+    """The bytes one request holds in the admission budget: its body, and what decoding it will take."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.body = 0
+        self.decoded = 0
+
+    def release(self) -> None:
+        self.admission.release(self.body + self.decoded)
+        self.body = self.decoded = 0
+
+
+def _retrieve(work: asyncio.Future) -> None:
+    """Take a late thread's outcome, so that asyncio does not log it as never retrieved."""
+    if not work.cancelled():
+        work.exception()
 
 
 def _answer(model: _Model, data: ScanData, arrays: dict[str, np.ndarray], as_json: bool) -> payloads.Answer:

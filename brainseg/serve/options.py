@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from brainseg.errors import ConfigError
 from brainseg.runtime.segmenter import SegmenterOptions
 
-MAX_PIXELS = 16384 * 16384  # a 16k x 16k slice (max_voxels, for volumes, is SegmenterOptions')
-
 
 @dataclass(frozen=True)
 class ServeOptions(SegmenterOptions):
@@ -21,7 +19,8 @@ class ServeOptions(SegmenterOptions):
     `batch_wait_ms`: how long a batch may wait for more slices (see docs/serve.md).
     `replicas`: Ray Serve replicas (Ray mode only).
     Limits (docs/security.md): `max_body_mb` on the wire, `max_pixels` / `max_voxels` declared by
-    an image's or a volume's header, `body_timeout_s` to receive a whole body, `max_uploads`
+    an image's or a volume's header (`SegmenterOptions`', shared with seg-run), `body_timeout_s`
+    to receive a whole body, `decode_timeout_s` to read its header and decode it, `max_uploads`
     bodies received at once, `max_buffered_mb` of memory held for requests at once (their bodies
     and what decoding them holds, estimated from their headers).
     """
@@ -33,8 +32,8 @@ class ServeOptions(SegmenterOptions):
     replicas: int = 1
     batch_wait_ms: float = 5.0
     max_body_mb: float = 64.0
-    max_pixels: int = MAX_PIXELS
     body_timeout_s: float = 30.0
+    decode_timeout_s: float = 20.0
     max_uploads: int = 128
     max_buffered_mb: float = 2048.0
 
@@ -42,8 +41,9 @@ class ServeOptions(SegmenterOptions):
         """Raise ConfigError naming the first option out of range."""
         limits = {"--port": (self.port, 1, 65535), "--replicas": (self.replicas, 1, None),
                   "--max-batch": (self.batch_size, 1, None), "--batch-wait-ms": (self.batch_wait_ms, 0, None),
-                  "--max-body-mb": (self.max_body_mb, 0.001, None), "--max-pixels": (self.max_pixels, 1, None),
+                  "--max-body-mb": (self.max_body_mb, 0.001, None),
                   "--body-timeout-s": (self.body_timeout_s, 0.1, None),
+                  "--decode-timeout-s": (self.decode_timeout_s, 0.1, None),
                   "--max-uploads": (self.max_uploads, 1, None),
                   "--max-buffered-mb": (self.max_buffered_mb, self.max_body_mb, None)}
         for flag, (value, low, high) in limits.items():

@@ -1,7 +1,7 @@
 """What goes over the wire for `POST /v1/segment`: the body in, the mask and its numbers out.
 
-A body, already checked against its Content-Type and its declared size (`brainseg.serve.formats`),
-is decoded from memory by the runtime's own readers (`ScanSteps.read` of the served `Segmenter`,
+A body, already checked against its Content-Type and its header (`brainseg.serve.formats`), is
+decoded from memory by the runtime's own readers (`ScanSteps.read` of the served `Segmenter`,
 given the bytes as the scan's `content`), so a slice served here is decoded, checked and resized
 exactly as `seg-run` does it, and nothing of it is written to disk. The answer is built from the
 runtime's `Prediction` with `brainseg.runtime.outputs`: the same mask PNG or NIfTI bytes `seg-run`
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.data.brats import DEFAULT_CONVENTION
-from brainseg.errors import BrainsegError, InputSkipped
+from brainseg.errors import BrainsegError, InputSkipped, InputTooLarge
 from brainseg.runtime import outputs
 from brainseg.runtime.io.nifti import one_line
 from brainseg.runtime.io.scans import Prediction, Scan, ScanData
@@ -28,15 +28,6 @@ from brainseg.serve.errors import RequestError
 
 PNG, NIFTI_GZ, JSON = "image/png", "application/gzip", "application/json"
 _NAMES = {"slice": Path("request"), "nifti": Path("request.nii")}  # names the body in the readers' messages
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may declare: bytes on the wire, pixels of a slice, voxels of a volume."""
-
-    max_body_bytes: int
-    max_pixels: int
-    max_voxels: int
 
 
 @dataclass(frozen=True)
@@ -68,39 +59,22 @@ def wants_json(format_param: str | None, accept: str | None) -> bool:
     return JSON in (accept or "").lower()
 
 
-def check_header(body: bytes, media: str, limits: Limits) -> None:
-    """What the first bytes of a body decide, nothing decoded: 400 when empty, 415 when its magic
-    bytes are not those of `media`, 413 when its header declares more pixels or voxels than `limits`."""
-    if not body:
-        raise RequestError(400, "the body is empty; send the image or volume bytes")
-    formats.check_media(media, body)
-    if formats.MEDIA_TYPES[media] == "slice":
-        formats.check_image_size(body, limits.max_pixels)
-    else:
-        formats.check_nifti_size(body, media, limits.max_voxels)
-
-
-def read_body(body: bytes, media: str, steps: ScanSteps, limits: Limits) -> tuple[ScanData, np.ndarray]:
+def read_body(body: bytes, media: str, steps: ScanSteps) -> tuple[ScanData, np.ndarray]:
     """Decode one request body from memory as the runtime reads a file: (its ScanData, (S, h, w, C)
-    at the graph's size).
+    at the graph's size). The body has passed `formats.inspect`; the reader checks it again, as
+    seg-run's does for a file.
 
-    Raises RequestError 400 for an empty body, 415 when its magic bytes are not those of `media`,
-    413 when its header declares more pixels or voxels than `limits`, and 422, with the reader's
-    reason, for a body the runtime's readers refuse (truncated, wrong channel count, NaN voxels...).
+    Raises RequestError 413 when it declares more pixels or voxels than `steps.limits`, and 422,
+    with the reader's reason, for a body the runtime's readers refuse (truncated, corrupt, wrong
+    channel count, NaN voxels...).
     """
-    if not body:
-        raise RequestError(400, "the body is empty; send the image or volume bytes")
-    formats.check_media(media, body)
     kind = formats.MEDIA_TYPES[media]
-    if kind == "slice":
-        formats.check_image_size(body, limits.max_pixels)
-        content = body
-    else:
-        content = formats.nifti_content(body, media, limits.max_voxels)
     name = _NAMES[kind]
-    scan = Scan(key="request", kind=kind, paths=(name,), root=name, content=content)
+    scan = Scan(key="request", kind=kind, paths=(name,), root=name, content=body)
     try:
         data, image = steps.read(scan)
+    except InputTooLarge as err:
+        raise RequestError(413, err.reason) from None
     except InputSkipped as err:
         raise RequestError(422, err.reason) from None
     except BrainsegError:  # not the body's fault (e.g. a graph input that is not square)

@@ -1,7 +1,8 @@
 """The `seg-run` command: parse the options, call `segment` once, print what was done and skipped.
 
-Only typer, the standard library and brainseg.cli_support are imported at module level; the run
-itself is imported when the command runs. Library errors are printed as one line and exit with
+Only typer, the standard library, brainseg.cli_support and the size limits' defaults
+(`brainseg.formats.limits`) are imported at module level; the run itself is imported when the
+command runs. Library errors are printed as one line and exit with
 code 2, since 1 means "some inputs were skipped" (`brainseg.cli_support.command`).
 """
 
@@ -14,6 +15,7 @@ import typer
 
 from brainseg.choices import BackendName, ComponentRule, TtaMode
 from brainseg.cli_support import Backend, Components, Labels, Precision, Tta, command, scan_progress
+from brainseg.formats.limits import MAX_PIXELS, MAX_VOXELS
 
 
 @command(error_code=2)
@@ -43,7 +45,10 @@ def run_command(
         help="Run on Ray Data: 'local', or a cluster's address (HOST:6379, auto, ray://HOST:10001).")] = None,
     ray_actors: Annotated[int, typer.Option(help="With --ray: inference actors, one backend (and GPU) each.")] = 1,
     max_attempts: Annotated[int, typer.Option(help="With --ray: tries of a scan's dying task, then skip it.")] = 3,
-    max_voxels: Annotated[int, typer.Option(help="Skip a volume declaring more voxels (512x512x320).")] = 83886080,
+    max_pixels: Annotated[int, typer.Option(help="Skip an image declaring more pixels (16384 x 16384).")]
+    = MAX_PIXELS,
+    max_voxels: Annotated[int, typer.Option(help="Skip a volume declaring more voxels (512 x 512 x 320).")]
+    = MAX_VOXELS,
     brats_labels: Labels = None,
     submission: Annotated[Path | None, typer.Option(
         help="BraTS: also write each case's label map as DIR/<case>.nii.gz, a challenge submission folder.")]
@@ -59,7 +64,8 @@ def run_command(
     options = RunOptions(backend=backend, precision=precision, device=device, batch_size=batch_size,
                          readers=readers, threads=threads, overwrite=overwrite, save_probability=save_probability,
                          overlays=overlays, qc_threshold=qc_threshold, cuda_graph=cuda_graph, spinning=spin,
-                         tta=tta, components=components, ray=ray, ray_actors=ray_actors, max_voxels=max_voxels,
+                         tta=tta, components=components, ray=ray, ray_actors=ray_actors, max_pixels=max_pixels,
+                         max_voxels=max_voxels,
                          max_attempts=max_attempts, brats_labels=brats_labels,
                          submission=submission)
     with scan_progress(enabled=progress) as on_scan:

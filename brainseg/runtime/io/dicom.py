@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.errors import InputSkipped, require
-from brainseg.runtime.io import declared
+from brainseg.errors import BrainsegError, InputSkipped, LimitExceeded, require
+from brainseg.formats.limits import MAX_VOXELS, check_voxels
 from brainseg.runtime.io.nifti import check_finite, one_line
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -45,17 +45,26 @@ def dicom_series(paths: Sequence[Path]) -> tuple[list[tuple[str, list[Path]]], l
     return series, bad
 
 
-def read_dicom(paths: Sequence[Path], *, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
+def read_dicom(paths: Sequence[Path], *, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, dict]:
     """Read one grayscale series as float32 RAS+ (X, Y, Z, 1) plus `info` (see the module docstring).
 
     Slices are ordered along the slice normal by ImagePositionPatient (InstanceNumber when a
     position is missing, and then the orientation is assumed axial); RescaleSlope and
     RescaleIntercept are applied (MONOCHROME1 is not inverted). Reorientation to RAS+ takes each
     voxel axis to its nearest patient axis (nibabel's `io_orientation`): exact for axial, coronal
-    and sagittal series, approximate for oblique ones. With `max_voxels`, a series whose headers
-    declare more voxels (files x rows x columns x frames x samples) is refused before any pixel
-    data is decoded.
+    and sagittal series, approximate for oblique ones. A series whose headers declare more than
+    `max_voxels` voxels (files x rows x columns x frames x samples) is refused before any pixel
+    data is decoded, and whatever pydicom or nibabel raise skips it with their error on one line.
     """
+    try:
+        return _read_series(paths, max_voxels)
+    except BrainsegError:  # InputSkipped, or pydicom or nibabel is not installed
+        raise
+    except Exception as exc:  # pydicom and nibabel raise many types for tags that make no sense
+        raise InputSkipped(paths[0], f"cannot read the DICOM series ({one_line(exc)})") from None
+
+
+def _read_series(paths: Sequence[Path], max_voxels: int) -> tuple[np.ndarray, dict]:
     pydicom = require("pydicom", "dicom")
     orientations = require("nibabel", "nifti").orientations
     members = []
@@ -64,8 +73,7 @@ def read_dicom(paths: Sequence[Path], *, max_voxels: int | None = None) -> tuple
             members.append((Path(path), pydicom.dcmread(path)))
         except Exception as exc:  # pydicom raises many types for a broken file
             raise InputSkipped(path, f"cannot read DICOM ({one_line(exc)})") from exc
-    if max_voxels is not None:
-        _check_declared(members, max_voxels)
+    _check_declared(members, max_voxels)
     members = slice_order(members)
     check_spacing(members)
     planes = [_dicom_pixels(path, ds) for path, ds in members]
@@ -92,10 +100,11 @@ def _check_declared(members: list, max_voxels: int) -> None:
     path, first = members[0]
     rows, columns = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
     per_file = rows * columns * int(first.get("NumberOfFrames", 1) or 1) * int(first.get("SamplesPerPixel", 1) or 1)
-    shape = f"{columns}x{rows}x{len(members)}"
-    reason = declared.check_voxels(per_file * len(members), shape, max_voxels)
-    if reason:
-        raise InputSkipped(path, f"the series {reason}")
+    try:
+        extra = per_file // max(1, rows * columns)  # frames x samples per file
+        check_voxels((columns, rows, len(members), *((extra,) if extra > 1 else ())), max_voxels)
+    except LimitExceeded as err:
+        raise LimitExceeded(f"the series {err.reason}").at(path) from None
 
 
 def slice_order(members: list) -> list:

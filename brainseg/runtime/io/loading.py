@@ -26,12 +26,13 @@ from brainseg.artifacts.manifest import InputSpec
 from brainseg.data.brats import axial_view, same_grid, zscore_nonzero
 from brainseg.data.imageio import read_image, to_uint8
 from brainseg.errors import BrainsegError, InputSkipped
+from brainseg.formats.limits import SizeLimits
 from brainseg.runtime.io.dicom import read_dicom
 from brainseg.runtime.io.nifti import read_nifti
 from brainseg.runtime.io.scans import Scan, ScanData
 
 
-def load(scan: Scan, spec: InputSpec, *, max_voxels: int | None = None) -> ScanData:
+def load(scan: Scan, spec: InputSpec, *, limits: SizeLimits = SizeLimits()) -> ScanData:
     """Read `scan` as (S, H, W, C) slices in the artifacts' input dtype and channel count.
 
     - 2-D images: uint8 RGB (as `read_image` gives). 16-bit pixels are rescaled to 8-bit with one
@@ -47,29 +48,28 @@ def load(scan: Scan, spec: InputSpec, *, max_voxels: int | None = None) -> ScanD
     Raises:
         InputSkipped: a file is empty, truncated, unreadable or has NaN/infinite voxels; the
             channel count does not fit; the slices of a series or the modalities of a case
-            differ in size; a modality is empty (float32); nibabel or pydicom is missing; a
-            volume's header declares more than `max_voxels` voxels (checked before reading it).
+            differ in size; a modality is empty (float32); nibabel or pydicom is missing.
+            `InputTooLarge` when an image's header declares more pixels or a volume's more voxels
+            than `limits` (checked before anything is decoded).
     """
     readers = {"slice": _load_images, "kaggle_3m": _load_images, "nifti": _load_volume, "brats": _load_brats,
                "dicom": _load_volume}
     try:
-        if scan.kind == "slice" or scan.kind == "kaggle_3m":
-            return readers[scan.kind](scan, spec)
-        return readers[scan.kind](scan, spec, max_voxels)
+        return readers[scan.kind](scan, spec, limits)
     except InputSkipped:
         raise
     except BrainsegError as exc:  # nibabel or pydicom is not installed
         raise InputSkipped(scan.paths[0], str(exc)) from exc
 
 
-def _load_images(scan: Scan, spec: InputSpec) -> ScanData:
+def _load_images(scan: Scan, spec: InputSpec, limits: SizeLimits) -> ScanData:
     if spec.dtype != "uint8":
         needed = ", ".join(spec.modalities or ()) or "float32"
         raise InputSkipped(
             scan.paths[0],
             f"is a 2-D image, but these artifacts take volumes ({needed}) z-scored per scan; give NIfTI or DICOM",
         )
-    images = [read_image(path, scan.content) for path in scan.paths]  # (H, W, C) each; content: one in memory
+    images = [read_image(path, scan.content, max_pixels=limits.max_pixels) for path in scan.paths]  # (H, W, C) each
     for path, image in zip(scan.paths[1:], images[1:], strict=True):
         if (image.shape, image.dtype) != (images[0].shape, images[0].dtype):
             raise InputSkipped(path, f"is {image.shape} {image.dtype} but {scan.paths[0].name} is "
@@ -84,19 +84,19 @@ def _load_images(scan: Scan, spec: InputSpec) -> ScanData:
     return ScanData(scan, stack, [path.stem for path in scan.paths], notes=notes)
 
 
-def _load_volume(scan: Scan, spec: InputSpec, max_voxels: int | None) -> ScanData:
+def _load_volume(scan: Scan, spec: InputSpec, limits: SizeLimits) -> ScanData:
     if scan.kind == "nifti":
-        data, info = read_nifti(scan.paths[0], scan.content, max_voxels=max_voxels)
+        data, info = read_nifti(scan.paths[0], scan.content, max_voxels=limits.max_voxels)
     else:
-        data, info = read_dicom(scan.paths, max_voxels=max_voxels)
+        data, info = read_dicom(scan.paths, max_voxels=limits.max_voxels)
     return _volume_data(scan, data, info, spec)
 
 
-def _load_brats(scan: Scan, spec: InputSpec, max_voxels: int | None) -> ScanData:
+def _load_brats(scan: Scan, spec: InputSpec, limits: SizeLimits) -> ScanData:
     """One (X, Y, Z) array per modality file, kept apart: each is z-scored and laid out once, never stacked."""
     channels, info = [], None
     for path in scan.paths:
-        data, read_info = read_nifti(path, max_voxels=max_voxels)  # (X, Y, Z, 1) in RAS+
+        data, read_info = read_nifti(path, max_voxels=limits.max_voxels)  # (X, Y, Z, 1) in RAS+
         if data.shape[3] != 1:
             raise InputSkipped(path, f"is 4-D {data.shape}; a BraTS modality must be one 3-D volume")
         if channels and data.shape[:3] != channels[0].shape:

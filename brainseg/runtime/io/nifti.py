@@ -14,20 +14,25 @@ module's `read_nifti`, and `brainseg.runtime.io.dicom.read_dicom`) return that R
 so `to_original` can put an axial prediction back on the input's voxel grid and `nifti_bytes`
 can encode it with the input's affine (and header, when there is one).
 
-A file that cannot be used raises `InputSkipped` (path and a one-line reason). nibabel is
-imported inside the functions that need it.
+A file that cannot be used raises `InputSkipped` (path and a one-line reason), whatever nibabel
+raised. The header is checked by `brainseg.formats.nifti` before nibabel sees a byte, and nibabel
+reads the volume from memory, never past what the header declares. nibabel is imported inside the
+functions that need it.
 """
 
 from __future__ import annotations
 
 import gzip
-import zlib
+import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from brainseg.errors import InputSkipped, require
-from brainseg.runtime.io import declared
+from brainseg.errors import FormatError, InputSkipped, require
+from brainseg.formats.inflate import GZIP_MAGIC, inflate
+from brainseg.formats.limits import MAX_VOXELS, check_voxels
+from brainseg.formats.nifti import HEAD_BYTES, NiftiHeader, check_extensions, parse_header
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)  # the orientation of a RAS+ array
 
@@ -37,66 +42,127 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int | None = None) -> tuple[np.ndarray, dict]:
+def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, dict]:
     """Read a 3-D volume, or a 4-D one with channels last, as float32 RAS+ (X, Y, Z, C) plus `info`.
 
     With `content` (the bytes of a .nii, or of a .nii.gz), they are read from memory and `path`
-    only names them in errors: nothing is written to disk. With `max_voxels`, the header is read
-    first and a volume that declares more voxels is refused before anything is allocated for it.
+    only names them in errors: nothing is written to disk. The header is read and checked first
+    (`nifti_content`): nothing is allocated for voxels until it has passed, and a gzip stream is
+    inflated no further than the file the header declares.
 
     Raises:
-        InputSkipped: the file is empty, not NIfTI, truncated, not 3-D or 4-D, or has NaN or
-            infinite voxels, or declares more than `max_voxels` voxels.
+        InputSkipped: the file is empty, not a single-file NIfTI-1/2, truncated, corrupt, not 3-D
+            or 4-D, or has NaN or infinite voxels, or nibabel refuses it (its error, on one line);
+            `InputTooLarge` when it declares more than `max_voxels` voxels.
     """
     nib = require("nibabel", "nifti")
     path = Path(path)
-    if (content is not None and not content) or (content is None and path.is_file() and path.stat().st_size == 0):
-        raise InputSkipped(path, "file is empty (0 bytes)")
-    if max_voxels is not None:
-        _check_declared(path, content, max_voxels)
+    header, content = nifti_content(path, content, max_voxels)
     try:
-        original = nib.load(str(path)) if content is None else _image_from_bytes(nib, content)
-        canonical = nib.as_closest_canonical(original)
-        data = canonical.get_fdata(dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
-        raise InputSkipped(path, f"cannot read NIfTI ({one_line(exc)})") from exc
+        with warnings.catch_warnings():  # nibabel warns about oddities it reads anyway
+            warnings.simplefilter("ignore")
+            klass = nib.Nifti1Image if header.version == 1 else nib.Nifti2Image
+            original = klass.from_stream(_MemoryFile(content))
+            del content
+            canonical = nib.as_closest_canonical(original)
+            data = canonical.get_fdata(dtype=np.float32)
+            info = {
+                "affine": original.affine.copy(),
+                "header": original.header.copy(),
+                "shape": tuple(int(n) for n in original.shape[:3]),
+                "to_axial": {"ornt": nib.orientations.io_orientation(original.affine)},
+                "zooms": tuple(float(z) for z in canonical.header.get_zooms()[:3]),
+                "source_dtype": str(original.get_data_dtype()),
+            }
+    except Exception as exc:  # nibabel raises many types for a header it cannot make sense of
+        raise InputSkipped(path, f"cannot read NIfTI ({one_line(exc)})") from None
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:
         raise InputSkipped(path, f"is {data.ndim}-D {data.shape}; expected 3-D, or 4-D with channels last")
     check_finite(path, data)
-    info = {
-        "affine": original.affine.copy(),
-        "header": original.header.copy(),
-        "shape": tuple(int(n) for n in original.shape[:3]),
-        "to_axial": {"ornt": nib.orientations.io_orientation(original.affine)},
-        "zooms": tuple(float(z) for z in canonical.header.get_zooms()[:3]),
-        "source_dtype": str(original.get_data_dtype()),
-    }
     return data, info
 
 
-def _check_declared(path: Path, content: bytes | None, max_voxels: int) -> None:
-    """InputSkipped when the header declares more than `max_voxels` voxels; a header that cannot be
-    parsed is left to nibabel, which says why in its own words."""
+def nifti_content(path: Path, content: bytes | None, max_voxels: int) -> tuple[NiftiHeader, bytes | bytearray]:
+    """The checked header of the NIfTI at `path` (or in `content`) and the bytes of its .nii,
+    inflated when gzip'd, exactly as long as the header declares.
+
+    Raises:
+        InputSkipped: empty, not a single-file NIfTI-1/2, a corrupt gzip stream, a header or
+            extension that `brainseg.formats.nifti` refuses, or fewer bytes than the header
+            declares; `InputTooLarge` beyond `max_voxels`.
+    """
     try:
-        header = declared.nifti_header(path, content)
-    except declared.HeaderError:
-        return
-    reason = declared.check_voxels(header.voxels, header.shape, max_voxels)
-    if reason:
-        raise InputSkipped(path, reason)
+        if content is not None:
+            return _checked(content, len(content), max_voxels)
+        with open(path, "rb") as file:
+            return _checked(file, path.stat().st_size, max_voxels)
+    except FormatError as err:
+        raise err.at(path) from None
+    except OSError as err:
+        raise InputSkipped(path, f"cannot be read ({err.strerror or err})") from None
 
 
-def _image_from_bytes(nib, content: bytes):
-    """A NIfTI-1 or NIfTI-2 image read from the bytes of a single-file .nii (or .nii.gz)."""
-    if content[:2] == b"\x1f\x8b":
-        content = gzip.decompress(content)
-    header_size = int.from_bytes(content[:4], "little")
-    if header_size not in (348, 540):
-        header_size = int.from_bytes(content[:4], "big")
-    kind = nib.Nifti2Image if header_size == 540 else nib.Nifti1Image
-    return kind.from_bytes(content)
+def _checked(source, size: int, max_voxels: int) -> tuple[NiftiHeader, bytes | bytearray]:
+    """See `nifti_content`; `source` is bytes or a binary file of `size` bytes."""
+    if size == 0:
+        raise FormatError("file is empty (0 bytes)")
+    start = _read(source, 2, 0)
+    gzipped = start == GZIP_MAGIC
+    header = parse_header(inflate(_rewound(source), HEAD_BYTES) if gzipped else _read(source, HEAD_BYTES, 0))
+    check_voxels(header.dims, max_voxels)
+    wanted = header.file_bytes
+    if not gzipped and size < wanted:
+        raise FormatError(f"the NIfTI is truncated: its header declares {wanted} bytes, the file holds {size}")
+    content = inflate(_rewound(source), wanted) if gzipped else _read(source, wanted, 0)
+    if len(content) < wanted:
+        raise FormatError(f"the NIfTI is truncated: its header declares {wanted} bytes, the gzip stream holds "
+                          f"{len(content)}")
+    check_extensions(content, header)
+    return header, content
+
+
+def _read(source, count: int, offset: int) -> bytes | memoryview:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return memoryview(source)[offset:offset + count]
+    source.seek(offset)
+    return source.read(count)
+
+
+def _rewound(source):
+    if not isinstance(source, bytes | bytearray | memoryview):
+        source.seek(0)
+    return source
+
+
+class _MemoryFile(io.RawIOBase):
+    """A read-only binary file over bytes in memory, without copying them (nibabel reads through it)."""
+
+    def __init__(self, content: bytes | bytearray | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(content).cast("B")
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        count = max(0, min(len(target), len(self._view) - self._at))
+        memoryview(target).cast("B")[:count] = self._view[self._at:self._at + count]
+        self._at += count
+        return count
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
 
 
 def check_finite(path: Path, data: np.ndarray) -> None:
