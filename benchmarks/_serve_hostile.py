@@ -43,7 +43,7 @@ def _rss_mb(root: int) -> float:
     return total / 1e6
 
 
-class _PeakRss:
+class PeakRss:
     """The server's peak memory above its level at the start, sampled every 20 ms while the block runs."""
 
     def __init__(self, pid: int) -> None:
@@ -51,7 +51,7 @@ class _PeakRss:
         self.baseline = self.peak = _rss_mb(pid)
         self._stop = threading.Event()
 
-    def __enter__(self) -> _PeakRss:
+    def __enter__(self) -> PeakRss:
         def sample() -> None:
             while not self._stop.wait(0.02):
                 self.peak = max(self.peak, _rss_mb(self.pid))
@@ -171,7 +171,7 @@ def hostile_suite(port: int, server_pid: int, slice_body: bytes) -> dict:
         "stalled_uploads_x64": stalls,
     }
     for name, case in plan.items():
-        with _PeakRss(server_pid) as memory:
+        with PeakRss(server_pid) as memory:
             record = case()
         record["peak_rss_up_mb"] = memory.up_mb
         cases[name] = record
