@@ -1,5 +1,5 @@
 """Bodies whose headers lie: they declare a size far beyond what they hold (the bombs of the
-seg-serve and reader tests)."""
+seg-serve and reader tests), and a complete image of a size that costs more than it weighs."""
 
 from __future__ import annotations
 
@@ -24,3 +24,16 @@ def nifti_claiming(*dims: int) -> bytes:
     struct.pack_into("<f", header, 108, 352.0)
     header[344:348] = b"n+1\0"
     return gzip.compress(bytes(header))
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A complete, valid 8-bit gray PNG of width x height zeros: about height x width / 1000 bytes."""
+    stream = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the row
+    idat = b"".join(stream.compress(row) for _ in range(height)) + stream.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import pytest
 from auto_choice import expected_auto_backend
-from lying_headers import nifti_claiming, png_claiming
+from lying_headers import nifti_claiming, png_claiming, png_of_zeros
 
 from brainseg.artifacts.manifest import Manifest
 from brainseg.errors import BrainsegError, ConfigError
@@ -297,7 +297,7 @@ def test_bad_requests_get_a_4xx_json_line_and_the_service_stays_healthy(service,
                                               {"Content-Type": "application/gzip"})),
         "bad content length": (400, ("POST", "/v1/segment", None, {"Content-Type": "image/png",
                                                                    "Content-Length": "12abc"})),
-        "decoded size over the budget": (413, ("POST", "/v1/segment", png_claiming(16000, 16000),
+        "decoded size over the budget": (413, ("POST", "/v1/segment", png_of_zeros(16000, 16000),
                                                {"Content-Type": "image/png"})),
     }[case]
     status, headers, body = _request(service, *request)

@@ -7,8 +7,9 @@ value counts, and it decodes strips whose compressed size cannot hold what they 
 on which value counts), a value of unknown type or one that lies past the end of the file, tiles
 larger than the image, strips or tiles that lie past the end of the file or are too short for
 what they declare under their compression (compressions other than none, LZW, Deflate, PackBits
-and JPEG are refused), and more than 4 samples per pixel. Everything libtiff and OpenCV reserve
-for the tiles, strips and their tables is counted in `work_bytes`.
+and JPEG are refused; YCbCr strips, subsampled, may hold a quarter of their size), more than
+2^20 strips or tiles, and more than 4 samples per pixel. Everything libtiff and OpenCV reserve for
+the tiles, strips and their tables is counted in `work_bytes`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ WIDTH, LENGTH, BITS, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262
 STRIP_OFFSETS, SAMPLES, ROWS_PER_STRIP, STRIP_COUNTS, PLANAR = 273, 277, 278, 279, 284
 TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_COUNTS = 322, 323, 324, 325
 ORIENTATION = 274
+YCBCR = 6  # the photometric interpretation whose subsampled strips hold fewer bytes than W x H x 3
+MAX_CELLS = 1 << 20  # strips or tiles: a 16384 x 16384 image in 16 x 16 tiles
 
 
 def inspect_tiff(data: bytes, max_pixels: int | None = None) -> ImageHeader:
@@ -52,8 +55,10 @@ def inspect_tiff(data: bytes, max_pixels: int | None = None) -> ImageHeader:
         names = ", ".join(sorted({name for name, _ in _COMPRESSIONS.values()}))
         raise FormatError(f"TIFF compression {compression} is not read; use {names}")
     layout = _Layout(directory, width, height, samples, bits.pop())
-    layout.check(_COMPRESSIONS[compression])
-    gray = samples == 1 and directory.one(PHOTOMETRIC, 1) in (0, 1)
+    photometric = directory.one(PHOTOMETRIC, 1)
+    name, ratio = _COMPRESSIONS[compression]
+    layout.check((name, max(ratio, 4) if photometric == YCBCR else ratio))
+    gray = samples == 1 and photometric in (0, 1)
     channels = 1 if gray else 4
     decoded = width * height * channels * layout.sample_bytes
     rotated = decoded if directory.one(ORIENTATION, 1) != 1 else 0  # OpenCV flips a copy
@@ -94,8 +99,9 @@ class _Directory:
     def __contains__(self, tag: int) -> bool:
         return tag in self.fields
 
-    def values(self, tag: int, default: list[int] | None = None) -> np.ndarray:
-        """The values of an integer tag (BYTE, SHORT or LONG) as int64; `default` when it is absent."""
+    def values(self, tag: int, default: list[int] | None = None, most: int | None = None) -> np.ndarray:
+        """The values of an integer tag (BYTE, SHORT or LONG) as int64, the first `most` of them;
+        `default` when it is absent."""
         if tag not in self.fields:
             if default is None:
                 raise FormatError(f"TIFF lacks tag {tag}, which it needs")
@@ -103,7 +109,8 @@ class _Directory:
         kind, n, start = self.fields[tag]
         if kind not in _UNSIGNED:
             raise FormatError(f"TIFF tag {tag} has type {kind}; expected BYTE, SHORT or LONG")
-        return np.frombuffer(self.data, self.order + _UNSIGNED[kind], n, start).astype(np.int64)
+        count = n if most is None else min(n, most)
+        return np.frombuffer(self.data, self.order + _UNSIGNED[kind], count, start).astype(np.int64)
 
     def one(self, tag: int, default: int | None = None) -> int:
         """The single value of an integer tag; `default` when it is absent."""
@@ -136,12 +143,14 @@ class _Layout:
             across, down = 1, -(-height // self.cell[1])
             offsets, counts = STRIP_OFFSETS, STRIP_COUNTS
         self.cells = across * down * self.planes
-        self.offsets = directory.values(offsets)
-        self.counts = directory.values(counts)
+        what = "tiles" if tiled else "strips"
+        if self.cells > MAX_CELLS:
+            raise FormatError(f"TIFF has {self.cells} {what}; at most {MAX_CELLS} are read")
+        self.offsets = directory.values(offsets, most=self.cells)
+        self.counts = directory.values(counts, most=self.cells)
         if min(len(self.offsets), len(self.counts)) < self.cells:
             raise FormatError(f"TIFF lists {len(self.offsets)} offsets and {len(self.counts)} byte counts for its "
-                              f"{self.cells} {'tiles' if tiled else 'strips'}")
-        self.offsets, self.counts = self.offsets[:self.cells], self.counts[:self.cells]
+                              f"{self.cells} {what}")
         self.tiled, self.size = tiled, len(directory.data)
 
     @property

@@ -313,9 +313,11 @@ class SegmentationService:
         await self._decoders.acquire()
         work = asyncio.get_running_loop().run_in_executor(None, payloads.read_body, body, media,
                                                           model.segmenter.steps)
+        late = False
         try:
-            result = await asyncio.wait_for(asyncio.shield(work), self.options.decode_timeout_s)
+            return await asyncio.wait_for(asyncio.shield(work), self.options.decode_timeout_s)
         except (TimeoutError, asyncio.CancelledError) as err:
+            late = True
             estimate, held.decoded = held.decoded, 0
 
             def settle(done: asyncio.Future) -> None:
@@ -328,8 +330,9 @@ class SegmentationService:
                 raise RequestError(422, f"decoding it took longer than {self.options.decode_timeout_s:g} s "
                                         "(seg-serve --decode-timeout-s)") from None
             raise
-        self._decoders.release()
-        return result
+        finally:
+            if not late:  # the decode ended, with its slices or its refusal
+                self._decoders.release()
 
     async def _infer(self, image: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
         """(S, h, w, C) slices at the graph's size -> (outputs by name, each (S, K, h, w), seconds the
