@@ -7,6 +7,9 @@ Three parts, each optional:
   at a time. A worker that crashes, or whose progress stops for `--hang-s` (then it is killed),
   has its input recorded as a crash or a hang, and its chunk's other inputs run again. Each
   broken contract's input is saved in `fuzz_reproducers/` beside the JSON.
+- `--guided-s SECONDS`: then each target for that long under coverage-guided fuzzing (atheris,
+  `brainseg.fuzz.guided`; `pip install atheris`), same contract and shim; a broken contract stops
+  the target's run and its input is saved with the others.
 - `--serve ARTIFACTS`: a fresh `seg-serve` (embedded, default limits) on loopback gets the corpus:
   `--bodies` inputs of the serve corpus (every family, Content-Type as the bytes say, some sent
   as another type), issue 32's reproducers, and any files in `--reproducers DIR`, from two
@@ -152,6 +155,26 @@ def _save_reproducers(report: dict, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         body = make_input(report["target"], TARGETS[report["target"]].families, failure["seed"], failure["index"])
         (folder / f"{report['target']}-{failure['seed']}-{failure['index']}.bin").write_bytes(body)
+
+
+def run_guided(args: argparse.Namespace, work: Path, shim: Path) -> dict:
+    env = {**os.environ, **allocations.environment(shim)}
+    results = {}
+    for name in args.targets:
+        folder = args.out_folder / f"guided-{name}-"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "brainseg.fuzz.guided", name, str(work / f"corpus-{name}"),
+                   f"-max_total_time={args.guided_s}", f"-timeout={max(10, int(args.hang_s))}", "-max_len=1048576",
+                   "-rss_limit_mb=16384", f"-artifact_prefix={folder}", "-print_final_stats=1"]
+        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                              timeout=args.guided_s + 600)
+        runs = [line for line in done.stderr.splitlines() if line.startswith("Done ")]
+        broken = [line.strip() for line in done.stderr.splitlines() if "ContractBroken:" in line][:1]
+        results[name] = {"runs": int(runs[-1].split()[1]) if runs else 0, "seconds": args.guided_s,
+                         "exit_code": done.returncode, "broken_contract": broken[0] if broken else None,
+                         "saved": sorted(p.name for p in folder.parent.glob(f"{folder.name}*"))}
+        print(f"{name} (guided): {results[name]['runs']} runs, exit code {done.returncode}", file=sys.stderr)
+    return results
 
 
 # --- the corpus, as bodies and as files -------------------------------------------------------------
@@ -369,6 +392,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=10_000, help="inputs per worker process")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--hang-s", type=float, default=60.0)
+    parser.add_argument("--guided-s", type=int, default=0, help="seconds of coverage-guided fuzzing per target")
     parser.add_argument("--serve", type=Path, help="an artifacts folder: put the corpus to a live seg-serve")
     parser.add_argument("--run", type=Path, help="an artifacts folder: run seg-run over the corpus as files")
     parser.add_argument("--bodies", type=int, default=3000, help="fuzzed bodies sent to seg-serve")
@@ -381,8 +405,11 @@ def main() -> None:
     result = {"machine": cpu_description(), "command": " ".join(sys.argv[1:])}
     with tempfile.TemporaryDirectory(prefix="brainseg-fuzz-") as scratch:
         work = Path(scratch)
+        shim = allocations.build(work)
         if args.targets and args.inputs:
-            result["targets"] = run_targets(args, work, allocations.build(work))
+            result["targets"] = run_targets(args, work, shim)
+        if args.targets and args.guided_s:
+            result["guided"] = run_guided(args, work, shim)
         if args.serve:
             result["serve"] = run_serve(args, work)
         if args.run:

@@ -66,7 +66,7 @@ def fuzz(target: Target | str, *, seed: int, start: int = 0, count: int, progres
     target = TARGETS[target] if isinstance(target, str) else target
     counter = Allocations() if Allocations.available() else None
     report = Report(target.name, seed, start, counted_allocations=counter is not None)
-    _warm_up(target)
+    warm_up(target)
     began = time.perf_counter()
     for index in range(start, start + count):
         body = make_input(target.name, target.families, seed, index)
@@ -78,42 +78,60 @@ def fuzz(target: Target | str, *, seed: int, start: int = 0, count: int, progres
     return report
 
 
-def _one(target: Target, body: bytes, seed: int, index: int, bound: int, counter, report: Report) -> None:
+@dataclass
+class Call:
+    """One call of a target on one body, and the contract it broke (`problems`: (kind, detail) pairs)."""
+
+    outcome: str  # "accepted", "refused" or "escaped"
+    seconds: float
+    allocated: int  # peak bytes above what was live when the call started (0 when not counted)
+    largest: int  # the largest single request during the call
+    problems: list[tuple[str, str]]
+
+
+def call(target: Target, body: bytes, bound: int, counter: Allocations | None) -> Call:
+    """Call `target` on `body` and judge it: an escaped exception, a call over the deadline, an allocation
+    over `bound` + SLACK (when `counter` counts), a result the target's check refuses."""
     live = counter.start() if counter else 0
     started = time.perf_counter()
-    result, escaped = None, None
+    result, escaped, outcome = None, None, "accepted"
     try:
         result = target.call(body)
-        report.accepted += 1
     except _ALLOWED:
-        report.refused += 1
+        outcome = "refused"
     except Exception as err:  # the contract this run is here to check
-        escaped = err
+        escaped, outcome = err, "escaped"
     seconds = time.perf_counter() - started
     allocated = counter.peak_above(live) if counter else 0
     largest = counter.largest() if counter else 0
-    wrong = target.check(body, result) if result is not None else None
-    del result
-    report.inputs += 1
-    report.slowest_s = max(report.slowest_s, round(seconds, 4))
-    report.largest_allocation = max(report.largest_allocation, allocated)
-    report.largest_ratio = max(report.largest_ratio, round(allocated / (bound + SLACK), 4))
-
-    def fail(kind: str, detail: str) -> None:
-        report.failures.append(Failure(target.name, seed, index, kind, detail, round(seconds, 4), allocated, bound))
-
+    problems = []
     if escaped is not None:
-        fail("escape", "".join(traceback.format_exception_only(escaped)).strip()[:500])
+        problems.append(("escape", "".join(traceback.format_exception_only(escaped)).strip()[:500]))
     if seconds > target.deadline_s:
-        fail("deadline", f"took {seconds:.3f} s; the deadline is {target.deadline_s} s")
+        problems.append(("deadline", f"took {seconds:.3f} s; the deadline is {target.deadline_s} s"))
     if max(allocated, largest) > bound + SLACK:
-        fail("allocation", f"allocated {allocated} bytes at its peak (largest request {largest}); the bound is "
-                           f"{bound} + {SLACK}")
+        problems.append(("allocation", f"allocated {allocated} bytes at its peak (largest request {largest}); "
+                                       f"the bound is {bound} + {SLACK}"))
+    wrong = target.check(body, result) if outcome == "accepted" else None
     if wrong is not None:
-        fail("result", wrong)
+        problems.append(("result", wrong))
+    return Call(outcome, seconds, allocated, largest, problems)
 
 
-def _warm_up(target: Target) -> None:
+def _one(target: Target, body: bytes, seed: int, index: int, bound: int, counter, report: Report) -> None:
+    done = call(target, body, bound, counter)
+    report.inputs += 1
+    report.accepted += done.outcome == "accepted"
+    report.refused += done.outcome == "refused"
+    report.slowest_s = max(report.slowest_s, round(done.seconds, 4))
+    report.largest_allocation = max(report.largest_allocation, done.allocated)
+    report.largest_ratio = max(report.largest_ratio, round(done.allocated / (bound + SLACK), 4))
+    for kind, detail in done.problems:
+        report.failures.append(Failure(target.name, seed, index, kind, detail, round(done.seconds, 4),
+                                       done.allocated, bound))
+
+
+def warm_up(target: Target) -> None:
     """Call the target on its seed files once, so that lazy imports and first-use buffers are not counted."""
     from brainseg.fuzz.seeds import seeds
 
