@@ -75,6 +75,11 @@ class LimitExceeded(FormatError):
         return InputTooLarge(path, self.reason)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as "Type: message" on one line (some libraries' messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 def require(module: str, extra: str, *, package: str | None = None, hint: str = "") -> ModuleType:
     """Import `module`, or raise a BrainsegError naming the extra that installs it.
 

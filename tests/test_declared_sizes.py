@@ -110,3 +110,17 @@ def test_seg_run_and_seg_serve_default_limits_are_the_runtime_defaults(limit):
     defaults = {inspect.signature(command).parameters[limit].default for command in (run_command, serve_command)}
     assert defaults == {getattr(SizeLimits(), limit)} == {getattr(SegmenterOptions(), limit)}
     assert getattr(ServeOptions(), limit) == getattr(SizeLimits(), limit)
+
+
+def test_a_deflated_dicom_is_skipped_before_pydicom_inflates_it(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = write_dicom(tmp_path / "series" / "0.dcm", np.zeros((4, 4)), 0.0, "1.2.3", 1)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    assert pydicom.dcmread(path).Rows == 4  # a valid file, which pydicom reads by inflating all of it
+    scans, skipped = discover([tmp_path / "series"], None)
+    assert scans == [] and [Path(s.path).name for s in skipped] == ["0.dcm"]
+    assert "Deflated transfer syntax" in skipped[0].reason

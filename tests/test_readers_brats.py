@@ -120,11 +120,11 @@ def test_brats_missing_modality_or_seg_is_skipped(tmp_path):
 
 def test_brats_truncated_or_garbage_nifti_is_skipped(tmp_path):
     dataset = brats_case_with(tmp_path / "a", lambda f: truncate(f / "bad_flair.nii.gz", 0.5))
-    assert "cannot read NIfTI" in skip_for(dataset, "bad_flair.nii.gz").reason
+    assert "the NIfTI is truncated" in skip_for(dataset, "bad_flair.nii.gz").reason
     dataset = brats_case_with(
         tmp_path / "b", lambda f: (f / "bad_t2.nii.gz").write_bytes(b"junk" * 100)
     )
-    assert "cannot read NIfTI" in skip_for(dataset, "bad_t2.nii.gz").reason
+    assert "not a single-file NIfTI" in skip_for(dataset, "bad_t2.nii.gz").reason
 
 
 def test_brats_truncated_uncompressed_nifti_is_skipped(tmp_path):
@@ -133,7 +133,7 @@ def test_brats_truncated_uncompressed_nifti_is_skipped(tmp_path):
     truncate(folder / "bad_t1.nii", 0.8)
     dataset = read_dataset(tmp_path)
     assert [v.patient_id for v in dataset.volumes] == ["good"]
-    assert "cannot read NIfTI" in skip_for(dataset, "bad_t1.nii").reason
+    assert "the NIfTI is truncated: its header declares" in skip_for(dataset, "bad_t1.nii").reason
 
 
 def test_brats_nan_voxels_shape_mismatch_and_unknown_labels_are_skipped(tmp_path):

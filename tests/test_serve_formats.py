@@ -18,11 +18,12 @@ from lying_headers import nifti_claiming, png_claiming
 
 from brainseg.artifacts.sections import InputSpec
 from brainseg.data.imageio import read_image
+from brainseg.data.nifti_file import nifti_content
 from brainseg.formats import nifti
 from brainseg.formats.images import inspect_image
 from brainseg.formats.limits import SizeLimits
 from brainseg.postprocess import PostProcessing
-from brainseg.runtime.io.nifti import nifti_content, read_nifti
+from brainseg.runtime.io.nifti import read_nifti
 from brainseg.runtime.segmenter import ScanSteps
 from brainseg.serve import formats
 from brainseg.serve.errors import RequestError

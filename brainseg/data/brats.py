@@ -17,15 +17,15 @@ unknown labels) is skipped with a reason; nibabel is imported only when BraTS da
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from brainseg.data.names import BRATS_LABEL, NIFTI_SUFFIXES, names_modality, sequence_names
+from brainseg.data.nifti_file import open_nifti
 from brainseg.data.volume import Volume
-from brainseg.errors import ConfigError, InputSkipped, require
+from brainseg.errors import ConfigError, InputSkipped, one_line, require
 
 TARGETS = ("wt", "brats-regions")
 # enhancing tumour is 4 up to BraTS 2021 and 3 from BraTS 2023; one file uses one convention
@@ -176,13 +176,14 @@ def same_grid(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _load(path: Path, nib) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
-    """Load one NIfTI in closest-canonical orientation as float32 (X, Y, Z), its zooms and its affine."""
+    """Load one NIfTI in closest-canonical orientation as float32 (X, Y, Z), its zooms and its affine
+    (opened by `open_nifti`, as seg-run's reader opens it: header checked, --max-voxels' default)."""
+    original = open_nifti(path)
     try:
-        image = nib.as_closest_canonical(nib.load(str(path)))
+        image = nib.as_closest_canonical(original)
         data = image.get_fdata(dtype=np.float32)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
-        detail = " ".join(str(exc).split())  # one line: some nibabel messages span two
-        raise InputSkipped(path, f"cannot read NIfTI ({type(exc).__name__}: {detail})") from exc
+    except Exception as exc:  # nibabel raises many types for a header it cannot make sense of
+        raise InputSkipped(path, f"cannot read NIfTI ({one_line(exc)})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

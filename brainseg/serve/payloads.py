@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from brainseg.data.brats import DEFAULT_CONVENTION
-from brainseg.errors import BrainsegError, InputSkipped, InputTooLarge
+from brainseg.errors import BrainsegError, InputSkipped, InputTooLarge, one_line
 from brainseg.runtime import outputs
-from brainseg.runtime.io.nifti import one_line
 from brainseg.runtime.io.scans import Prediction, Scan, ScanData
 from brainseg.runtime.segmenter import ScanSteps
 from brainseg.serve import formats

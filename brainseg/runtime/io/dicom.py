@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.errors import BrainsegError, InputSkipped, LimitExceeded, require
+from brainseg.errors import BrainsegError, InputSkipped, LimitExceeded, one_line, require
 from brainseg.formats.limits import MAX_VOXELS, check_voxels
-from brainseg.runtime.io.nifti import check_finite, one_line
+from brainseg.runtime.io.nifti import check_finite
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 
 
 def dicom_series(paths: Sequence[Path]) -> tuple[list[tuple[str, list[Path]]], list[tuple[Path, str]]]:
@@ -32,6 +33,10 @@ def dicom_series(paths: Sequence[Path]) -> tuple[list[tuple[str, list[Path]]], l
     bad = []
     for path in paths:
         try:
+            syntax = str(pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID", ""))
+            if syntax == DEFLATED:  # pydicom inflates the whole dataset at once, however large it says it is
+                bad.append((path, "uses the Deflated transfer syntax, which no header bounds; not read"))
+                continue
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as exc:  # pydicom raises many types for a broken file
             bad.append((path, f"cannot read DICOM header ({one_line(exc)})"))

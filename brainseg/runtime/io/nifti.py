@@ -23,23 +23,16 @@ functions that need it.
 from __future__ import annotations
 
 import gzip
-import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from brainseg.errors import FormatError, InputSkipped, require
-from brainseg.formats.inflate import GZIP_MAGIC, inflate
-from brainseg.formats.limits import MAX_VOXELS, check_voxels
-from brainseg.formats.nifti import HEAD_BYTES, NiftiHeader, check_extensions, parse_header
+from brainseg.data.nifti_file import open_nifti
+from brainseg.errors import InputSkipped, one_line, require
+from brainseg.formats.limits import MAX_VOXELS
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)  # the orientation of a RAS+ array
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as "Type: message" on one line (some readers' messages span several)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, dict]:
@@ -47,8 +40,8 @@ def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int = MA
 
     With `content` (the bytes of a .nii, or of a .nii.gz), they are read from memory and `path`
     only names them in errors: nothing is written to disk. The header is read and checked first
-    (`nifti_content`): nothing is allocated for voxels until it has passed, and a gzip stream is
-    inflated no further than the file the header declares.
+    (`brainseg.data.nifti_file.open_nifti`): nothing is allocated for voxels until it has passed,
+    and a gzip stream is inflated no further than the file the header declares.
 
     Raises:
         InputSkipped: the file is empty, not a single-file NIfTI-1/2, truncated, corrupt, not 3-D
@@ -57,13 +50,10 @@ def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int = MA
     """
     nib = require("nibabel", "nifti")
     path = Path(path)
-    header, content = nifti_content(path, content, max_voxels)
+    original = open_nifti(path, content, max_voxels=max_voxels)
     try:
         with warnings.catch_warnings():  # nibabel warns about oddities it reads anyway
             warnings.simplefilter("ignore")
-            klass = nib.Nifti1Image if header.version == 1 else nib.Nifti2Image
-            original = klass.from_stream(_MemoryFile(content))
-            del content
             canonical = nib.as_closest_canonical(original)
             data = canonical.get_fdata(dtype=np.float32)
             info = {
@@ -82,87 +72,6 @@ def read_nifti(path: Path, content: bytes | None = None, *, max_voxels: int = MA
         raise InputSkipped(path, f"is {data.ndim}-D {data.shape}; expected 3-D, or 4-D with channels last")
     check_finite(path, data)
     return data, info
-
-
-def nifti_content(path: Path, content: bytes | None, max_voxels: int) -> tuple[NiftiHeader, bytes | bytearray]:
-    """The checked header of the NIfTI at `path` (or in `content`) and the bytes of its .nii,
-    inflated when gzip'd, exactly as long as the header declares.
-
-    Raises:
-        InputSkipped: empty, not a single-file NIfTI-1/2, a corrupt gzip stream, a header or
-            extension that `brainseg.formats.nifti` refuses, or fewer bytes than the header
-            declares; `InputTooLarge` beyond `max_voxels`.
-    """
-    try:
-        if content is not None:
-            return _checked(content, len(content), max_voxels)
-        with open(path, "rb") as file:
-            return _checked(file, path.stat().st_size, max_voxels)
-    except FormatError as err:
-        raise err.at(path) from None
-    except OSError as err:
-        raise InputSkipped(path, f"cannot be read ({err.strerror or err})") from None
-
-
-def _checked(source, size: int, max_voxels: int) -> tuple[NiftiHeader, bytes | bytearray]:
-    """See `nifti_content`; `source` is bytes or a binary file of `size` bytes."""
-    if size == 0:
-        raise FormatError("file is empty (0 bytes)")
-    start = _read(source, 2, 0)
-    gzipped = start == GZIP_MAGIC
-    header = parse_header(inflate(_rewound(source), HEAD_BYTES) if gzipped else _read(source, HEAD_BYTES, 0))
-    check_voxels(header.dims, max_voxels)
-    wanted = header.file_bytes
-    if not gzipped and size < wanted:
-        raise FormatError(f"the NIfTI is truncated: its header declares {wanted} bytes, the file holds {size}")
-    content = inflate(_rewound(source), wanted) if gzipped else _read(source, wanted, 0)
-    if len(content) < wanted:
-        raise FormatError(f"the NIfTI is truncated: its header declares {wanted} bytes, the gzip stream holds "
-                          f"{len(content)}")
-    check_extensions(content, header)
-    return header, content
-
-
-def _read(source, count: int, offset: int) -> bytes | memoryview:
-    if isinstance(source, bytes | bytearray | memoryview):
-        return memoryview(source)[offset:offset + count]
-    source.seek(offset)
-    return source.read(count)
-
-
-def _rewound(source):
-    if not isinstance(source, bytes | bytearray | memoryview):
-        source.seek(0)
-    return source
-
-
-class _MemoryFile(io.RawIOBase):
-    """A read-only binary file over bytes in memory, without copying them (nibabel reads through it)."""
-
-    def __init__(self, content: bytes | bytearray | memoryview) -> None:
-        super().__init__()
-        self._view = memoryview(content).cast("B")
-        self._at = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        count = max(0, min(len(target), len(self._view) - self._at))
-        memoryview(target).cast("B")[:count] = self._view[self._at:self._at + count]
-        self._at += count
-        return count
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: len(self._view)}[whence]
-        self._at = max(0, base + offset)
-        return self._at
-
-    def tell(self) -> int:
-        return self._at
 
 
 def check_finite(path: Path, data: np.ndarray) -> None:

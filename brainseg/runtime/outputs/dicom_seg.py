@@ -29,10 +29,10 @@ import io
 import numpy as np
 
 from brainseg.data.brats import LABEL_CONVENTIONS
-from brainseg.errors import BrainsegError, DataError, require
+from brainseg.errors import BrainsegError, DataError, one_line, require
 from brainseg.machine import package_version
 from brainseg.runtime.io.dicom import slice_order
-from brainseg.runtime.io.nifti import one_line, to_original
+from brainseg.runtime.io.nifti import to_original
 from brainseg.runtime.io.scans import Prediction, ScanData
 
 SEGMENT_LABELS = {1: ("tumour",), 3: ("whole tumour", "tumour core", "enhancing tumour")}
