@@ -84,8 +84,9 @@ def _estimate(body: bytes):
 
 
 def _estimate_check(body: bytes, result) -> str | None:
-    return None if isinstance(result.estimate, int) and result.estimate >= len(body) // 2**20 else \
-        f"estimate {result.estimate!r} is not a byte count"
+    if result.kind in ("slice", "nifti") and isinstance(result.estimate, int) and result.estimate > 0:
+        return None
+    return f"inspected as {result.kind!r} with an estimate of {result.estimate!r} bytes"
 
 
 def _is_volume(body: bytes) -> bool:
@@ -104,13 +105,17 @@ def _read_nifti(body: bytes):
     return read_nifti(Path("fuzz.nii"), body)
 
 
+def _scan_steps(body: bytes):
+    """8-bit RGB artifacts for images; for volumes, float32 or 8-bit by the body's length (both paths)."""
+    return _steps("float32" if _is_volume(body) and len(body) % 2 else "uint8")
+
+
 def _read_scan(body: bytes):
     from brainseg.runtime.io.scans import Scan
 
     kind = "nifti" if _is_volume(body) else "slice"
     name = Path("fuzz.nii" if kind == "nifti" else "fuzz.png")
-    steps = _steps("float32" if kind == "nifti" and len(body) % 2 else "uint8")
-    return steps.read(Scan("fuzz", kind, (name,), name, content=body))
+    return _scan_steps(body).read(Scan("fuzz", kind, (name,), name, content=body))
 
 
 def _image_bound(body: bytes) -> int:
@@ -129,26 +134,23 @@ def _volume_bound(body: bytes) -> int:
 
 
 def _scan_bound(body: bytes) -> int:
+    """The reader's bound and the slices at the graph's size (`ScanSteps.graph_bytes`)."""
     if not _is_volume(body):
-        return _image_bound(body) + 2 * _steps("uint8").graph_bytes(1)
+        return _image_bound(body) + _scan_steps(body).graph_bytes(1)
     try:
-        slices = max(_nifti_header(body).dims[:3])
+        slices = max(_nifti_header(body).dims[:3])  # whichever axis turns out axial
     except BrainsegError:
         return _copies(body)
-    return _volume_bound(body) + _steps("uint8").graph_bytes(slices)
-
-
-def _header_call(inspect: Callable[[bytes], object]) -> Callable[[bytes], object]:
-    return lambda body: inspect(body)
+    return _volume_bound(body) + _scan_steps(body).graph_bytes(slices)
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (
     Target("sniff", "brainseg.serve.formats.sniff, formats.images.image_format, formats.nifti.nifti_version",
            (*IMAGES, *VOLUMES), _sniff, lambda body: 0, 0.1),
-    Target("png", "brainseg.formats.png.inspect_png", ("png",), _header_call(png.inspect_png), _copies, 0.25),
-    Target("jpeg", "brainseg.formats.jpeg.inspect_jpeg", ("jpeg",), _header_call(jpeg.inspect_jpeg), _copies, 0.25),
-    Target("tiff", "brainseg.formats.tiff.inspect_tiff", ("tiff",), _header_call(tiff.inspect_tiff), _copies, 0.25),
-    Target("bmp", "brainseg.formats.bmp.inspect_bmp", ("bmp",), _header_call(bmp.inspect_bmp), _copies, 0.25),
+    Target("png", "brainseg.formats.png.inspect_png", ("png",), png.inspect_png, _copies, 0.25),
+    Target("jpeg", "brainseg.formats.jpeg.inspect_jpeg", ("jpeg",), jpeg.inspect_jpeg, _copies, 0.25),
+    Target("tiff", "brainseg.formats.tiff.inspect_tiff", ("tiff",), tiff.inspect_tiff, _copies, 0.25),
+    Target("bmp", "brainseg.formats.bmp.inspect_bmp", ("bmp",), bmp.inspect_bmp, _copies, 0.25),
     Target("nifti_header", "brainseg.formats.nifti.parse_header and check_extensions (inflating the header of a .gz)",
            VOLUMES, _nifti_header, _copies, 0.25),
     Target("inflate", f"brainseg.formats.inflate.inflate(body, {INFLATE_MOST})", ("nifti_gz",),
