@@ -19,6 +19,10 @@ Three parts, each optional:
   `seg-run`. Target: exit code 1, no traceback, every bad file skipped and named, every good one
   segmented.
 
+`--checkout DIR` runs seg-serve and seg-run from another checkout of brainseg (its `brainseg/`
+first on the path), to put the same corpus to another version: for the one before issue 32,
+`git worktree add /tmp/before d56610c` and `--checkout /tmp/before`.
+
     python benchmarks/fuzz.py --out benchmarks/results/<machine>/fuzz.json \\
         [--serve demo/artifacts --run demo/artifacts] [--inputs 50000] [--seed 1]
 """
@@ -251,7 +255,8 @@ def run_serve(args: argparse.Namespace, work: Path) -> dict:
     command = [sys.executable, "-m", "brainseg.serve.cli", "--artifacts", str(args.serve.resolve()),
                "--port", str(port)]
     with open(log, "w") as stream:
-        server = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True,
+                                  **_checkout(args))
     try:
         wait_until_healthy(f"http://127.0.0.1:{port}", timeout_s=300)
         return _put_to_server(port, server.pid, items)
@@ -261,6 +266,14 @@ def run_serve(args: argparse.Namespace, work: Path) -> dict:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def _checkout(args: argparse.Namespace) -> dict:
+    """subprocess arguments that run brainseg from `--checkout` when given."""
+    if args.checkout is None:
+        return {}
+    root = str(args.checkout.resolve())
+    return {"cwd": root, "env": {**os.environ, "PYTHONPATH": root}}
 
 
 def _extra(folder: Path | None) -> list[tuple[str, bytes, str]]:
@@ -339,10 +352,12 @@ def run_seg_run(args: argparse.Namespace, work: Path) -> dict:
         (folder / name).write_bytes(body)
     good = _good_files(folder)
     out = work / "out"
-    command = [console_script("seg-run"), str(folder), "--artifacts", str(args.run.resolve()), "--out", str(out),
-               "--no-progress", "--no-overlays"]
+    seg_run = [sys.executable, "-c", "from brainseg.cli import run_entry; run_entry()"] if args.checkout else \
+        [console_script("seg-run")]
+    command = [*seg_run, str(folder), "--artifacts", str(args.run.resolve()), "--out", str(out), "--no-progress",
+               "--no-overlays"]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, **_checkout(args))
     seconds = time.perf_counter() - started
     summary = json.loads((out / "summary.json").read_text())
     skipped = {Path(item["path"]).name for item in summary["skipped"]}
@@ -398,6 +413,7 @@ def main() -> None:
     parser.add_argument("--bodies", type=int, default=3000, help="fuzzed bodies sent to seg-serve")
     parser.add_argument("--files", type=int, default=1000, help="fuzzed files given to seg-run")
     parser.add_argument("--reproducers", type=Path, help="a folder of more bodies for seg-serve and seg-run")
+    parser.add_argument("--checkout", type=Path, help="run seg-serve and seg-run from this checkout of brainseg")
     parser.add_argument("--out", type=Path, help=f"where to keep the JSON (e.g. benchmarks/results/{machine_name()}"
                                                  "/fuzz.json); reproducers go beside it")
     args = parser.parse_args()
