@@ -83,7 +83,8 @@ def _read_nifti(content: bytes):
 def _header_with(**fields) -> bytes:
     """A complete 2 x 2 x 2 uint8 NIfTI-1 with header fields overwritten in place."""
     raw = bytearray(_HEADER) + bytes(8)  # the eight voxels
-    offsets = {"vox_offset": (108, "<f"), "datatype": (70, "<h"), "dim0": (40, "<h"), "extension": (348, "<i")}
+    offsets = {"vox_offset": (108, "<f"), "datatype": (70, "<h"), "dim0": (40, "<h"), "extension": (348, "<i"),
+               "sizeof_hdr": (0, "<i")}
     for name, value in fields.items():
         at, code = offsets[name]
         struct.pack_into(code, raw, at, value)
@@ -98,6 +99,7 @@ def _header_with(**fields) -> bytes:
     ({"datatype": 32}, "complex64 voxels"),
     ({"datatype": 999}, "unknown data type code 999"),
     ({"dim0": 9}, "impossible dims"),
+    ({"sizeof_hdr": 349}, "says it is 349 bytes, not 348"),
 ])
 def test_a_header_nibabel_would_misread_is_refused_before_nibabel_sees_it(fields, reason):
     body = _header_with(**fields)
@@ -137,6 +139,12 @@ def test_empty_gzip_members_are_refused_in_linear_time():
         _cheaply(inflating.inflate, bomb, nifti.HEAD_BYTES, seconds=0.1)
     with pytest.raises(InputSkipped, match="members"):
         _cheaply(_read_nifti, bomb, seconds=0.1)
+
+
+def test_a_few_empty_members_before_the_volume_are_read_as_gzip_reads_them():
+    volume = gzip.decompress(nifti_claiming(2, 2, 2)) + bytes(8)
+    data, _ = _read_nifti(gzip.compress(b"") * 20 + gzip.compress(volume))
+    assert data.shape == (2, 2, 2, 1)
 
 
 def test_inflate_is_linear_in_the_body_and_never_returns_more_than_asked():
@@ -211,6 +219,13 @@ def test_tiles_of_2_to_the_20_on_a_64_pixel_image_are_refused():
         _cheaply(inspect_image, body)
 
 
+def test_an_entry_of_unknown_type_is_skipped_as_libtiff_skips_it_unless_it_is_one_the_reader_needs():
+    strips = [(273, _LONG, 1, 8), (278, _SHORT, 1, 64), (279, _LONG, 1, 64 * 64)]
+    assert read_image(Path("x.tif"), _tiff([*_GRAY_64, *strips, (65000, 255, 1, 0)])).shape == (64, 64, 1)
+    with pytest.raises(FormatError, match="tag 256 has unknown type 255"):
+        inspect_image(_tiff([(256, 255, 1, 64), *_GRAY_64[1:], *strips]))
+
+
 def test_a_tag_listed_twice_is_refused_whichever_value_would_count():
     small_last = [(256, _SHORT, 1, 64), (257, _LONG, 1, 60000), (257, _SHORT, 1, 64), *_GRAY_64[2:],
                   (273, _LONG, 1, 8), (279, _LONG, 1, 64 * 64)]
@@ -239,6 +254,16 @@ def _jpeg_declaring(width: int, height: int) -> bytes:
     small = seeds("jpeg")[0]  # a 24 x 16 baseline grayscale JPEG
     at = small.index(b"\xff\xc0")
     return small[:at + 5] + struct.pack(">HH", height, width) + small[at + 9:]
+
+
+def test_bytes_between_jpeg_segments_are_skipped_as_libjpeg_skips_them():
+    small = seeds("jpeg")[1]
+    at = small.index(b"\xff\xdb")  # the quantisation table: garbage before it, and a stuffed 0xFF 0x00
+    body = small[:at] + b"garbage\xff\x00" + small[at:]
+    assert inspect_image(body).width == 16
+    np.testing.assert_array_equal(read_image(Path("x.jpg"), body), read_image(Path("x.jpg"), small))
+    trailing = small + b"after the end-of-image marker" * 10
+    assert inspect_image(trailing).height == 16
 
 
 def test_a_jpeg_whose_data_cannot_code_its_declared_blocks_is_refused():

@@ -26,20 +26,20 @@ def inspect_bmp(data: bytes, max_pixels: int | None = None) -> ImageHeader:
         raise cut_short("BMP", len(data), 26)
     pixels_at, info = struct.unpack_from("<I I", data, 10)
     if info == 12:
-        width, height, planes, bits = struct.unpack_from("<HHHH", data, 18)
+        width, height, _, bits = struct.unpack_from("<HHHH", data, 18)
         compression = 0
     elif info in _INFO_SIZES:
         if len(data) < 34:
             raise cut_short("BMP", len(data), 34)
-        width, height, planes, bits, compression = struct.unpack_from("<iiHHI", data, 18)
+        width, height, _, bits, compression = struct.unpack_from("<iiHHI", data, 18)
     else:
         raise FormatError(f"BMP header is {info} bytes, not one of 12, {', '.join(map(str, _INFO_SIZES))}")
     height = abs(height)  # negative: rows stored top-down
     if compression not in (0, 3):
         raise FormatError(f"BMP is compressed ({_COMPRESSIONS.get(compression, compression)}); only uncompressed "
                           "BMP is read")
-    if width <= 0 or height <= 0 or planes != 1 or bits not in (1, 4, 8, 16, 24, 32):
-        raise FormatError(f"BMP declares {width}x{height} pixels, {planes} planes, {bits} bits per pixel")
+    if width <= 0 or height <= 0 or bits not in (1, 4, 8, 16, 24, 32):  # OpenCV ignores the planes
+        raise FormatError(f"BMP declares {width}x{height} pixels at {bits} bits per pixel")
     if max_pixels is not None:
         check_pixels(width, height, max_pixels)
     row_bytes = (width * bits + 31) // 32 * 4

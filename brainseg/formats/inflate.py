@@ -16,7 +16,7 @@ from brainseg.errors import FormatError
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 16 * 2**10  # compressed bytes handed to zlib at a time
-FREE_MEMBERS = 16  # members taken whatever they hold; beyond, they must average MEMBER_BYTES each
+FREE_MEMBERS = 64  # members taken whatever they hold; beyond, they must average MEMBER_BYTES each
 MEMBER_BYTES = 4096
 
 
@@ -26,7 +26,7 @@ def inflate(source: bytes | bytearray | memoryview | BinaryIO, most: int) -> byt
     what is missing).
 
     Raises:
-        FormatError: the stream is corrupt, or more than 16 members hold under 4 KiB each on average.
+        FormatError: the stream is corrupt, or more than 64 members hold under 4 KiB each on average.
     """
     chunks = _chunks(source)
     out = bytearray()
@@ -45,8 +45,8 @@ def inflate(source: bytes | bytearray | memoryview | BinaryIO, most: int) -> byt
                 break
             members += 1
             if members > FREE_MEMBERS and len(out) < (members - FREE_MEMBERS) * MEMBER_BYTES:
-                raise FormatError(f"the gzip stream holds {members} or more members that inflate to "
-                                  f"{len(out)} bytes in all (an empty-member bomb?)")
+                raise FormatError(f"the gzip stream's first {members} members inflate to {len(out)} bytes in all; "
+                                  f"past {FREE_MEMBERS} they must average {MEMBER_BYTES} (an empty-member bomb?)")
             stream = zlib.decompressobj(wbits=31)
     except zlib.error as err:
         raise FormatError(f"the gzip stream is corrupt ({err})") from None

@@ -2,24 +2,26 @@
 
 libjpeg decodes whatever the frame header declares: a 700-byte file that declares 16000 x 16000
 pixels decodes, grey, to 16000 x 16000 pixels, and a progressive file of thousands of tiny scans
-makes it pass over every block thousands of times. `inspect_jpeg` reads the segments up to the
-first scan, takes Huffman-coded frames only (baseline, extended, progressive, lossless: the kinds
-whose coded size has a floor), refuses image data too short to code the declared blocks of every
-component (at least one bit each) and more than `MAX_SCANS` scans, and needs the end-of-image
-marker.
+makes it pass over every block thousands of times. `inspect_jpeg` walks every marker to the
+end-of-image marker, takes Huffman-coded frames only (baseline, extended, progressive, lossless:
+the kinds whose coded size has a floor), refuses image data too short to code the declared
+blocks of every component (at least one bit each) and more than `MAX_SCANS` scans, and needs the
+end-of-image marker.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 
 from brainseg.errors import FormatError
-from brainseg.formats.image_header import ImageHeader, cut_short
+from brainseg.formats.image_header import ImageHeader
 from brainseg.formats.limits import check_pixels
 
-MAX_SEGMENTS = 1 << 16  # marker segments before the first scan
+MAX_SEGMENTS = 1 << 16
 MAX_SCANS = 100  # libjpeg's progressive scripts use about 10
-_TAIL = 64  # bytes at the end searched for the end-of-image marker (some writers pad)
+# a marker: 0xFF (fill bytes 0xFF allowed), then a byte other than 0x00 (stuffed data) and a restart marker
+_MARKER = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")
 _READ = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive", 0xC3: "lossless"}
 _NOT_READ = {0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical", 0xC9: "arithmetic-coded",
              0xCA: "arithmetic-coded", 0xCB: "arithmetic-coded", 0xCD: "hierarchical arithmetic-coded",
@@ -29,42 +31,70 @@ _NOT_READ = {0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical", 0
 def inspect_jpeg(data: bytes, max_pixels: int | None = None) -> ImageHeader:
     """The `ImageHeader` of a JPEG file; FormatError for a segment that runs past the file, a frame
     kind libjpeg would decode without a floor on its coded size, too little image data for the
-    declared pixels, too many scans, or no end-of-image marker."""
+    declared pixels, too many scans, or no end-of-image marker.
+
+    Markers are found as libjpeg finds them: bytes that are not a marker are skipped up to the next
+    0xFF (libjpeg warns and goes on), and inside a scan's coded data 0xFF 0x00 and the restart
+    markers are data. Before the first scan an unknown marker, or a segment running past the end,
+    is an error, as it is for libjpeg; after it, such a marker ends the image data, where libjpeg
+    stops decoding (OpenCV keeps what was decoded)."""
     data = bytes(data)
-    at, segments, frame = 2, 0, None
+    at, segments, frame, scans, coded_from = 2, 0, None, 0, None
     while True:
-        if at + 4 > len(data):
-            raise cut_short("JPEG", len(data), at + 4)
-        if data[at] != 0xFF:
-            raise FormatError(f"JPEG has no marker at byte {at} before its image data (corrupt)")
-        marker = data[at + 1]
-        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte, or a marker without length
-            at += 1 if marker == 0xFF else 2
+        found = _MARKER.search(data, at)
+        if found is None:
+            raise FormatError("JPEG is truncated (no end-of-image marker)")
+        marker, at = found.group(1)[0], found.end()
+        if marker in (0xD9, 0x01):  # the end of the image; TEM, a marker without a length
+            if marker == 0xD9:
+                break
             continue
-        (length,) = struct.unpack_from(">H", data, at + 2)
-        if length < 2 or at + 2 + length > len(data):
-            raise FormatError(f"JPEG is truncated or corrupt: segment 0x{marker:02X} at byte {at} declares {length} "
-                              f"bytes, {len(data) - at - 2} follow it")
+        length = struct.unpack_from(">H", data, at)[0] if at + 2 <= len(data) else 0
+        problem = _segment_problem(marker, at, length, len(data))
+        if coded_from is not None and (problem or marker in _READ):  # libjpeg stops decoding here
+            _needs_end(data, at)
+            break
+        if problem:
+            raise FormatError(problem)
         segments += 1
         if segments > MAX_SEGMENTS:
-            raise FormatError(f"JPEG has more than {MAX_SEGMENTS} segments before its image data")
-        if marker in _NOT_READ:
-            raise FormatError(f"JPEG is {_NOT_READ[marker]} (SOF 0x{marker:02X}); baseline, extended, progressive "
-                              "and lossless Huffman-coded JPEG is read")
+            raise FormatError(f"JPEG has more than {MAX_SEGMENTS} segments")
         if marker in _READ:
             if frame is not None:
                 raise FormatError("JPEG has two frame headers")
-            frame = _frame(data[at + 4:at + 2 + length], marker)
+            frame = _frame(data[at + 2:at + length], marker)
             if max_pixels is not None:
                 check_pixels(frame[2], frame[1], max_pixels)
         if marker == 0xDA:
-            break
-        at += 2 + length
-    if frame is None:
-        raise FormatError("JPEG has image data before its frame header (corrupt)")
-    if b"\xff\xd9" not in data[-_TAIL:]:
+            if frame is None:
+                raise FormatError("JPEG has image data before its frame header (corrupt)")
+            scans += 1
+            if scans > MAX_SCANS:
+                raise FormatError(f"JPEG has more than {MAX_SCANS} scans")
+            coded_from = at + length if coded_from is None else coded_from
+        at += length
+    if coded_from is None:
+        raise FormatError("JPEG has no image data before its end-of-image marker")
+    return _header(data, at - 2 - coded_from, scans, frame)
+
+
+def _segment_problem(marker: int, at: int, length: int, size: int) -> str | None:
+    """Why the segment of `marker` whose length field is at byte `at` cannot be read, or None."""
+    if marker in _NOT_READ:
+        return (f"JPEG is {_NOT_READ[marker]} (SOF 0x{marker:02X}); baseline, extended, progressive and lossless "
+                "Huffman-coded JPEG is read")
+    if not (0xC0 <= marker <= 0xCF or 0xDA <= marker <= 0xEF or marker == 0xFE):
+        return f"JPEG has an unknown marker 0x{marker:02X} at byte {at - 2}"
+    if length < 2 or at + length > size:
+        return (f"JPEG is truncated or corrupt: segment 0x{marker:02X} at byte {at - 2} declares {length} bytes, "
+                f"{max(0, size - at)} follow it")
+    return None
+
+
+def _needs_end(data: bytes, at: int) -> None:
+    """FormatError unless an end-of-image marker follows byte `at` (a file cut short decodes grey)."""
+    if data.find(b"\xff\xd9", at) < 0:
         raise FormatError("JPEG is truncated (no end-of-image marker)")
-    return _header(data, at, frame)
 
 
 def _frame(body: bytes, marker: int) -> tuple[int, int, int, int, int, int]:
@@ -86,15 +116,12 @@ def _frame(body: bytes, marker: int) -> tuple[int, int, int, int, int, int]:
     return precision, height, width, components, marker, blocks
 
 
-def _header(data: bytes, scan_at: int, frame: tuple[int, int, int, int, int]) -> ImageHeader:
+def _header(data: bytes, coded: int, scans: int, frame: tuple[int, int, int, int, int, int]) -> ImageHeader:
+    """The header of a walked JPEG: `coded` bytes from its first scan's data to its end-of-image marker."""
     precision, height, width, components, marker, blocks = frame
-    coded = len(data) - scan_at
     if coded * 8 < blocks:
         raise FormatError(f"JPEG image data is {coded} bytes; {width}x{height} pixels need at least "
                           f"{-(-blocks // 8)} (truncated or corrupt)")
-    scans = data.count(b"\xff\xda", scan_at)
-    if scans > MAX_SCANS:
-        raise FormatError(f"JPEG has {scans} scans; at most {MAX_SCANS} are read")
     sample_bytes = 1 if precision <= 8 else 2
     # a progressive or multi-scan file keeps every block's coefficients (64 x 2 bytes) until the end
     coefficients = blocks * 128 if marker == 0xC2 or scans > 1 else 0

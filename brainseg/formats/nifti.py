@@ -90,6 +90,9 @@ def parse_header(head: bytes | bytearray | memoryview) -> NiftiHeader:
     """The NIfTI-1 or NIfTI-2 header at the start of `head`, checked; FormatError otherwise."""
     layout = nifti_version(head)
     if layout is None:
+        if bytes(head[344:348]) == NIFTI1_MAGIC:
+            size = struct.unpack_from("<i", head)[0]
+            raise FormatError(f"the NIfTI-1 header says it is {size} bytes, not 348 (corrupt)")
         raise FormatError("not a single-file NIfTI-1 or NIfTI-2 image (no n+1/n+2 header)")
     order, version = layout
     size = NIFTI1_SIZE if version == 1 else NIFTI2_SIZE

@@ -4,7 +4,8 @@ libtiff allocates what the directory declares: a strip or tile buffer of the dec
 (TileWidth 2^20 on a 64 x 64 image: hundreds of MiB for a 384-byte file), arrays of the declared
 value counts, and it decodes strips whose compressed size cannot hold what they declare.
 `inspect_tiff` refuses a directory that lists a tag twice (the project and libtiff would disagree
-on which value counts), a value of unknown type or one that lies past the end of the file, tiles
+on which value counts), a value of unknown type in a tag it reads, or one that lies past the end of
+the file (libtiff skips entries of unknown type in other tags, and so does this reader), tiles
 larger than the image, strips or tiles that lie past the end of the file or are too short for
 what they declare under their compression (compressions other than none, LZW, Deflate, PackBits
 and JPEG are refused; YCbCr strips, subsampled, may hold a quarter of their size), more than
@@ -31,6 +32,8 @@ WIDTH, LENGTH, BITS, COMPRESSION, PHOTOMETRIC = 256, 257, 258, 259, 262
 STRIP_OFFSETS, SAMPLES, ROWS_PER_STRIP, STRIP_COUNTS, PLANAR = 273, 277, 278, 279, 284
 TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_COUNTS = 322, 323, 324, 325
 ORIENTATION = 274
+READ_TAGS = {WIDTH, LENGTH, BITS, COMPRESSION, PHOTOMETRIC, STRIP_OFFSETS, SAMPLES, ROWS_PER_STRIP, STRIP_COUNTS,
+             PLANAR, TILE_WIDTH, TILE_LENGTH, TILE_OFFSETS, TILE_COUNTS, ORIENTATION}
 YCBCR = 6  # the photometric interpretation whose subsampled strips hold fewer bytes than W x H x 3
 MAX_CELLS = 1 << 20  # strips or tiles: a 16384 x 16384 image in 16 x 16 tiles
 
@@ -88,7 +91,9 @@ class _Directory:
             if tag in self.fields:
                 raise FormatError(f"TIFF directory lists tag {tag} twice")
             if kind not in _TYPE_SIZES:
-                raise FormatError(f"TIFF tag {tag} has unknown type {kind}")
+                if tag in READ_TAGS:
+                    raise FormatError(f"TIFF tag {tag} has unknown type {kind}")
+                continue  # libtiff ignores an entry of unknown type, with a warning
             size = _TYPE_SIZES[kind] * n
             start = entry + 8 if size <= 4 else struct.unpack_from(self.order + "I", data, entry + 8)[0]
             if start + size > len(data):
