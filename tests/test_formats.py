@@ -266,6 +266,19 @@ def test_bytes_between_jpeg_segments_are_skipped_as_libjpeg_skips_them():
     assert inspect_image(trailing).height == 16
 
 
+@pytest.mark.parametrize("run", [b"\xff" * 2**16, b"\xff" * 2**16 + b"\x00", (b"\xff\x00") * 2**15])
+def test_the_marker_search_is_linear_in_runs_of_0xff(run):
+    """The fuzzer's seed 1 found an 8 kB file that took 0.33 s: 8000 bytes 0xFF, searched with a backtracking
+    pattern (quadratic: a 64 KiB run then takes about 20 s). It must take milliseconds, refused or not."""
+    small = seeds("jpeg")[0]
+    at = small.index(b"\xff\xda")
+    for body in (small[:at] + run + small[at:], small + run, small[:40] + run):
+        try:
+            _cheaply(inspect_image, body, seconds=0.05, most=8 * 2**20)
+        except FormatError:
+            pass
+
+
 def test_a_jpeg_whose_data_cannot_code_its_declared_blocks_is_refused():
     assert inspect_image(_jpeg_declaring(24, 16)).width == 24
     with pytest.raises(FormatError, match=r"JPEG image data is \d+ bytes; 8000x8000 pixels need at least 125000"):

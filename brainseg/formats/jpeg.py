@@ -20,8 +20,9 @@ from brainseg.formats.limits import check_pixels
 
 MAX_SEGMENTS = 1 << 16
 MAX_SCANS = 100  # libjpeg's progressive scripts use about 10
-# a marker: 0xFF (fill bytes 0xFF allowed), then a byte other than 0x00 (stuffed data) and a restart marker
-_MARKER = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")
+# a marker: the last 0xFF of a run (fill bytes), then a byte other than 0x00 (stuffed data), 0xFF and a
+# restart marker. One 0xFF, not "\xff+": the search must stay linear on a long run of 0xFF bytes.
+_MARKER = re.compile(rb"\xff([^\x00\xff\xd0-\xd7])")
 _READ = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive", 0xC3: "lossless"}
 _NOT_READ = {0xC5: "hierarchical", 0xC6: "hierarchical", 0xC7: "hierarchical", 0xC9: "arithmetic-coded",
              0xCA: "arithmetic-coded", 0xCB: "arithmetic-coded", 0xCD: "hierarchical arithmetic-coded",
